@@ -1,0 +1,307 @@
+"""The YAML config, read once into frozen typed models.
+
+Every mistake becomes one line naming the key path and what is allowed; ``load_config`` raises a
+single ``ConfigError`` holding all of them, so a user fixes the file in one pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import string
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "facesortd.yaml"
+LAYOUT_FIELDS = ("identity", "name", "ext", "year", "month", "day", "inbox")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class InboxConfig(_Model):
+    path: Path
+    mode: Literal["detect", "aligned"] = "detect"
+    recursive: bool = True
+
+
+class WatchConfig(_Model):
+    settle_ms: int = Field(1000, ge=0)
+    rescan_interval_s: float = Field(300, ge=0)
+    polling: bool = False
+    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+    ignore: tuple[str, ...] = ("*.part", "*.tmp", "*.crdownload", ".*")
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted_lowercase(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for ext in value:
+            ext = ext.strip().lower()
+            if not ext or ext == ".":
+                raise ValueError("an extension may not be empty (write them like .jpg)")
+            out.append(ext if ext.startswith(".") else "." + ext)
+        return tuple(out)
+
+
+class EmbedderConfig(_Model):
+    name: Literal["facenet", "dlib"] = "facenet"
+    weights: Optional[Path] = None
+    device: str = "auto"
+    batch_size: int = Field(64, ge=1, le=4096)
+    max_wait_ms: int = Field(200, ge=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, not {value!r}")
+        return value
+
+
+class DetectorConfig(_Model):
+    min_face_px: int = Field(40, ge=1)
+    min_probability: float = Field(0.95, ge=0.0, le=1.0)
+    max_side_px: int = Field(1024, ge=160)
+
+
+class ClusteringConfig(_Model):
+    eps: Union[Literal["auto"], float] = "auto"
+    min_samples: int = Field(2, ge=1)
+    recluster_interval_s: float = Field(3600, ge=0)
+    recluster_after_faces: int = Field(500, ge=0)
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps(cls, value: Any) -> Union[str, float]:
+        if value == "auto":
+            return value
+        try:
+            eps = float(value)
+        except (TypeError, ValueError):
+            eps = -1.0
+        if isinstance(value, bool) or not 0.0 < eps < 4.0:
+            raise ValueError(f"must be 'auto' or a distance between 0 and 4, not {value!r}")
+        return eps
+
+
+class PlacementConfig(_Model):
+    action: Literal["move", "copy", "hardlink", "symlink"] = "move"
+    layout: str = "{identity}/{name}{ext}"
+    unknown_dir: str = "_unsorted"
+    noface_dir: str = "_noface"
+    quarantine_dir: str = "_quarantine"
+    multi_face: Literal["largest", "all", "group"] = "largest"
+    group_dir: str = "_groups"
+    duplicates_dir: str = "_duplicates"
+    on_conflict: Literal["rename_new", "skip_identical"] = "rename_new"
+
+    @field_validator("layout")
+    @classmethod
+    def _layout(cls, value: str) -> str:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+        except ValueError as exc:
+            raise ValueError(f"is not a valid template ({exc})") from None
+        unknown = sorted({f for f in fields if f not in LAYOUT_FIELDS})
+        if unknown:
+            raise ValueError(
+                f"unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; "
+                f"allowed: {', '.join('{' + f + '}' for f in LAYOUT_FIELDS)}"
+            )
+        if "name" not in fields:
+            raise ValueError("must contain {name} so that two photos never get the same path")
+        if value.startswith("/") or ".." in Path(value).parts:
+            raise ValueError("must be a relative path inside the library (no leading / or ..)")
+        return value
+
+    @field_validator("unknown_dir", "noface_dir", "quarantine_dir", "group_dir", "duplicates_dir")
+    @classmethod
+    def _plain_dir(cls, value: str) -> str:
+        if not value or "/" in value or "\\" in value or value in (".", ".."):
+            raise ValueError(f"must be one folder name inside the library, not {value!r}")
+        return value
+
+
+class WebConfig(_Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    token: Optional[str] = None
+
+    @property
+    def is_loopback(self) -> bool:
+        return is_loopback_host(self.host)
+
+
+class Config(_Model):
+    """The whole resolved config; ``source`` is the file it was read from (None for defaults)."""
+
+    state_dir: Path = Path("./state")
+    library: Path = Path("./library")
+    inboxes: tuple[InboxConfig, ...] = (InboxConfig(path=Path("./inbox")),)
+    watch: WatchConfig = WatchConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+    detector: DetectorConfig = DetectorConfig()
+    clustering: ClusteringConfig = ClusteringConfig()
+    placement: PlacementConfig = PlacementConfig()
+    web: WebConfig = WebConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    source: Optional[Path] = Field(None, exclude=True)
+
+    @field_validator("inboxes")
+    @classmethod
+    def _at_least_one(cls, value: tuple[InboxConfig, ...]) -> tuple[InboxConfig, ...]:
+        if not value:
+            raise ValueError("needs at least one inbox (a list of {path: ..., mode: detect})")
+        return value
+
+    def to_yaml(self) -> str:
+        """The resolved config (absolute paths, every default filled in) as YAML."""
+        data = self.model_dump(mode="json", exclude={"source"})
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_config_path() -> Path:
+    """``$FACESORTD_CONFIG``, else ``./facesortd.yaml``."""
+    return Path(os.environ.get("FACESORTD_CONFIG") or DEFAULT_CONFIG_NAME)
+
+
+def load_config(path: Optional[Union[str, Path]] = None) -> Config:
+    """Read, validate and resolve a config file; raise ConfigError listing every problem."""
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, [
+            "file not found: pass --config FILE, set FACESORTD_CONFIG, or copy "
+            "config/facesortd.yaml to ./facesortd.yaml"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, [f"cannot read the file: {exc}"]) from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Union[str, Path]) -> Config:
+    """Validate YAML text as if read from ``path`` (relative paths resolve against its folder)."""
+    path = Path(path).absolute()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(path, [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, ["the file must be a mapping of keys (state_dir:, library:, inboxes: ...)"])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(path, [_describe(err) for err in exc.errors()]) from None
+    config = _resolve_paths(config, path.parent).model_copy(update={"source": path})
+    problems = _check_combinations(config)
+    if problems:
+        raise ConfigError(path, problems)
+    return config
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    loc = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = err["loc"][:-1]
+        allowed = _allowed_keys(parent)
+        return f"{loc}: unknown key; allowed keys here: {', '.join(allowed)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind != "value_error" and "input" in err and not isinstance(err["input"], (dict, list)):
+        msg += f" (got {err['input']!r})"
+    return f"{loc}: {msg}"
+
+
+def _allowed_keys(parent: tuple) -> list[str]:
+    model: Any = Config
+    for part in parent:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        annotation = field.annotation
+        inner = getattr(annotation, "__args__", None)
+        if inner and isinstance(inner[0], type) and issubclass(inner[0], BaseModel):
+            model = inner[0]
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return [k for k in model.model_fields if k != "source"]
+
+
+def _resolve(base: Path, p: Path) -> Path:
+    p = p.expanduser()
+    return Path(os.path.normpath(p if p.is_absolute() else base / p))
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    embedder = config.embedder
+    if embedder.weights is not None:
+        embedder = embedder.model_copy(update={"weights": _resolve(base, embedder.weights)})
+    return config.model_copy(update={
+        "state_dir": _resolve(base, config.state_dir),
+        "library": _resolve(base, config.library),
+        "inboxes": tuple(i.model_copy(update={"path": _resolve(base, i.path)}) for i in config.inboxes),
+        "embedder": embedder,
+    })
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _check_combinations(config: Config) -> list[str]:
+    """Problems no single key shows: folders inside each other, a public web page without a token."""
+    problems = []
+    seen: dict[Path, int] = {}
+    for i, inbox in enumerate(config.inboxes):
+        key = f"inboxes[{i}].path"
+        if inbox.path in seen:
+            problems.append(f"{key}: {inbox.path} is listed twice (also inboxes[{seen[inbox.path]}]); "
+                            "list each folder once")
+            continue
+        for j, other in seen.items():
+            if _inside(inbox.path, j) or _inside(j, inbox.path):
+                problems.append(f"{key}: {inbox.path} overlaps inboxes[{other}] ({j}); "
+                                "inboxes must not contain each other")
+        seen[inbox.path] = i
+        for name, folder in (("library", config.library), ("state_dir", config.state_dir)):
+            if _inside(inbox.path, folder) or _inside(folder, inbox.path):
+                problems.append(f"{key}: {inbox.path} overlaps {name} ({folder}); "
+                                f"an inbox must be a folder of its own, outside {name}")
+    if _inside(config.state_dir, config.library) or _inside(config.library, config.state_dir):
+        problems.append(f"state_dir: {config.state_dir} overlaps library ({config.library}); "
+                        "keep the state folder outside the sorted library")
+    if not config.web.is_loopback and config.web.enabled and not config.web.token:
+        problems.append(f"web.token: required when web.host is not loopback ({config.web.host}); "
+                        "set a long random token, or bind web.host to 127.0.0.1")
+    dirs = [config.placement.unknown_dir, config.placement.noface_dir, config.placement.quarantine_dir,
+            config.placement.group_dir, config.placement.duplicates_dir]
+    if len(set(dirs)) != len(dirs):
+        problems.append("placement: unknown_dir, noface_dir, quarantine_dir, group_dir and "
+                        "duplicates_dir must be five different folder names")
+    return problems

@@ -1,0 +1,21 @@
+"""Queue items: small frozen values, so the same file queued twice is one job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Job:
+    """A settled file in an inbox, ready to be ingested.
+
+    ``size`` and ``mtime_ns`` are what the watcher saw when it decided the file had settled; the
+    pipeline uses them to skip files it has already ingested.
+    """
+
+    path: Path
+    inbox: Path
+    mode: str  # "detect" | "aligned"
+    size: int
+    mtime_ns: int
