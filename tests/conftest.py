@@ -25,8 +25,7 @@ def no_leaked_threads():
     """Every thread a test starts must be stopped and joined before the test ends."""
     before = set(threading.enumerate())
     yield
-    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()
-              and not t.daemon]
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     for t in leaked:
         t.join(timeout=5)
     leaked = [t for t in leaked if t.is_alive()]
