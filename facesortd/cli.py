@@ -1,0 +1,133 @@
+"""The command line. Every user error becomes one message and an exit code here, in ``main``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import __version__
+from .config import Config, load_config
+from .errors import ConfigError, FacesortdError
+
+
+def _setup_logging(level: str) -> None:
+    # Under systemd (JOURNAL_STREAM set) journald adds the time; elsewhere we do.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr,
+                        force=True)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    print(f"# {config.source}: OK")
+    print(config.to_yaml(), end="")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import Daemon
+
+    config = _config(args)
+    _setup_logging(config.log_level)
+    daemon = Daemon(config)
+    daemon.install_signal_handlers()
+    if args.once:
+        counts = daemon.run_once()
+        print(json.dumps(counts, indent=2, sort_keys=True))
+    else:
+        daemon.run_forever()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .store import Store
+
+    config = _config(args)
+    if not (config.state_dir / "facesortd.db").exists():
+        raise FacesortdError(f"no store yet in {config.state_dir}: run `facesortd run` first")
+    with Store.open(config.state_dir) as store:
+        counts = store.counts()
+    if args.json:
+        print(json.dumps(counts, indent=2, sort_keys=True))
+    else:
+        for key, value in counts.items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k} {v}" for k, v in sorted(value.items())) or "none"
+            print(f"{key:>16}: {value}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_ingest
+
+    _setup_logging("warning")
+    result = bench_ingest(mode=args.mode, embedder=args.embedder, images=args.images,
+                          count=args.count, batch_size=args.batch_size, device=args.device,
+                          precision=args.precision)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facesortd", description="Sort photos into one folder per person, continuously.")
+    parser.add_argument("--version", action="version", version=f"facesortd {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=None,
+                        help="config file (default: $FACESORTD_CONFIG, then ./facesortd.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", parents=[common], help="run the service (or --once and exit)")
+    p.add_argument("--once", action="store_true", help="ingest what is in the inboxes, then exit")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", parents=[common],
+                       help="validate the config; print every problem (exit 2) or the resolved config")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("status", parents=[common], help="counts from the store")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("bench", help="benchmarks that print JSON figures")
+    bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    b = bench.add_parser("ingest", help="pipeline images/s against the bare model, same run")
+    b.add_argument("--mode", choices=["aligned", "detect"], default="aligned")
+    b.add_argument("--embedder", choices=["facenet", "dlib"], default="facenet")
+    b.add_argument("--images", type=Path, default=None,
+                   help="folder of images to replicate (default: synthetic face-sized JPEGs)")
+    b.add_argument("--count", type=int, default=1000, help="number of files to ingest")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    b.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"facesortd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except FacesortdError as exc:
+        print(f"facesortd: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

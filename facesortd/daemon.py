@@ -1,0 +1,165 @@
+"""Wires the service together: lock, store, model, pipeline, watcher; runs once or until SIGTERM."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import Config, load_config
+from .embedders import create_embedder, resolve_device
+from .errors import ConfigError, FacesortdError
+from .jobs import Job
+from .pipeline import Pipeline
+from .store import Store
+from .watcher import Watcher
+
+log = logging.getLogger("facesortd")
+
+
+class StateLock:
+    """An exclusive lock on the state folder: one daemon per store; released if the holder dies."""
+
+    def __init__(self, state_dir: Path):
+        self.path = state_dir / "lock"
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise FacesortdError(
+                f"{self.path.parent} is in use by facesortd (pid {holder}); stop that daemon "
+                "first, or give this one another state_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def make_detector(config: Config, device: Any):
+    """The MTCNN detector, only when some inbox is in detect mode (it costs memory and a load)."""
+    if not any(inbox.mode == "detect" for inbox in config.inboxes):
+        return None
+    from .detect import FaceDetector
+    detector = FaceDetector(config.detector, device=device)
+    detector.load()
+    return detector
+
+
+class Daemon:
+    """One running facesortd: ``run_once()`` for batch use, ``run_forever()`` for the service."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self.lock = StateLock(config.state_dir)
+        self.store: Optional[Store] = None
+        self.pipeline: Optional[Pipeline] = None
+        self.watcher: Optional[Watcher] = None
+
+    def open(self) -> None:
+        """Take the lock, open the store, load the model (fails fast with what to do)."""
+        cfg = self.config
+        self.lock.acquire()
+        try:
+            self.store = Store.open(cfg.state_dir)
+            embedder = create_embedder(cfg.embedder)
+            embedder.load()
+            self.store.bind_model(embedder.model_id, embedder.dim)
+            detector = make_detector(cfg, resolve_device(cfg.embedder.device))
+            log.info("model %s on %s", embedder.model_id, embedder.describe())
+            self.pipeline = Pipeline(cfg, self.store, embedder, detector,
+                                     on_finished=self._on_finished)
+            self.watcher = Watcher(cfg.inboxes, cfg.watch, self.pipeline.submit,
+                                   exclude=[cfg.library, cfg.state_dir])
+        except BaseException:
+            self.close()
+            raise
+
+    def _on_finished(self, job: Job, outcome: str) -> None:
+        # A file that left the inbox (quarantined, gone) may come back with the same stat later.
+        if outcome in ("error", "gone") and self.watcher is not None:
+            self.watcher.forget(job.path)
+
+    def start(self) -> None:
+        for inbox in self.config.inboxes:
+            if not inbox.path.is_dir():
+                log.warning("inbox %s does not exist yet; it is watched once it appears", inbox.path)
+        self.pipeline.start()
+        self.watcher.start()
+
+    def close(self) -> None:
+        """Stop taking files, finish what was taken, close the store, release the lock."""
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self.lock.release()
+
+    def run_once(self, timeout: Optional[float] = None) -> dict:
+        """Ingest everything present in the inboxes, then return the store's counts."""
+        self.open()
+        try:
+            self.start()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not self._stop.is_set():
+                if self.watcher.wait_idle(0.2) and self.pipeline.drain(0.2) \
+                        and self.watcher.wait_idle(0):
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise FacesortdError("run --once did not finish in time")
+            return self.store.counts()
+        finally:
+            self.close()
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM/SIGINT; SIGHUP reloads the config (the old one stays if invalid)."""
+        self.open()
+        try:
+            self.start()
+            log.info("facesortd running: watching %s", ", ".join(str(i.path) for i in self.config.inboxes))
+            while not self._stop.wait(1.0):
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
+        finally:
+            log.info("stopping: finishing the files already taken")
+            self.close()
+            log.info("stopped")
+
+    def reload(self) -> None:
+        source = self.config.source
+        try:
+            new = load_config(source)
+        except ConfigError as exc:
+            log.error("config reload refused, the old config stays in force:\n%s", exc)
+            return
+        self.watcher.set_inboxes(new.inboxes)
+        self.config = new
+        log.info("config reloaded from %s", source)
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+
+    def request_stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,117 @@
+"""File moves that never overwrite and never lose a byte.
+
+The rule everywhere in facesortd: a destination that exists is never replaced. ``os.link`` is the
+atomic "create only if absent" for a whole file on one filesystem; across filesystems (or where hard
+links are not supported) the bytes are copied into a new file opened with ``O_EXCL``, synced and
+checked before the source is removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+_LINK_UNSUPPORTED = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
+
+
+def candidate_names(name: str):
+    """``name``, then ``stem_1.ext``, ``stem_2.ext``... (rename_new)."""
+    stem, ext = os.path.splitext(name)
+    yield name
+    n = 1
+    while True:
+        yield f"{stem}_{n}{ext}"
+        n += 1
+
+
+def move_no_overwrite(src: Path, dst_dir: Path, name: str | None = None) -> Path:
+    """Move ``src`` into ``dst_dir`` under a free name (``name_1.jpg``... on collision).
+
+    Returns the final path. The source is removed only after the destination is complete.
+    """
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for candidate in candidate_names(name or src.name):
+        dst = dst_dir / candidate
+        if os.path.lexists(dst):
+            continue
+        try:
+            _place(src, dst)
+        except FileExistsError:
+            continue  # lost a race for this name: try the next one
+        os.unlink(src)
+        _fsync_dir(dst_dir)
+        return dst
+    raise AssertionError("unreachable")
+
+
+def write_new_text(path: Path, text: str) -> Path:
+    """Write a small text file under a free name next to ``path`` (never overwriting)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for candidate in candidate_names(path.name):
+        target = path.parent / candidate
+        try:
+            with open(target, "x", encoding="utf-8") as fh:
+                fh.write(text)
+            return target
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def _place(src: Path, dst: Path) -> None:
+    """Make ``dst`` a complete copy of ``src`` (a hard link where possible); never replaces."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+        return
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            raise FileExistsError(dst) from exc
+        if exc.errno not in _LINK_UNSUPPORTED:
+            raise
+    copy_verified(src, dst)
+
+
+def copy_verified(src: Path, dst: Path) -> None:
+    """Copy into a new file (O_EXCL), fsync, and check size and sha256 before returning."""
+    want = _sha256(src)
+    try:
+        with open(src, "rb") as fin, open(dst, "xb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        shutil.copystat(src, dst)
+        if _sha256(dst) != want:
+            raise OSError(errno.EIO, f"copy of {src} to {dst} does not match the source")
+    except FileExistsError:
+        raise
+    except BaseException:
+        # Only our own incomplete copy is removed; the source is untouched.
+        try:
+            os.unlink(dst)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

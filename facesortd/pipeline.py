@@ -1,0 +1,385 @@
+"""The ingest pipeline: settled files in, face vectors in the store out.
+
+Stages, in order (each a small method below):
+  1. ``submit``      intake: drop a path already in flight or already ingested unchanged
+  2. ``_prepare``    worker threads: hash, find duplicates, decode (and for aligned mode, cut the face)
+  3. ``_model_loop`` the one model thread: detect faces in batches, embed micro-batches of up to
+                     ``batch_size`` faces or ``max_wait_ms``, record every image with its faces
+Decoding runs in the workers while the model thread embeds, so the model does not wait on the disk.
+A file that cannot be decoded is recorded with its reason and moved to the quarantine folder.
+All torch work (detector and embedder) happens on the model thread: one torch thread pool only.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .config import Config
+from .embedders.base import Box, Embedder
+from .errors import BadImage
+from .fsops import move_no_overwrite, write_new_text
+from .imageio import decode, decode_face_crop, sha256_file
+from .jobs import Job
+from .store import Store
+
+log = logging.getLogger("facesortd.pipeline")
+
+_STOP = object()
+
+
+@dataclass
+class _Work:
+    """One image travelling from a worker to the model thread."""
+
+    job: Job
+    sha256: str
+    size: int
+    faces: list[Any] = field(default_factory=list)        # prepared inputs for the embedder
+    boxes: list[Box] = field(default_factory=list)        # in original image pixels
+    scores: list[float] = field(default_factory=list)
+    rgb: Optional[np.ndarray] = None                      # detect mode: decoded image awaiting detection
+    scale: float = 1.0
+    vectors: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class Stats:
+    """Counters for status lines, metrics and benchmarks (written by the pipeline threads)."""
+
+    files_done: int = 0
+    files_noface: int = 0
+    files_duplicate: int = 0
+    files_error: int = 0
+    files_skipped: int = 0
+    faces: int = 0
+    batches: int = 0
+    batch_faces: int = 0
+    model_seconds: float = 0.0
+
+
+class Pipeline:
+    """Turns Jobs into stored faces; start(), submit(job), drain(), stop()."""
+
+    def __init__(self, config: Config, store: Store, embedder: Embedder, detector: Any = None,
+                 workers: int = 2, queue_size: int = 1024,
+                 on_finished: Optional[Callable[[Job, str], None]] = None):
+        self.config = config
+        self.store = store
+        self.embedder = embedder
+        self.detector = detector
+        self.on_finished = on_finished
+        self.stats = Stats()
+        self._intake: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._prepared: queue.Queue = queue.Queue(maxsize=max(8, 2 * config.embedder.batch_size))
+        self._workers_n = max(1, workers)
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight: set[Path] = set()
+        self._sha_owner: dict[str, Path] = {}          # content being ingested -> its first path
+        self._sha_waiters: dict[str, list[Job]] = {}   # later copies of that content
+        self._accepting = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._accepting = True
+        for i in range(self._workers_n):
+            t = threading.Thread(target=self._worker_loop, name=f"facesortd-prep-{i}")
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self._model_loop, name="facesortd-model")
+        t.start()
+        self._threads.append(t)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop taking files, finish the ones already taken, and join the threads."""
+        self._accepting = False
+        if not self._threads:
+            return
+        for _ in range(self._workers_n):
+            self._intake.put(_STOP)
+        for t in self._threads[:-1]:
+            t.join(timeout)
+        self._prepared.put(_STOP)
+        self._threads[-1].join(timeout)
+        self._threads.clear()
+
+    def drain(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every accepted file is finished; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._in_flight:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._idle.wait(left if left is not None else 1.0)
+        return True
+
+    @property
+    def queue_depth(self) -> int:
+        with self._lock:
+            return len(self._in_flight)
+
+    # -- stage 1: intake -----------------------------------------------------------------------
+    def submit(self, job: Job) -> bool:
+        """Accept a settled file. False only when the queue is full (the caller retries later)."""
+        if not self._accepting:
+            return False
+        with self._lock:
+            if job.path in self._in_flight:
+                return True
+        if self.store.image_is_current(job.path, job.size, job.mtime_ns):
+            self.stats.files_skipped += 1
+            return True
+        with self._lock:
+            if job.path in self._in_flight:
+                return True
+            self._in_flight.add(job.path)
+        try:
+            self._intake.put_nowait(job)
+        except queue.Full:
+            self._finish(job, None)
+            return False
+        return True
+
+    def _finish(self, job: Job, outcome: Optional[str]) -> None:
+        with self._idle:
+            self._in_flight.discard(job.path)
+            self._idle.notify_all()
+        if outcome and self.on_finished:
+            self.on_finished(job, outcome)
+
+    # -- stage 2: workers ----------------------------------------------------------------------
+    def _worker_loop(self) -> None:
+        while True:
+            job = self._intake.get()
+            if job is _STOP:
+                return
+            try:
+                work = self._prepare(job)
+            except BadImage as exc:
+                self._quarantine(job, exc.reason)
+                continue
+            except Exception as exc:  # never let one file stop a worker
+                log.exception("unexpected error preparing %s", job.path)
+                self._quarantine(job, f"unexpected error: {type(exc).__name__}: {exc}")
+                continue
+            if work is not None:
+                self._prepared.put(work)
+
+    def _prepare(self, job: Job) -> Optional[_Work]:
+        """Hash and decode one file; None when it needs no model work (a duplicate)."""
+        try:
+            sha, size = sha256_file(job.path)
+        except FileNotFoundError:
+            log.info("gone before it was read: %s", job.path)
+            self._finish(job, "gone")
+            return None
+        except OSError as exc:
+            raise BadImage(f"cannot read the file: {exc.strerror or exc}") from None
+        if size == 0:
+            raise BadImage("the file is empty (0 bytes)")
+        original = self.store.find_image_by_sha(sha)
+        if original is None:
+            with self._lock:
+                owner = self._sha_owner.setdefault(sha, job.path)
+                if owner != job.path:
+                    self._sha_waiters.setdefault(sha, []).append(job)
+                    return None
+        if original is not None:
+            self._record_duplicate(job, sha, size, original.id)
+            return None
+        try:
+            return self._decode(_Work(job=job, sha256=sha, size=size))
+        except BaseException:
+            self._release_sha(sha, None)
+            raise
+
+    def _decode(self, work: _Work) -> _Work:
+        """Aligned mode: the whole image is the face. Detect mode: decode for the detector."""
+        job = work.job
+        if job.mode == "aligned":
+            crop_size = getattr(self.embedder, "crop_size", None)
+            if crop_size:
+                rgb = decode_face_crop(job.path, crop_size)
+                h, w = rgb.shape[:2]
+                work.faces.append(rgb)
+            else:
+                decoded = decode(job.path)
+                rgb = decoded.rgb
+                h, w = rgb.shape[:2]
+                work.faces.append(self.embedder.prepare(rgb, (0.0, 0.0, float(w), float(h))))
+                w, h = decoded.original_size
+            work.boxes.append((0.0, 0.0, float(w), float(h)))
+            work.scores.append(1.0)
+        else:
+            decoded = decode(job.path, max_side=self.config.detector.max_side_px)
+            work.rgb, work.scale = decoded.rgb, decoded.scale
+        return work
+
+    def _quarantine(self, job: Job, reason: str) -> None:
+        """Record a broken file and move it, with a reason file, into the quarantine folder."""
+        try:
+            st = job.path.stat()
+            size, mtime_ns = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime_ns = job.size, job.mtime_ns
+        where = self.config.library / self.config.placement.quarantine_dir
+        moved_to = None
+        try:
+            moved_to = move_no_overwrite(job.path, where)
+            write_new_text(moved_to.with_name(moved_to.name + ".reason.txt"),
+                           f"{job.path}\n{reason}\n")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.error("could not move %s to quarantine (%s); it stays where it is", job.path, exc)
+        self.store.record_error(job.path, job.inbox, None, size, mtime_ns, reason)
+        self.stats.files_error += 1
+        log.warning("quarantined %s: %s%s", job.path, reason,
+                    f" -> {moved_to}" if moved_to else "")
+        self._finish(job, "error")
+
+    def _record_duplicate(self, job: Job, sha: str, size: int, original_id: int) -> None:
+        image_id = self.store.add_image(job.path, job.inbox, sha, size, job.mtime_ns,
+                                        status="pending")
+        self.store.copy_faces(original_id, image_id)
+        self.store.set_image_status(image_id, "duplicate")
+        self.stats.files_duplicate += 1
+        log.info("duplicate %s: same content as image %d, not embedded again", job.path, original_id)
+        self._finish(job, "duplicate")
+
+    # -- stage 3: the model thread -------------------------------------------------------------
+    def _model_loop(self) -> None:
+        batch_size = self.config.embedder.batch_size
+        max_wait = self.config.embedder.max_wait_ms / 1000.0
+        pending: list[tuple[_Work, Any]] = []
+        waiting: list[_Work] = []      # images whose faces are (partly) in ``pending``
+        deadline: Optional[float] = None
+        stopping = False
+        while not stopping or pending:
+            timeout = 0.05 if deadline is None else max(0.0, deadline - time.monotonic())
+            items = []
+            if not stopping:
+                try:
+                    items.append(self._prepared.get(timeout=timeout))
+                    while len(items) < batch_size:
+                        items.append(self._prepared.get_nowait())
+                except queue.Empty:
+                    pass
+            if _STOP in items:
+                items.remove(_STOP)
+                stopping = True
+            detect = [w for w in items if w.rgb is not None]
+            if detect:
+                self._detect(detect)
+            for work in items:
+                if not work.faces:
+                    self._store(work)
+                    continue
+                waiting.append(work)
+                pending.extend((work, face) for face in work.faces)
+            if pending and deadline is None:
+                deadline = time.monotonic() + max_wait
+            while len(pending) >= batch_size or (
+                    pending and (stopping or time.monotonic() >= (deadline or 0))):
+                chunk, pending = pending[:batch_size], pending[batch_size:]
+                self._embed(chunk)
+                done = [w for w in waiting if len(w.vectors) == len(w.faces)]
+                waiting = [w for w in waiting if len(w.vectors) != len(w.faces)]
+                for work in done:
+                    self._store(work)
+                deadline = None if not pending else time.monotonic() + max_wait
+
+    def _detect(self, works: list[_Work]) -> None:
+        try:
+            found = self.detector.detect([w.rgb for w in works], scales=[w.scale for w in works])
+        except Exception:
+            log.exception("face detection failed for a batch; trying images one by one")
+            found = []
+            for w in works:
+                try:
+                    found.extend(self.detector.detect([w.rgb], scales=[w.scale]))
+                except Exception as exc:
+                    found.append(exc)
+        for work, detections in zip(works, found):
+            rgb, scale = work.rgb, work.scale
+            work.rgb = None
+            if isinstance(detections, Exception):
+                self._fail(work, f"face detection failed: {detections}")
+                continue
+            for det in detections:
+                x1, y1, x2, y2 = det.box
+                local = (x1 / scale, y1 / scale, x2 / scale, y2 / scale)
+                work.faces.append(self.embedder.prepare(rgb, local))
+                work.boxes.append(tuple(float(v) for v in det.box))
+                work.scores.append(float(det.score))
+
+    def _embed(self, chunk: list[tuple[_Work, Any]]) -> None:
+        t0 = time.perf_counter()
+        try:
+            vectors = self.embedder.embed([face for _, face in chunk])
+        except Exception as exc:
+            log.exception("embedding a batch of %d faces failed", len(chunk))
+            for work in {id(w): w for w, _ in chunk}.values():
+                self._fail(work, f"embedding failed: {type(exc).__name__}: {exc}")
+            return
+        self.stats.model_seconds += time.perf_counter() - t0
+        self.stats.batches += 1
+        self.stats.batch_faces += len(chunk)
+        for (work, _), vec in zip(chunk, vectors):
+            work.vectors.append(vec)
+
+    def _fail(self, work: _Work, reason: str) -> None:
+        """A model-side failure: not the file's fault, so record it but leave the file in place."""
+        work.faces = []
+        work.vectors = []
+        self.store.record_error(work.job.path, work.job.inbox, work.sha256, work.size,
+                                work.job.mtime_ns, reason)
+        self.stats.files_error += 1
+        self._release_sha(work.sha256, None)
+        self._finish(work.job, "error")
+
+    def _store(self, work: _Work) -> None:
+        if work.job.path not in self._in_flight:
+            return  # already failed
+        job = work.job
+        try:
+            image_id = self.store.add_image(job.path, job.inbox, work.sha256, work.size,
+                                            job.mtime_ns, status="pending")
+            self.store.add_faces(image_id, list(zip(work.boxes, work.scores, work.vectors)))
+        except Exception as exc:
+            log.exception("could not record %s", job.path)
+            self._fail(work, f"could not record in the store: {exc}")
+            return
+        n = len(work.vectors)
+        self.stats.faces += n
+        if n:
+            self.stats.files_done += 1
+            log.info("ingested %s: %d face(s)", job.path, n)
+        else:
+            self.stats.files_noface += 1
+            log.info("ingested %s: no face", job.path)
+        self._finish(job, "done" if n else "noface")
+        self._release_sha(work.sha256, image_id)
+
+    def _release_sha(self, sha: str, image_id: Optional[int]) -> None:
+        """The first copy of some content is finished: settle the copies that waited for it."""
+        with self._lock:
+            self._sha_owner.pop(sha, None)
+            waiters = self._sha_waiters.pop(sha, [])
+        for job in waiters:
+            if image_id is not None:
+                self._record_duplicate(job, sha, job.size, image_id)
+            else:
+                self._finish(job, None)
+                if not self.submit(job):
+                    log.warning("could not requeue %s; the next rescan will take it", job.path)
