@@ -1,0 +1,199 @@
+"""The ingest pipeline end to end: real files, real watcher, real SQLite, the real dlib model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facesortd.config import parse_config
+from facesortd.daemon import Daemon
+from facesortd.errors import FacesortdError, StoreError
+from facesortd.store import Store
+
+pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
+
+
+def make_config(root: Path, mode: str = "detect", embedder: str = "dlib", extra: str = ""):
+    (root / "inbox").mkdir(exist_ok=True)
+    text = (f"inboxes:\n  - path: inbox\n    mode: {mode}\n"
+            "watch:\n  settle_ms: 100\n  rescan_interval_s: 0\n"
+            f"embedder:\n  name: {embedder}\n  batch_size: 16\n  max_wait_ms: 50\n"
+            "web:\n  enabled: false\n" + extra)
+    (root / "facesortd.yaml").write_text(text)
+    return parse_config(text, root / "facesortd.yaml")
+
+
+def run_once(config) -> dict:
+    return Daemon(config).run_once(timeout=300)
+
+
+def images(store: Store) -> dict[str, object]:
+    rows = store._conn.execute("SELECT path, status, error, id FROM images").fetchall()
+    return {Path(os.fsdecode(r[0])).name: r for r in rows}
+
+
+def face_count(store: Store, image_id: int) -> int:
+    return store._conn.execute("SELECT COUNT(*) FROM faces WHERE image_id=?", (image_id,)).fetchone()[0]
+
+
+def test_aligned_mode_one_face_per_crop(tmp_path, data_dir):
+    config = make_config(tmp_path, mode="aligned")
+    crops = sorted((data_dir / "faces_cropped").rglob("*.jp*g"))[:6]
+    for p in crops:
+        shutil.copy(p, tmp_path / "inbox" / f"{p.parent.name}_{p.name}")
+    counts = run_once(config)
+    with Store.open(config.state_dir) as store:
+        rows = images(store)
+        assert len(rows) == len(crops)
+        assert all(r[1] == "done" and face_count(store, r[3]) == 1 for r in rows.values())
+        ids, matrix = store.vectors()
+        assert matrix.shape == (len(crops), 128)
+        assert np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-3)
+    assert counts["faces"] == len(crops)
+
+
+def test_detect_mode_mixed_sizes_many_faces_and_none(tmp_path, data_dir):
+    """The old tool crashed on mixed sizes and several faces per photo: one run holds all."""
+    config = make_config(tmp_path)
+    inbox = tmp_path / "inbox"
+    for p in (data_dir / "scenes").iterdir():
+        shutil.copy(p, inbox / p.name)
+    for p in (data_dir / "nonfaces").iterdir():
+        shutil.copy(p, inbox / p.name)
+    shutil.copy(data_dir / "faces" / "Barack_Obama" / "obama.jpg", inbox / "obama_big.jpg")
+    run_once(config)
+    with Store.open(config.state_dir) as store:
+        rows = images(store)
+        assert len(rows) == 16
+        multi = [n for n in ("obama_and_biden.jpg", "bald_guys.jpg") if face_count(store, rows[n][3]) >= 2]
+        assert multi == ["obama_and_biden.jpg", "bald_guys.jpg"]
+        assert sum(face_count(store, r[3]) for r in rows.values()) >= 15
+        for p in (data_dir / "nonfaces").iterdir():
+            assert rows[p.name][1] == "noface", p.name
+        assert rows["obama_big.jpg"][1] == "done"
+        # boxes are in the original photo's pixels, inside it
+        with Image.open(data_dir / "faces" / "Barack_Obama" / "obama.jpg") as im:
+            w, h = im.size
+        x1, y1, x2, y2 = store._conn.execute(
+            "SELECT box_x1, box_y1, box_x2, box_y2 FROM faces WHERE image_id=?",
+            (rows["obama_big.jpg"][3],)).fetchone()
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h and (x2 - x1) > 100
+
+
+def _bad_inputs(inbox: Path, data_dir: Path) -> dict[str, str]:
+    """Each bad file and a word its recorded reason must contain."""
+    good = (data_dir / "faces" / "John_Bolton").iterdir().__next__().read_bytes()
+    (inbox / "empty.jpg").write_bytes(b"")
+    (inbox / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (inbox / "text.jpg").write_text("this is not a picture\n")
+    (inbox / "random.png").write_bytes(np.random.default_rng(1).bytes(5000))
+    Image.new("1", (20000, 20000)).save(inbox / "bomb.png")
+    return {"empty.jpg": "empty", "truncated.jpg": "truncated", "text.jpg": "image",
+            "random.png": "image", "bomb.png": "pixels"}
+
+
+def test_bad_inputs_quarantined_with_reason_good_files_processed(tmp_path, data_dir):
+    config = make_config(tmp_path)
+    inbox = tmp_path / "inbox"
+    expected = _bad_inputs(inbox, data_dir)
+    goods = sorted((data_dir / "faces" / "Winona_Ryder").iterdir())[:3]
+    for p in goods:
+        shutil.copy(p, inbox / p.name)
+    run_once(config)
+    quarantine = config.library / "_quarantine"
+    with Store.open(config.state_dir) as store:
+        rows = images(store)
+        for name, word in expected.items():
+            assert rows[name][1] == "error", name
+            assert word in rows[name][2].lower(), (name, rows[name][2])
+            assert (quarantine / name).exists(), name
+            reason = (quarantine / f"{name}.reason.txt").read_text()
+            assert rows[name][2] in reason
+            assert not (inbox / name).exists()
+        for p in goods:
+            assert rows[p.name][1] == "done"
+            assert (inbox / p.name).read_bytes() == p.read_bytes()  # untouched
+
+
+def test_quarantine_never_overwrites(tmp_path, data_dir):
+    config = make_config(tmp_path)
+    quarantine = config.library / "_quarantine"
+    quarantine.mkdir(parents=True)
+    (quarantine / "text.jpg").write_text("an earlier broken file\n")
+    (tmp_path / "inbox" / "text.jpg").write_text("a new broken file\n")
+    run_once(config)
+    assert (quarantine / "text.jpg").read_text() == "an earlier broken file\n"
+    assert (quarantine / "text_1.jpg").read_text() == "a new broken file\n"
+
+
+def test_unusual_valid_images_are_processed(tmp_path, data_dir):
+    config = make_config(tmp_path)
+    inbox = tmp_path / "inbox"
+    src = Image.open(data_dir / "scenes" / "obama_and_biden.jpg").convert("RGB")
+    src.convert("CMYK").save(inbox / "cmyk.jpg")
+    src.convert("P").save(inbox / "palette.png")
+    rgba = src.convert("RGBA")
+    rgba.putalpha(255)
+    rgba.save(inbox / "alpha.png")
+    frames = [src.convert("P"), src.convert("P").transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    frames[0].save(inbox / "anim.gif", save_all=True, append_images=frames[1:])
+    rotated = src.transpose(Image.Transpose.ROTATE_90)  # stored sideways, EXIF says turn it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated.save(inbox / "rotated.jpg", exif=exif)
+    arr16 = (np.asarray(src.convert("L"), dtype=np.uint16) * 257)
+    Image.fromarray(arr16).save(inbox / "gray16.png")
+    run_once(config)
+    with Store.open(config.state_dir) as store:
+        rows = images(store)
+        for name in ("cmyk.jpg", "palette.png", "alpha.png", "anim.gif", "rotated.jpg", "gray16.png"):
+            assert rows[name][1] == "done", (name, rows[name][2])
+            assert face_count(store, rows[name][3]) >= 1, name
+
+
+def test_same_content_twice_is_embedded_once_and_restart_skips_done(tmp_path, data_dir):
+    config = make_config(tmp_path)
+    inbox = tmp_path / "inbox"
+    photo = data_dir / "faces" / "Paul_McCartney"
+    first = sorted(photo.iterdir())[0]
+    shutil.copy(first, inbox / "a.jpg")
+    shutil.copy(first, inbox / "copy_of_a.jpg")
+    (inbox / "sub").mkdir()
+    shutil.copy(first, inbox / "sub" / "again.jpg")
+    counts = run_once(config)
+    with Store.open(config.state_dir) as store:
+        rows = images(store)
+        statuses = sorted(r[1] for r in rows.values())
+        assert statuses == ["done", "duplicate", "duplicate"]
+        embedded = store._conn.execute("SELECT COUNT(DISTINCT vector) FROM faces").fetchone()[0]
+        assert embedded == 1
+    # a restart finds the same files in the inbox and does not ingest them again
+    counts_again = run_once(config)
+    assert counts_again == counts
+
+
+def test_store_refuses_another_embedder(tmp_path, data_dir):
+    config = make_config(tmp_path, mode="aligned")
+    shutil.copy(next((data_dir / "faces_cropped").rglob("*.jp*g")), tmp_path / "inbox" / "x.jpg")
+    run_once(config)
+    with Store.open(config.state_dir) as store:
+        with pytest.raises(StoreError) as info:
+            store.bind_model("facenet-vggface2:0123456789ab", 512)
+    assert "dlib" in str(info.value) and "state_dir" in str(info.value)
+
+
+def test_second_daemon_on_same_state_refused(tmp_path):
+    config = make_config(tmp_path)
+    first = Daemon(config)
+    first.lock.acquire()
+    try:
+        with pytest.raises(FacesortdError) as info:
+            Daemon(config).run_once(timeout=30)
+        assert "in use" in str(info.value)
+    finally:
+        first.lock.release()
