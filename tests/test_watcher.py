@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -296,3 +297,18 @@ def test_threads_are_named_and_stop_is_idempotent(tmp_path, make_watcher):
     w.stop()
     w.stop()
     assert not any(t.is_alive() for t in ours)
+
+
+def test_inotify_watch_limit_falls_back_to_polling(tmp_path, make_watcher, monkeypatch, caplog):
+    class NoWatchesLeft(watcher_mod.Observer):  # what a full fs.inotify.max_user_watches looks like
+        def schedule(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(watcher_mod, "Observer", NoWatchesLeft)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    with caplog.at_level(logging.WARNING, logger="facesortd.watcher"):
+        w, intake = make_watcher(inbox)
+    assert "polling it instead" in caplog.text
+    write(inbox / "still_seen.jpg")
+    assert wait_for(lambda: intake.names() == ["still_seen.jpg"])
