@@ -97,9 +97,6 @@ class Daemon:
             self.watcher.forget(job.path)
 
     def start(self) -> None:
-        for inbox in self.config.inboxes:
-            if not inbox.path.is_dir():
-                log.warning("inbox %s does not exist yet; it is watched once it appears", inbox.path)
         self.pipeline.start()
         self.watcher.start()
 
