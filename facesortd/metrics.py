@@ -25,7 +25,7 @@ class Scores:
     n_items: int
     n_true: int            # distinct true labels
     n_clusters: int        # predicted clusters, noise not counted
-    noise_fraction: float  # share of items with a label below zero
+    noise_fraction: float  # share of items labelled -1
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -41,7 +41,7 @@ def _contingency(true: Sequence[Hashable], pred: Sequence[int]):
     pred = np.asarray(pred, dtype=np.int64).copy()
     if len(pred) != len(true):
         raise ValueError(f"{len(true)} true labels but {len(pred)} predictions")
-    noise = pred < 0
+    noise = pred == -1
     pred[noise] = pred.max(initial=0) + 1 + np.arange(int(noise.sum()))
     _, t = np.unique(np.array([str(x) for x in true], dtype=object), return_inverse=True)
     _, p = np.unique(pred, return_inverse=True)
@@ -86,5 +86,5 @@ def score(true: Sequence[Hashable], pred: Sequence[int]) -> Scores:
     n = len(pred_arr)
     return Scores(pp, pr, pf, bp, br, bf, n_items=n,
                   n_true=len(set(map(str, true))),
-                  n_clusters=len(np.unique(pred_arr[pred_arr >= 0])),
-                  noise_fraction=float((pred_arr < 0).sum() / n) if n else 0.0)
+                  n_clusters=len(np.unique(pred_arr[pred_arr != -1])),
+                  noise_fraction=float((pred_arr == -1).sum() / n) if n else 0.0)

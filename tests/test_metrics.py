@@ -41,3 +41,9 @@ def test_split_class():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError):
         score(["a"], [1, 2])
+
+
+def test_other_negative_labels_are_clusters():
+    # provisional identities (-2, -3) are real clusters; only -1 is noise
+    s = score(["a", "a", "b", "b", "c"], [-2, -2, -3, -3, -1])
+    assert s.bcubed_f1 == 1.0 and s.n_clusters == 2 and s.noise_fraction == pytest.approx(0.2)
