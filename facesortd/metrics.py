@@ -1,7 +1,8 @@
 """Clustering quality: pairwise and BCubed precision/recall/F1 against true labels.
 
 Used by ``facesortd eval``, the clustering tests and ``tools/tune_clustering.py``. A predicted label
-below zero (DBSCAN noise, an unassigned face, an image without a face) is a cluster of its own.
+of -1 (DBSCAN noise, an unassigned face, an image without a face) is a cluster of its own; other
+negative labels (the clustering's provisional new identities) are ordinary clusters.
 """
 
 from __future__ import annotations
