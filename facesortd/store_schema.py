@@ -1,0 +1,129 @@
+"""The store's tables, as an ordered list of forward migrations.
+
+The schema version lives in SQLite's ``PRAGMA user_version``: 0 is an empty file, version N is
+reached by running steps 1..N in order. To change the schema, append a step to ``MIGRATIONS``; never
+edit a step that has shipped, since stores in the field have already run it. All pending steps run
+in one transaction; ``PRAGMA foreign_keys`` cannot change inside it, so a step that rebuilds a
+table should use ``PRAGMA defer_foreign_keys = ON``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Callable, Sequence
+
+Step = Callable[[sqlite3.Connection], None]
+
+
+def _sql(*statements: str) -> Step:
+    """A step made of plain DDL statements (run one by one: ``executescript`` would commit)."""
+
+    def step(conn: sqlite3.Connection) -> None:
+        for statement in statements:
+            conn.execute(statement)
+
+    return step
+
+
+# Version 1: images, faces and identities with the user's constraints.
+# Ids are AUTOINCREMENT so that an id is never reused: thumbnails, web pages and identity folders
+# refer to faces and identities by id. Timestamps are unix seconds (REAL). Status values are
+# checked in store.py, not by CHECK constraints, so that a later migration can add one without
+# rebuilding the table.
+_V1 = _sql(
+    """CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE images (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        path       TEXT NOT NULL UNIQUE,
+        inbox      TEXT NOT NULL,
+        sha256     TEXT,
+        size       INTEGER NOT NULL,
+        mtime_ns   INTEGER NOT NULL,
+        status     TEXT NOT NULL DEFAULT 'pending',
+        error      TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+    "CREATE INDEX images_sha256 ON images(sha256)",
+    "CREATE INDEX images_status ON images(status)",
+    """CREATE TABLE identities (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        name        TEXT,
+        merged_into INTEGER REFERENCES identities(id) ON DELETE SET NULL,
+        created_at  REAL NOT NULL
+    )""",
+    """CREATE TABLE faces (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        image_id    INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        box_x1      REAL NOT NULL,
+        box_y1      REAL NOT NULL,
+        box_x2      REAL NOT NULL,
+        box_y2      REAL NOT NULL,
+        score       REAL NOT NULL,
+        vector      BLOB NOT NULL,
+        model_id    TEXT NOT NULL,
+        identity_id INTEGER REFERENCES identities(id) ON DELETE SET NULL,
+        pinned      INTEGER NOT NULL DEFAULT 0,
+        rejected    INTEGER NOT NULL DEFAULT 0,
+        created_at  REAL NOT NULL
+    )""",
+    "CREATE INDEX faces_image ON faces(image_id)",
+    # (identity_id, rejected) keeps counts() off the big vector pages
+    "CREATE INDEX faces_identity ON faces(identity_id, rejected)",
+    """CREATE TABLE cannot_link (
+        face_id     INTEGER NOT NULL REFERENCES faces(id) ON DELETE CASCADE,
+        identity_id INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+        PRIMARY KEY (face_id, identity_id)
+    )""",
+    """CREATE TABLE suggestions (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        a        INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+        b        INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+        distance REAL NOT NULL,
+        status   TEXT NOT NULL DEFAULT 'open'
+    )""",
+)
+
+# Version 2: the journal of file operations (the placer writes a row before it touches a file and
+# updates it after, so a crash at any instant can be repaired at the next start).
+_V2 = _sql(
+    """CREATE TABLE journal (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        op         TEXT NOT NULL,
+        src        TEXT NOT NULL,
+        dst        TEXT,
+        status     TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+    "CREATE INDEX journal_status ON journal(status)",
+)
+
+MIGRATIONS: Sequence[Step] = (_V1, _V2)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> tuple[int, int]:
+    """Run the steps from the file's version up to ``target`` in one transaction.
+
+    Returns (version before, version after). The caller refuses files newer than the code; this
+    function only moves forward. ``conn`` must be in autocommit mode (``isolation_level=None``).
+    """
+    conn.execute("BEGIN IMMEDIATE")  # takes the write lock first: two processes cannot both migrate
+    try:
+        before = schema_version(conn)
+        for version in range(before + 1, target + 1):
+            MIGRATIONS[version - 1](conn)
+            conn.execute(f"PRAGMA user_version = {version:d}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return before, max(before, target)
