@@ -294,14 +294,17 @@ class Store:
                 raise KeyError(f"no image with id {image_id}")
 
     def image_is_current(self, path: PathLike, size: int, mtime_ns: int) -> bool:
-        """True if this exact file (same size and mtime) was already ingested to a final status.
+        """True if this exact file (same size and mtime) already has its faces recorded.
 
-        A 'pending' row is not current: the daemon stopped while working on it.
+        'pending' is not current (the daemon stopped while working on it), nor is 'error': a
+        broken file is moved to quarantine, so one still in the inbox failed for another reason
+        (the model, the disk) and is worth another try.
         """
         with self._lock:
             row = self._conn.execute(
                 "SELECT 1 FROM images WHERE path = ? AND size = ? AND mtime_ns = ? "
-                "AND status != 'pending'", (encode_path(path), size, mtime_ns)).fetchone()
+                "AND status IN ('done', 'noface', 'duplicate')",
+                (encode_path(path), size, mtime_ns)).fetchone()
         return row is not None
 
     # ---- faces --------------------------------------------------------------------------------

@@ -118,7 +118,7 @@ def test_a_broken_file_is_recorded_with_its_reason(store):
     store.record_error("/inbox/bad.jpg", "/inbox", None, 17, 5, "not an image (truncated JPEG)")
     row = store.find_image_by_path("/inbox/bad.jpg")
     assert (row.status, row.error, row.sha256) == ("error", "not an image (truncated JPEG)", None)
-    assert store.image_is_current("/inbox/bad.jpg", 17, 5)
+    assert not store.image_is_current("/inbox/bad.jpg", 17, 5)  # tried again if it is still there
     assert store.counts()["images"]["error"] == 1
     with pytest.raises(ValueError, match="status"):
         store.set_image_status(row.id, "lost")
