@@ -56,7 +56,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
     if not (config.state_dir / "facesortd.db").exists():
         raise FacesortdError(f"no store yet in {config.state_dir}: run `facesortd run` first")
-    with Store.open(config.state_dir) as store:
+    with Store.open(config.state_dir, load_vectors=False) as store:
         counts = store.counts()
     if args.json:
         print(json.dumps(counts, indent=2, sort_keys=True))

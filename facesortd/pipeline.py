@@ -251,8 +251,7 @@ class Pipeline:
     def _record_duplicate(self, job: Job, sha: str, size: int, original_id: int) -> None:
         image_id = self.store.add_image(job.path, job.inbox, sha, size, job.mtime_ns,
                                         status="pending")
-        self.store.copy_faces(original_id, image_id)
-        self.store.set_image_status(image_id, "duplicate")
+        self.store.mark_duplicate(image_id, original_id)
         self.stats.files_duplicate += 1
         log.info("duplicate %s: same content as image %d, not embedded again", job.path, original_id)
         self._finish(job, "duplicate")

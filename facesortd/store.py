@@ -58,9 +58,11 @@ class ImageRow:
     error: Optional[str]
     created_at: float
     updated_at: float
+    duplicate_of: Optional[int] = None
 
 
-_IMAGE_COLUMNS = "id, path, inbox, sha256, size, mtime_ns, status, error, created_at, updated_at"
+_IMAGE_COLUMNS = ("id, path, inbox, sha256, size, mtime_ns, status, error, created_at, updated_at, "
+                  "duplicate_of")
 
 
 def _image_row(row: tuple) -> ImageRow:
@@ -247,7 +249,7 @@ class Store:
         with self._lock:
             row = self._conn.execute(
                 f"SELECT {_IMAGE_COLUMNS} FROM images WHERE sha256 = ? "
-                "AND status IN ('done', 'noface', 'duplicate') ORDER BY id LIMIT 1",
+                "AND status IN ('done', 'noface') ORDER BY id LIMIT 1",
                 (sha256,)).fetchone()
         return _image_row(row) if row else None
 
@@ -274,9 +276,12 @@ class Store:
                      now, now)).lastrowid
             image_id = row[0]
             self._delete_faces(image_id)
+            # Files that were duplicates of the old content must be ingested on their own now.
+            conn.execute("UPDATE images SET status = 'pending', duplicate_of = NULL, "
+                         "updated_at = ? WHERE duplicate_of = ?", (now, image_id))
             conn.execute(
                 "UPDATE images SET inbox = ?, sha256 = ?, size = ?, mtime_ns = ?, status = ?, "
-                "error = ?, updated_at = ? WHERE id = ?",
+                "error = ?, duplicate_of = NULL, updated_at = ? WHERE id = ?",
                 (encode_path(inbox), sha256, size, mtime_ns, status, error, now, image_id))
             return image_id
 
@@ -319,23 +324,21 @@ class Store:
             return self._insert_faces(image_id, rows, "done" if faces else "noface",
                                       vectors, rejected=[0] * len(rows))
 
-    def copy_faces(self, from_image_id: int, to_image_id: int, status: str = "duplicate") -> list[int]:
-        """Give ``to_image_id`` the faces of an image with the same content (no re-embedding).
+    def mark_duplicate(self, image_id: int, original_id: int) -> None:
+        """Record that ``image_id`` has the same content as ``original_id`` (not embedded again).
 
-        The copies start unassigned and unpinned, like freshly embedded faces; a face a person
-        rejected as "not a face" stays rejected. Sets the image's status (default 'duplicate').
+        The duplicate holds no faces of its own: its people are the original's.
         """
-        _check_status(status)
-        with self._lock:
-            self._require_model()
-            found = self._conn.execute(
-                "SELECT box_x1, box_y1, box_x2, box_y2, score, vector, rejected FROM faces "
-                "WHERE image_id = ? ORDER BY id", (from_image_id,)).fetchall()
-            rows = [(to_image_id, *r[:6]) for r in found]
-            rejected = [r[6] for r in found]
-            blobs = [r[5] for r in found if not r[6]]
-            vectors = np.frombuffer(b"".join(blobs), dtype=_VECTOR_DTYPE).reshape(-1, self._dim)
-            return self._insert_faces(to_image_id, rows, status, vectors, rejected)
+        with self._tx() as conn:
+            if conn.execute("SELECT 1 FROM images WHERE id = ? AND status IN ('done', 'noface')",
+                            (original_id,)).fetchone() is None:
+                raise KeyError(f"image {original_id} is not an ingested original")
+            self._delete_faces(image_id)
+            cur = conn.execute("UPDATE images SET status = 'duplicate', duplicate_of = ?, "
+                               "error = NULL, updated_at = ? WHERE id = ?",
+                               (original_id, time.time(), image_id))
+            if cur.rowcount != 1:
+                raise KeyError(f"no image with id {image_id}")
 
     def _insert_faces(self, image_id: int, rows: list[tuple], status: str, vectors: np.ndarray,
                       rejected: list[int]) -> list[int]:

@@ -102,7 +102,14 @@ _V2 = _sql(
     "CREATE INDEX journal_status ON journal(status)",
 )
 
-MIGRATIONS: Sequence[Step] = (_V1, _V2)
+# Version 3: a file whose content was already ingested points at that image instead of carrying
+# copies of its faces (identical vectors would look like a cluster of one person on their own).
+_V3 = _sql(
+    "ALTER TABLE images ADD COLUMN duplicate_of INTEGER REFERENCES images(id)",
+    "CREATE INDEX images_duplicate_of ON images(duplicate_of)",
+)
+
+MIGRATIONS: Sequence[Step] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -86,22 +86,27 @@ def test_a_replaced_file_reuses_its_row_and_forgets_the_old_faces(store):
     assert store.vectors()[0].tolist() == new_faces and not set(new_faces) & set(old_faces)
 
 
-def test_dedupe_by_sha_finds_only_recorded_images_and_copies_their_faces(store):
+def test_dedupe_by_sha_points_duplicates_at_the_original(store):
     original, faces = ingest(store, "a.jpg", unit_vectors(2), sha="same")
     copy_id = store.add_image("/inbox/copy of a.jpg", "/inbox", "same", 1000, 999)
     found = store.find_image_by_sha("same")
     assert found.id == original and store.find_image_by_sha("other") is None
-    copied = store.copy_faces(found.id, copy_id)
-    assert len(copied) == 2 and store.find_image_by_path("/inbox/copy of a.jpg").status == "duplicate"
-    ids, matrix = store.vectors()
-    assert ids.tolist() == faces + copied
-    np.testing.assert_array_equal(matrix[2:], matrix[:2])
+    store.mark_duplicate(copy_id, found.id)
+    copy = store.find_image_by_path("/inbox/copy of a.jpg")
+    assert (copy.status, copy.duplicate_of) == ("duplicate", original)
+    assert store.vectors()[0].tolist() == faces  # no second copy of the vectors
+    assert store.image_is_current("/inbox/copy of a.jpg", 1000, 999)
     pending = store.add_image("/inbox/b.jpg", "/inbox", "fresh", 1, 1)
-    assert store.find_image_by_sha("fresh") is None  # still pending: nothing to copy yet
+    assert store.find_image_by_sha("fresh") is None  # still pending: nothing to point at yet
+    with pytest.raises(KeyError):
+        store.mark_duplicate(copy_id, pending)
     store.set_image_status(pending, "done")
     assert store.find_image_by_sha("fresh").id == pending
     store.add_image("/inbox/a.jpg", "/inbox", "replaced", 5, 5)  # the original path, new content
-    assert store.find_image_by_sha("same").id == copy_id
+    assert store.find_image_by_sha("same") is None
+    copy = store.find_image_by_path("/inbox/copy of a.jpg")
+    assert (copy.status, copy.duplicate_of) == ("pending", None)  # to be ingested on its own
+    assert not store.image_is_current("/inbox/copy of a.jpg", 1000, 999)
 
 
 def test_image_is_current_only_for_the_same_size_and_mtime_once_finished(store):
