@@ -18,9 +18,10 @@ from typing import Optional
 
 import numpy as np
 
+from .cluster_recluster import _count_changes, match_to_previous, pins_of
 from .clustering import (
-    ClusterParams, Constraints, Graph, ReclusterResult, _count_changes, _sqnorms, build_graph,
-    cluster_labels, match_to_previous, radius_neighbours,
+    ClusterParams, Constraints, Graph, ReclusterResult, _sqnorms, build_graph, cluster_labels,
+    radius_neighbours,
 )
 
 __all__ = ["FaceIndex", "AssignResult", "assign_incremental"]
@@ -115,8 +116,7 @@ def assign_incremental(index: FaceIndex, new_ids: np.ndarray, new_vectors: np.nd
     matrix = np.concatenate([q, index.vectors[region]])
     img = np.concatenate([new_img, index.image_ids[region]])
     prev = np.concatenate([np.full(n_new, -1, np.int64), index.identity[region]])
-    pin = (np.array([constraints.pinned.get(int(f), -1) for f in ids], np.int64)
-           if constraints.pinned else None)
+    pin = pins_of(ids, constraints)
     clusters = cluster_labels(matrix, img, params, graph=build_graph(matrix, params.eps), pin=pin)
     res = match_to_previous(clusters, prev, matrix, ids, constraints)
     label = res.identity
