@@ -212,3 +212,12 @@ def test_split_keeps_the_id_on_the_larger_part_and_merge_keeps_the_older_id():
     r = recluster(np.arange(9), x, np.arange(9), P, previous=prev)
     assert r.identity.tolist() == [3, 3, 3, -2, -2, 6, 6, 6, 6]
     assert (r.split, r.merged, r.created, r.faces_moved) == (1, 1, 1, 4)
+
+
+def test_bench_runs_small_and_clusters_synthetic_people_exactly():
+    from facesortd.cluster_bench import bench_cluster
+
+    figures = bench_cluster(n_faces=[3000], dim=64, assign_against=[3000], brute_graph_upto=3000, out=None)
+    row = figures["recluster"][3000]
+    assert row["bcubed_f1"] > 0.99 and row["cross_person_edges_in_sample"] == 0
+    assert figures["assign"][3000]["joined"] > 0

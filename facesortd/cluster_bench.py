@@ -1,0 +1,134 @@
+"""``facesortd bench cluster``: clustering speed and memory on synthetic 512-d faces.
+
+Synthetic library: unit vectors in identity clusters (sizes geometric, mean ~10, up to 500;
+faces ~0.4 apart within a person, people ~1.4 apart) plus unclustered singletons. The store keeps
+the eps-neighbour graph as faces arrive (one 1×N product per new face, the "64 against N" figure),
+so a recluster runs over that graph; here the graph is built exactly per person (nothing across
+people lies within eps, which the bench checks on a sample), and a brute-force build is timed too
+up to ``brute_graph_upto`` faces.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+import tracemalloc
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .cluster_assign import FaceIndex, assign_incremental
+from .cluster_recluster import recluster
+from .clustering import ClusterParams, Graph, build_graph, radius_neighbours
+
+__all__ = ["synthetic_faces", "bench_cluster"]
+
+
+def synthetic_faces(n: int, dim: int = 512, seed: int = 0, singletons: float = 0.2,
+                    spread: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 [n, dim] unit vectors, true person per row; -1 for a singleton), built in chunks."""
+    rng = np.random.default_rng(seed)
+    n_clustered = int(n * (1 - singletons))
+    sizes = np.minimum(rng.geometric(1 / 10, size=n_clustered // 2 + 1) + 1, 500)
+    sizes = sizes[: np.searchsorted(np.cumsum(sizes), n_clustered) + 1]
+    sizes[-1] -= sizes.sum() - n_clustered
+    sizes = sizes[sizes > 0]
+    who = np.concatenate([np.repeat(np.arange(len(sizes)), sizes), np.full(n - n_clustered, -1)])
+    who = who[rng.permutation(n)]
+    centres = rng.standard_normal((len(sizes), dim), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = np.empty((n, dim), np.float32)
+    step = 1 << 16
+    for s in range(0, n, step):
+        w = who[s:s + step]
+        block = rng.standard_normal((len(w), dim), dtype=np.float32)
+        block *= np.where(w >= 0, spread, 1.0).astype(np.float32)[:, None] / np.sqrt(dim).astype(np.float32)
+        clustered = w >= 0
+        block[clustered] += centres[w[clustered]]
+        block[~clustered] = rng.standard_normal((int((~clustered).sum()), dim), dtype=np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        x[s:s + step] = block
+    return x, who
+
+
+def person_graph(x: np.ndarray, who: np.ndarray, radius: float) -> Graph:
+    """Exact eps-edges of a synthetic library, person by person (no edge crosses people)."""
+    order = np.argsort(who, kind="stable")
+    order = order[who[order] >= 0]
+    bounds = np.flatnonzero(np.diff(who[order])) + 1
+    gi, gj, gd = [], [], []
+    for rows in np.split(order, bounds):
+        g = build_graph(x[rows], radius)
+        gi.append(rows[g.i]); gj.append(rows[g.j]); gd.append(g.d)
+    return Graph(np.concatenate(gi), np.concatenate(gj), np.concatenate(gd))
+
+
+def _check_no_cross_edges(x: np.ndarray, who: np.ndarray, radius: float, sample: int = 256) -> int:
+    rng = np.random.default_rng(1)
+    q = rng.choice(len(x), size=min(sample, len(x)), replace=False)
+    cross = 0
+    for qi, r, _ in radius_neighbours(x, x[q], radius):
+        other = r != q[qi]
+        cross += int((other & ((who[r] != who[q[qi]]) | (who[r] < 0))).sum())
+    return cross
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_cluster(n_faces: Sequence[int] = (10_000, 30_000, 100_000), dim: int = 512,
+                  assign_against: Sequence[int] = (100_000, 1_000_000), eps: float = 0.6,
+                  batch: int = 64, brute_graph_upto: int = 30_000, seed: int = 0,
+                  out: Optional[Callable[[str], object]] = print) -> dict:
+    """Time full reclusters and a 64-face incremental assignment; return (and print) the figures."""
+    say = out or (lambda *_: None)
+    params = ClusterParams(eps=eps, min_samples=2)
+    figures: dict = {"dim": dim, "eps": eps, "recluster": {}, "assign": {}}
+    for n in n_faces:
+        x, who = synthetic_faces(n, dim, seed)
+        row: dict = {"cross_person_edges_in_sample": _check_no_cross_edges(x, who, eps)}
+        t = time.perf_counter(); graph = person_graph(x, who, eps)
+        row["graph_edges"] = len(graph.i)
+        if n <= brute_graph_upto:
+            t = time.perf_counter(); build_graph(x, eps)
+            row["brute_graph_s"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        res = recluster(np.arange(n), x, np.arange(n), params, graph=graph)
+        row["recluster_s"] = round(time.perf_counter() - t, 2)
+        from .metrics import bcubed
+        row["bcubed_f1"] = round(bcubed([f"p{w}" if w >= 0 else f"s{i}" for i, w in enumerate(who)],
+                                        res.identity)[2], 4)
+        row["peak_rss_mb"] = round(_rss_mb())
+        figures["recluster"][n] = row
+        say(f"recluster {n:>9,} faces: {row}")
+        del x, graph, res
+    for n in assign_against:
+        x, who = synthetic_faces(n + batch, dim, seed + 1)
+        stored, new = np.arange(n), np.arange(n, n + batch)
+        index = FaceIndex.from_arrays(stored, x[:n], who[:n], stored)
+        tracemalloc.start()
+        t = time.perf_counter()
+        res = assign_incremental(index, new, x[new], new, params)
+        elapsed = time.perf_counter() - t
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        row = {"assign_s": round(elapsed, 3), "assign_extra_mb": round(peak / 2**20, 1),
+               "matrix_mb": round(x[:n].nbytes / 2**20), "peak_rss_mb": round(_rss_mb()),
+               "joined": int((res.identity[:batch] >= 0).sum()), "limited": res.limited}
+        figures["assign"][n] = row
+        say(f"assign {batch} against {n:>9,} stored: {row}")
+        del x, index
+    return figures
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, nargs="*", default=[10_000, 30_000, 100_000])
+    p.add_argument("--against", type=int, nargs="*", default=[100_000, 1_000_000])
+    p.add_argument("--dim", type=int, default=512)
+    a = p.parse_args()
+    print(json.dumps(bench_cluster(a.n, a.dim, a.against), indent=1, default=str))
