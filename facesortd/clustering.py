@@ -156,13 +156,17 @@ def radius_neighbours(matrix: np.ndarray, queries: np.ndarray, radius: float,
     for start in range(0, len(matrix), rows):
         block = matrix[start:start + rows]
         b_sq = sqnorms[start:start + rows] if sqnorms is not None else _sqnorms(block)
+        if not len(block):
+            break
         dot = block @ queries.T                      # [rows, Q]
-        dot *= -2
-        dot += b_sq[:, None]
-        dot += q_sq[None, :]
-        bi, qi = np.nonzero(dot <= r2)
+        # |b-q|² <= r² needs b·q >= (|b|²+|q|²-r²)/2 >= (min|b|²+|q|²-r²)/2: one cheap
+        # comparison finds the few candidates, which are then checked exactly
+        floor = (b_sq.min() + q_sq - r2) / 2
+        bi, qi = np.nonzero(dot >= floor[None, :])
         if len(bi):
-            yield qi, bi + start, np.sqrt(np.maximum(dot[bi, qi], 0))
+            d2 = b_sq[bi] + q_sq[qi] - 2 * dot[bi, qi]
+            ok = d2 <= r2
+            yield qi[ok], bi[ok] + start, np.sqrt(np.maximum(d2[ok], 0))
 
 
 def build_graph(matrix: np.ndarray, radius: float, block: int = 4096) -> Graph:
