@@ -177,14 +177,7 @@ class Pipeline:
 
     def _prepare(self, job: Job) -> Optional[_Work]:
         """Hash and decode one file; None when it needs no model work (a duplicate)."""
-        try:
-            sha, size = sha256_file(job.path)
-        except FileNotFoundError:
-            log.info("gone before it was read: %s", job.path)
-            self._finish(job, "gone")
-            return None
-        except OSError as exc:
-            raise BadImage(f"cannot read the file: {exc.strerror or exc}") from None
+        sha, size = sha256_file(job.path)
         if size == 0:
             raise BadImage("the file is empty (0 bytes)")
         original = self.store.find_image_by_sha(sha)
@@ -227,6 +220,10 @@ class Pipeline:
 
     def _quarantine(self, job: Job, reason: str) -> None:
         """Record a broken file and move it, with a reason file, into the quarantine folder."""
+        if not job.path.exists():
+            log.info("gone before it could be read: %s", job.path)
+            self._finish(job, "gone")
+            return
         try:
             st = job.path.stat()
             size, mtime_ns = st.st_size, st.st_mtime_ns
