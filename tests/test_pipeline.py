@@ -18,10 +18,11 @@ from facesortd.store import Store
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
 
-def make_config(root: Path, mode: str = "detect", embedder: str = "dlib", extra: str = ""):
+def make_config(root: Path, mode: str = "detect", embedder: str = "dlib", extra: str = "",
+                extensions: str = "[.jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff]"):
     (root / "inbox").mkdir(exist_ok=True)
     text = (f"inboxes:\n  - path: inbox\n    mode: {mode}\n"
-            "watch:\n  settle_ms: 100\n  rescan_interval_s: 0\n"
+            f"watch:\n  settle_ms: 100\n  rescan_interval_s: 0\n  extensions: {extensions}\n"
             f"embedder:\n  name: {embedder}\n  batch_size: 16\n  max_wait_ms: 50\n"
             "web:\n  enabled: false\n" + extra)
     (root / "facesortd.yaml").write_text(text)
@@ -132,7 +133,7 @@ def test_quarantine_never_overwrites(tmp_path, data_dir):
 
 
 def test_unusual_valid_images_are_processed(tmp_path, data_dir):
-    config = make_config(tmp_path)
+    config = make_config(tmp_path, extensions="[.jpg, .png, .gif, .webp]")
     inbox = tmp_path / "inbox"
     src = Image.open(data_dir / "scenes" / "obama_and_biden.jpg").convert("RGB")
     src.convert("CMYK").save(inbox / "cmyk.jpg")
@@ -142,6 +143,7 @@ def test_unusual_valid_images_are_processed(tmp_path, data_dir):
     rgba.save(inbox / "alpha.png")
     frames = [src.convert("P"), src.convert("P").transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
     frames[0].save(inbox / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(inbox / "anim.webp", save_all=True, append_images=frames[1:])
     rotated = src.transpose(Image.Transpose.ROTATE_90)  # stored sideways, EXIF says turn it back
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -151,7 +153,8 @@ def test_unusual_valid_images_are_processed(tmp_path, data_dir):
     run_once(config)
     with Store.open(config.state_dir) as store:
         rows = images(store)
-        for name in ("cmyk.jpg", "palette.png", "alpha.png", "anim.gif", "rotated.jpg", "gray16.png"):
+        for name in ("cmyk.jpg", "palette.png", "alpha.png", "anim.gif", "anim.webp", "rotated.jpg",
+                     "gray16.png"):
             assert rows[name][1] == "done", (name, rows[name][2])
             assert face_count(store, rows[name][3]) >= 1, name
 
