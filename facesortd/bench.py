@@ -68,10 +68,14 @@ def _untrained_weights(folder: Path) -> Path:
 def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optional[Path] = None,
                  count: int = 1000, batch_size: int = 64, device: str = "auto",
                  precision: str = "auto", repeats: int = 3) -> dict:
-    """Ingest ``count`` files through the real pipeline ``repeats`` times (fresh store each time)
-    and measure the bare model at the same settings in the same process."""
+    """Ingest ``count`` files through the real pipeline ``repeats`` times (fresh store each time),
+    each run between two measurements of the bare model at the same settings in the same process.
+
+    ``ratio`` is the median over runs of pipeline images/s ÷ the bare model's images/s measured
+    just before and just after that run; ``model_busy_fraction`` is the share of the pipeline's wall time the model spent
+    embedding (1.0 = the model never waited).
+    """
     from .embedders import create_embedder
-    from .embedders.facenet import bare_model_images_per_s
     from .pipeline import Pipeline
     from .store import Store
 
@@ -82,13 +86,16 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
         files = (_replicated(inbox, images, count) if images else _synthetic_faces(inbox, count))
         weights = _untrained_weights(tmp) if embedder == "facenet" else None
         emb_cfg = EmbedderConfig(name=embedder, weights=weights, device=device,
-                                 batch_size=batch_size, max_wait_ms=50, precision=precision)
+                                 batch_size=batch_size, precision=precision)
         model = create_embedder(emb_cfg)
         model.load()
         detector = None
         if mode == "detect":
             from .daemon import make_detector
             from .embedders import resolve_device
+        bare = None
+        if embedder == "facenet":
+            from .embedders.facenet import bare_model_images_per_s as bare
         runs = []
         for r in range(repeats):
             cfg = Config(state_dir=tmp / f"state{r}", library=tmp / f"library{r}",
@@ -96,6 +103,9 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
                          watch=WatchConfig(settle_ms=0, rescan_interval_s=0), embedder=emb_cfg)
             if mode == "detect" and detector is None:
                 detector = make_detector(cfg, resolve_device(device))
+            # The bare model right before and right after each pipeline run: on a shared, noisy
+            # machine a ratio is only meaningful between measurements taken close together.
+            before = bare(model, batch_size, seconds=2.0) if bare else None
             store = Store.open(cfg.state_dir)
             store.bind_model(model.model_id, model.dim)
             pipeline = Pipeline(cfg, store, model, detector, queue_size=count + 1)
@@ -114,20 +124,21 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
                 pipeline.stop()
                 counts = store.counts()
                 store.close()
-            runs.append({"seconds": wall, "images_per_s": len(files) / wall,
-                         "model_seconds": pipeline.stats.model_seconds,
+            ips = len(files) / wall
+            model_ips = (before + bare(model, batch_size, seconds=2.0)) / 2 if bare else None
+            runs.append({"seconds": wall, "images_per_s": ips, "model_images_per_s": model_ips,
+                         "ratio": ips / model_ips if model_ips else None,
+                         "model_busy_fraction": pipeline.stats.model_seconds / wall,
                          "faces": pipeline.stats.faces, "batches": pipeline.stats.batches})
-        pipeline_ips = statistics.median(r["images_per_s"] for r in runs)
-        model_ips = None
-        if embedder == "facenet":
-            model_ips = bare_model_images_per_s(model, batch_size)
+        median = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
         return {
             "bench": "ingest", "mode": mode, "embedder": embedder, "files": len(files),
             "source": str(images) if images else "synthetic 250x250 JPEG",
-            "batch_size": batch_size, "model": model.describe(),
-            "pipeline_images_per_s": round(pipeline_ips, 1),
-            "model_images_per_s": round(model_ips, 1) if model_ips else None,
-            "ratio": round(pipeline_ips / model_ips, 3) if model_ips else None,
+            "batch_size": batch_size, "repeats": repeats, "model": model.describe(),
+            "pipeline_images_per_s": round(median("images_per_s"), 1),
+            "model_images_per_s": round(median("model_images_per_s"), 1) if bare else None,
+            "ratio": round(median("ratio"), 3) if bare else None,
+            "model_busy_fraction": round(median("model_busy_fraction"), 3),
             "runs": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
                      for r in runs],
             "store_counts": counts,

@@ -74,7 +74,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _setup_logging("warning")
     result = bench_ingest(mode=args.mode, embedder=args.embedder, images=args.images,
                           count=args.count, batch_size=args.batch_size, device=args.device,
-                          precision=args.precision)
+                          precision=args.precision, repeats=args.repeats)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--embedder", choices=["facenet", "dlib"], default="facenet")
     b.add_argument("--images", type=Path, default=None,
                    help="folder of images to replicate (default: synthetic face-sized JPEGs)")
-    b.add_argument("--count", type=int, default=1000, help="number of files to ingest")
+    b.add_argument("--count", type=int, default=256, help="number of files to ingest per run")
+    b.add_argument("--repeats", type=int, default=5, help="runs (median reported)")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--device", default="auto")
     b.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")

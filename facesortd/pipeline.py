@@ -5,7 +5,11 @@ Stages, in order (each a small method below):
   2. ``_prepare``    worker threads: hash, find duplicates, decode (and for aligned mode, cut the face)
   3. ``_model_loop`` the one model thread: detect faces in batches, embed micro-batches of up to
                      ``batch_size`` faces or ``max_wait_ms``, record every image with its faces
-Decoding runs in the workers while the model thread embeds, so the model does not wait on the disk.
+Decoding runs in the workers ahead of the model, so the model does not wait on the disk. On a CPU
+device the model's thread pool already uses every core, and a worker decoding in the middle of a
+forward pass preempts one of its threads and stalls the others at the next barrier; there the
+workers decode only while no forward pass runs ("gated"): the next batch is decoded on all cores
+between two forward passes, which costs the model less than sharing cores during them.
 A file that cannot be decoded is recorded with its reason and moved to the quarantine folder.
 All torch work (detector and embedder) happens on the model thread: one torch thread pool only.
 """
@@ -16,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -87,9 +92,13 @@ class Pipeline:
         self._sha_owner: dict[str, Path] = {}          # content being ingested -> its first path
         self._sha_waiters: dict[str, list[Job]] = {}   # later copies of that content
         self._accepting = False
+        self._model_idle = threading.Event()   # the gate: set while no forward pass runs
+        self._model_idle.set()
+        self._gated = False
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
+        self._gated = _runs_on_cpu(self.embedder)
         self._accepting = True
         for i in range(self._workers_n):
             t = threading.Thread(target=self._worker_loop, name=f"facesortd-prep-{i}")
@@ -163,6 +172,7 @@ class Pipeline:
             job = self._intake.get()
             if job is _STOP:
                 return
+            self._model_idle.wait()
             try:
                 work = self._prepare(job)
             except BadImage as exc:
@@ -295,9 +305,21 @@ class Pipeline:
                     self._store(work)
                 deadline = None if not pending else time.monotonic() + max_wait
 
+    @contextmanager
+    def _forward_pass(self):
+        """Close the workers' gate while the model runs (CPU devices only)."""
+        if self._gated:
+            self._model_idle.clear()
+        try:
+            yield
+        finally:
+            self._model_idle.set()
+
     def _detect(self, works: list[_Work]) -> None:
         try:
-            found = self.detector.detect([w.rgb for w in works], scales=[w.scale for w in works])
+            with self._forward_pass():
+                found = self.detector.detect([w.rgb for w in works],
+                                             scales=[w.scale for w in works])
         except Exception:
             log.exception("face detection failed for a batch; trying images one by one")
             found = []
@@ -322,7 +344,8 @@ class Pipeline:
     def _embed(self, chunk: list[tuple[_Work, Any]]) -> None:
         t0 = time.perf_counter()
         try:
-            vectors = self.embedder.embed([face for _, face in chunk])
+            with self._forward_pass():
+                vectors = self.embedder.embed([face for _, face in chunk])
         except Exception as exc:
             log.exception("embedding a batch of %d faces failed", len(chunk))
             for work in {id(w): w for w, _ in chunk}.values():
@@ -379,3 +402,10 @@ class Pipeline:
                 self._finish(job, None)
                 if not self.submit(job):
                     log.warning("could not requeue %s; the next rescan will take it", job.path)
+
+
+def _runs_on_cpu(embedder: Embedder) -> bool:
+    try:
+        return str(embedder.describe().get("device", "cpu")).startswith("cpu")
+    except Exception:
+        return True
