@@ -67,6 +67,7 @@ class Daemon:
         self.config = config
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self.changed = threading.Event()   # set when faces or identities changed: placement follows
         self.lock = StateLock(config.state_dir)
         self.store: Optional[Store] = None
         self.pipeline: Optional[Pipeline] = None
@@ -84,12 +85,20 @@ class Daemon:
             detector = make_detector(cfg, resolve_device(cfg.embedder.device))
             log.info("model %s on %s", embedder.model_id, embedder.describe())
             self.pipeline = Pipeline(cfg, self.store, embedder, detector,
-                                     on_finished=self._on_finished)
+                                     on_finished=self._on_finished, on_faces=self._on_faces)
             self.watcher = Watcher(cfg.inboxes, cfg.watch, self.pipeline.submit,
                                    exclude=[cfg.library, cfg.state_dir])
         except BaseException:
             self.close()
             raise
+
+    def _on_faces(self, face_ids: list[int]) -> None:
+        """New faces are in the store (called on the model thread: hand work off, return fast)."""
+        self.notify_changed()
+
+    def notify_changed(self) -> None:
+        """Something that decides where files belong changed (faces, identities, corrections)."""
+        self.changed.set()
 
     def _on_finished(self, job: Job, outcome: str) -> None:
         # A file that left the inbox (quarantined, gone) may come back with the same stat later.

@@ -75,12 +75,14 @@ class Pipeline:
 
     def __init__(self, config: Config, store: Store, embedder: Embedder, detector: Any = None,
                  workers: int = 2, queue_size: int = 1024,
-                 on_finished: Optional[Callable[[Job, str], None]] = None):
+                 on_finished: Optional[Callable[[Job, str], None]] = None,
+                 on_faces: Optional[Callable[[list[int]], None]] = None):
         self.config = config
         self.store = store
         self.embedder = embedder
         self.detector = detector
         self.on_finished = on_finished
+        self.on_faces = on_faces   # called on the model thread with the ids of newly stored faces
         self.stats = Stats()
         self._intake: queue.Queue = queue.Queue(maxsize=queue_size)
         self._prepared: queue.Queue = queue.Queue(maxsize=max(8, 2 * config.embedder.batch_size))
@@ -289,7 +291,7 @@ class Pipeline:
                 self._detect(detect)
             for work in items:
                 if not work.faces:
-                    self._store(work)
+                    self._store(work)  # no face: nothing to announce
                     continue
                 waiting.append(work)
                 pending.extend((work, face) for face in work.faces)
@@ -301,8 +303,10 @@ class Pipeline:
                 self._embed(chunk)
                 done = [w for w in waiting if len(w.vectors) == len(w.faces)]
                 waiting = [w for w in waiting if len(w.vectors) != len(w.faces)]
+                new_faces: list[int] = []
                 for work in done:
-                    self._store(work)
+                    new_faces.extend(self._store(work))
+                self._announce(new_faces)
                 deadline = None if not pending else time.monotonic() + max_wait
 
     @contextmanager
@@ -367,18 +371,27 @@ class Pipeline:
         self._release_sha(work.sha256, None)
         self._finish(work.job, "error")
 
-    def _store(self, work: _Work) -> None:
+    def _announce(self, face_ids: list[int]) -> None:
+        if face_ids and self.on_faces is not None:
+            try:
+                self.on_faces(face_ids)
+            except Exception:
+                log.exception("a listener for new faces failed")
+
+    def _store(self, work: _Work) -> list[int]:
+        """Record one image with its faces in one transaction; returns the new face ids."""
         if work.job.path not in self._in_flight:
-            return  # already failed
+            return []  # already failed
         job = work.job
         try:
             image_id = self.store.add_image(job.path, job.inbox, work.sha256, work.size,
                                             job.mtime_ns, status="pending")
-            self.store.add_faces(image_id, list(zip(work.boxes, work.scores, work.vectors)))
+            face_ids = self.store.add_faces(image_id, list(zip(work.boxes, work.scores,
+                                                               work.vectors)))
         except Exception as exc:
             log.exception("could not record %s", job.path)
             self._fail(work, f"could not record in the store: {exc}")
-            return
+            return []
         n = len(work.vectors)
         self.stats.faces += n
         if n:
@@ -389,6 +402,7 @@ class Pipeline:
             log.info("ingested %s: no face", job.path)
         self._finish(job, "done" if n else "noface")
         self._release_sha(work.sha256, image_id)
+        return face_ids
 
     def _release_sha(self, sha: str, image_id: Optional[int]) -> None:
         """The first copy of some content is finished: settle the copies that waited for it."""

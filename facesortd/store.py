@@ -181,6 +181,17 @@ class Store:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def transaction(self):
+        """A write transaction for modules that keep their own tables (identities, placement):
+        ``with store.transaction() as conn: conn.execute(...)``; nested uses join the outer one."""
+        return self._tx()
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """The connection, held for a group of reads that must see one state."""
+        with self._lock:
+            yield self._conn
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; nested uses join the outer one. ``_on_commit`` runs after COMMIT."""
