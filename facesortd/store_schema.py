@@ -109,7 +109,28 @@ _V3 = _sql(
     "CREATE INDEX images_duplicate_of ON images(duplicate_of)",
 )
 
-MIGRATIONS: Sequence[Step] = (_V1, _V2, _V3)
+# Version 4: identities. ``face_edges`` is the eps-neighbour graph, extended as each face is
+# assigned, so a recluster need not compare every pair (a < b; the radius is in meta
+# 'graph_radius', the highest face id whose edges are all in it in 'graph_upto').
+# ``history`` records each correction with what it changed, so ``undo`` can restore it.
+_V4 = _sql(
+    """CREATE TABLE face_edges (
+        a INTEGER NOT NULL,
+        b INTEGER NOT NULL,
+        d REAL NOT NULL,
+        PRIMARY KEY (a, b)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE history (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        op         TEXT NOT NULL,
+        payload    TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        undone     INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX suggestions_pair ON suggestions(a, b)",
+)
+
+MIGRATIONS: Sequence[Step] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
