@@ -378,6 +378,34 @@ class Store:
             if self._vectors_loaded:
                 self._on_commit.append(lambda: self._vectors.remove(ids))
 
+    def set_rejected(self, face_ids: Sequence[int], rejected: bool = True) -> None:
+        """Mark faces as not-a-face (their vectors leave the in-memory matrix) or take that back
+        (they return to it). Joins an outer ``transaction()``; the matrix changes at its commit."""
+        ids = [int(i) for i in face_ids]
+        if not ids:
+            return
+        with self._tx() as conn:
+            marks = ",".join("?" * len(ids))
+            changing = [r[0] for r in conn.execute(
+                f"SELECT id FROM faces WHERE id IN ({marks}) AND rejected = ?",
+                (*ids, 0 if rejected else 1))]
+            if not changing:
+                return
+            marks = ",".join("?" * len(changing))
+            conn.execute(f"UPDATE faces SET rejected = ? WHERE id IN ({marks})",
+                         (1 if rejected else 0, *changing))
+            if not self._vectors_loaded:
+                return
+            if rejected:
+                self._on_commit.append(lambda: self._vectors.remove(changing))
+            else:
+                rows = conn.execute(f"SELECT id, vector FROM faces WHERE id IN ({marks}) "
+                                    "ORDER BY id", changing).fetchall()
+                back = [r[0] for r in rows]
+                vectors = np.frombuffer(b"".join(r[1] for r in rows),
+                                        dtype=_VECTOR_DTYPE).reshape(len(rows), -1)
+                self._on_commit.append(lambda: self._vectors.append(back, vectors))
+
     def _require_model(self) -> str:
         model_id = self._meta("model_id")
         if model_id is None or self._dim is None:
