@@ -130,7 +130,37 @@ _V4 = _sql(
     "CREATE INDEX suggestions_pair ON suggestions(a, b)",
 )
 
-MIGRATIONS: Sequence[Step] = (_V1, _V2, _V3, _V4)
+# Version 5: where the placer put each image's file(s) in the library ('main' is the file itself
+# for action move, else the copy/link; 'extra' are multi_face=all links; 'held' marks an image
+# that undo put back and the placer must leave alone; 'gone' a placed file someone moved away),
+# the journal's link to them, and each image's capture date for {year}/{month}/{day}.
+_V5 = _sql(
+    """CREATE TABLE placements (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        image_id   INTEGER REFERENCES images(id) ON DELETE SET NULL,
+        path       TEXT NOT NULL,
+        kind       TEXT NOT NULL,
+        action     TEXT NOT NULL,
+        sha256     TEXT,
+        mtime_ns   INTEGER,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+    "CREATE INDEX placements_image ON placements(image_id)",
+    "CREATE INDEX placements_path ON placements(path)",
+    "ALTER TABLE journal ADD COLUMN image_id INTEGER",
+    "ALTER TABLE journal ADD COLUMN kind TEXT",
+    "ALTER TABLE journal ADD COLUMN sha256 TEXT",
+    "ALTER TABLE journal ADD COLUMN reason TEXT",
+    "ALTER TABLE journal ADD COLUMN error TEXT",
+    """CREATE TABLE image_dates (
+        image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        sha256   TEXT,
+        taken    TEXT NOT NULL
+    )""",
+)
+
+MIGRATIONS: Sequence[Step] = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
