@@ -170,6 +170,7 @@ class Telemetry:
         self.uptime = Gauge("facesortd_uptime_seconds", "Seconds since the daemon started.")
         self.up = Gauge("facesortd_healthy", "1 while every daemon thread runs and the pipeline makes progress.")
         self.up.set(1)
+        self.unhealthy_reason: Optional[str] = None  # set by the service's health check
         for outcome in OUTCOMES:
             self.files.inc(0, outcome=outcome)
         for kind in ERROR_KINDS:
