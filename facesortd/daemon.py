@@ -16,7 +16,10 @@ from .embedders import create_embedder, resolve_device
 from .errors import ConfigError, FacesortdError
 from .jobs import Job
 from .pipeline import Pipeline
+from .progress import Progress
+from .service import Service, error_reason, progress_counts
 from .store import Store
+from .telemetry import Telemetry, TimedEmbedder
 from .watcher import Watcher
 
 log = logging.getLogger("facesortd")
@@ -74,6 +77,7 @@ class Daemon:
         self.watcher: Optional[Watcher] = None
         self.identities = None   # IdentityService (identities.py): faces to people
         self._recluster = threading.Event()   # SIGUSR1 (facesortd recluster): recluster now
+        self.telemetry = Telemetry()   # files by outcome, batches, queue: /metrics and status
 
     def open(self) -> None:
         """Take the lock, open the store, load the model (fails fast with what to do)."""
@@ -89,6 +93,7 @@ class Daemon:
             self.identities = service_for(self.store, cfg.clustering, embedder.default_eps,
                                           on_changed=self.notify_changed)
             log.info("model %s on %s", embedder.model_id, embedder.describe())
+            embedder = TimedEmbedder(embedder, self.telemetry)  # micro-batch size and latency
             self.pipeline = Pipeline(cfg, self.store, embedder, detector,
                                      on_finished=self._on_finished, on_faces=self._on_faces)
             self.watcher = Watcher(cfg.inboxes, cfg.watch, self.pipeline.submit,
@@ -108,6 +113,7 @@ class Daemon:
         self.changed.set()
 
     def _on_finished(self, job: Job, outcome: str) -> None:
+        self.telemetry.file_finished(outcome, error_reason(self, job.path) if outcome == "error" else None)
         # A file that left the inbox (quarantined, gone) may come back with the same stat later.
         if outcome in ("error", "gone") and self.watcher is not None:
             self.watcher.forget(job.path)
@@ -134,8 +140,10 @@ class Daemon:
     def run_once(self, timeout: Optional[float] = None) -> dict:
         """Ingest everything present in the inboxes, then return the store's counts."""
         self.open()
+        progress = Progress(lambda: progress_counts(self))  # a terminal only
         try:
             self.start()
+            progress.start()
             deadline = None if timeout is None else time.monotonic() + timeout
             while not self._stop.is_set():
                 if self.watcher.wait_idle(0.2) and self.pipeline.drain(0.2) \
@@ -148,23 +156,31 @@ class Daemon:
                 self.identities.recluster(reason="run --once")
             return self.store.counts()
         finally:
+            progress.stop()
             self.close()
 
     def run_forever(self) -> None:
         """Run until SIGTERM/SIGINT; SIGHUP reloads the config (the old one stays if invalid)."""
         self.open()
+        service = Service(self)  # web page, sd_notify READY/STATUS/WATCHDOG, health, status.json
         try:
             self.start()
+            service.start()
             log.info("facesortd running: watching %s", ", ".join(str(i.path) for i in self.config.inboxes))
-            while not self._stop.wait(1.0):
+            while not self._stop.wait(service.wait_s):
+                service.tick()
                 if self._recluster.is_set():
                     self._recluster.clear()
                     self.identities.request_recluster()
                 if self._reload.is_set():
                     self._reload.clear()
+                    old = service.reloading()
                     self.reload()
+                    service.reloaded(old)
         finally:
+            service.stopping()
             log.info("stopping: finishing the files already taken")
+            service.close()
             self.close()
             log.info("stopped")
 
