@@ -58,13 +58,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise FacesortdError(f"no store yet in {config.state_dir}: run `facesortd run` first")
     with Store.open(config.state_dir, load_vectors=False) as store:
         counts = store.counts()
+    from .telemetry import format_snapshot, read_snapshot
+    live = read_snapshot(config.state_dir)  # the running daemon's figures (as on /metrics), or None
     if args.json:
-        print(json.dumps(counts, indent=2, sort_keys=True))
+        print(json.dumps(dict(counts, daemon=live), indent=2, sort_keys=True))
     else:
         for key, value in counts.items():
             if isinstance(value, dict):
                 value = ", ".join(f"{k} {v}" for k, v in sorted(value.items())) or "none"
             print(f"{key:>16}: {value}")
+        print(format_snapshot(live), end="")
     return 0
 
 

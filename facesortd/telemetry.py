@@ -307,6 +307,22 @@ def read_snapshot(state_dir: Path, max_age_s: float = 30.0) -> Optional[dict]:
     return snap
 
 
+def format_snapshot(snap: Optional[dict]) -> str:
+    """The daemon's live figures as ``facesortd status`` prints them."""
+    if snap is None:
+        return f"{'daemon':>16}: not running\n"
+    rows = [("daemon", f"running, pid {snap['pid']}, up {snap['uptime_s']:.0f} s"
+                       + ("" if snap.get("healthy", True) else ", UNHEALTHY")),
+            ("queue", f"{snap['queue_depth']} in the pipeline, {snap['watcher_pending']} settling"),
+            ("images/s", f"{snap['images_per_s']:.1f}"),
+            ("files (run)", ", ".join(f"{k} {v}" for k, v in snap["files"].items())),
+            ("errors (run)", ", ".join(f"{k} {v}" for k, v in snap["errors"].items() if v) or "none"),
+            ("batches", f"{snap['batches']}, mean {snap['batch_faces_mean'] or 0} faces, "
+                        f"{1000 * (snap['batch_seconds_mean'] or 0):.0f} ms"),
+            ("reclusters", str(snap["reclusters"]))]
+    return "".join(f"{k:>16}: {v}\n" for k, v in rows)
+
+
 class TimedEmbedder:
     """Wraps an embedder so each micro-batch is measured; everything else passes through.
 
