@@ -82,6 +82,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recluster(args: argparse.Namespace) -> int:
+    from .identities import recluster_state_dir
+
+    config = _config(args)
+    _setup_logging(config.log_level)
+    print(json.dumps(recluster_state_dir(config), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import main_json
+
+    _setup_logging("warning")
+    print(main_json(args))
+    return 0
+
+
+def cmd_bench_cluster(args: argparse.Namespace) -> int:
+    from .cluster_bench import bench_cluster
+
+    _setup_logging("warning")
+    figures = bench_cluster(args.n, args.dim, args.against, out=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(figures, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facesortd", description="Sort photos into one folder per person, continuously.")
@@ -116,6 +142,30 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     b.set_defaults(func=cmd_bench)
+    b = bench.add_parser("cluster", help="recluster and incremental assignment on synthetic faces")
+    b.add_argument("--n", type=int, nargs="*", default=[10_000, 30_000, 100_000],
+                   help="library sizes for a full recluster")
+    b.add_argument("--against", type=int, nargs="*", default=[100_000, 1_000_000],
+                   help="library sizes to assign a 64-face batch against")
+    b.add_argument("--dim", type=int, default=512)
+    b.set_defaults(func=cmd_bench_cluster)
+
+    p = sub.add_parser("recluster", parents=[common],
+                       help="cluster every face again (asks the running daemon, if there is one)")
+    p.set_defaults(func=cmd_recluster)
+
+    p = sub.add_parser("eval", help="score the real pipeline on folders of labelled photos (JSON)")
+    p.add_argument("dataset", type=Path, nargs="+", metavar="DATASET_DIR",
+                   help="a folder with one folder of photos per person")
+    p.add_argument("--stream", action="store_true",
+                   help="feed the photos in random micro-batches to a running daemon")
+    p.add_argument("--seed", type=int, default=0, help="order of --stream arrival")
+    p.add_argument("--embedder", choices=["facenet", "dlib"], default="dlib")
+    p.add_argument("--mode", choices=["detect", "aligned"], default="detect")
+    p.add_argument("--eps", type=float, default=None, help="clustering.eps (default: auto)")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="keep the run's state and library in this new folder")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 
