@@ -1,0 +1,214 @@
+"""``facesortd eval DATASET_DIR...``: how well the real pipeline groups a labelled photo set.
+
+Each DATASET_DIR holds one folder per person (``faces/Barack_Obama/*.jpg``); the true label of a
+photo is ``<dataset>/<person>``. The photos are *copied* into the inbox of a temporary state dir
+(the pipeline may set broken files aside; the dataset is never touched) under neutral names, the
+real daemon runs (``run --once``: ingest, assign, recluster), and the store's identities are scored
+with ``metrics.score``. ``--stream`` instead feeds the files into a running daemon in random
+micro-batches (random order, 1..16 files, each batch ingested and assigned before the next) and
+scores the incremental result as it stands, without a final recluster.
+
+Scoring, per photo: the largest face found carries the photo's label; other faces (bystanders) are
+clustered like any face but not scored; a photo without a face, or whose face is unassigned,
+counts as a singleton (noise). Public helpers (``ingest``, ``predictions``, ``rescore``) let tests
+ingest once and re-cluster the stored vectors at other eps values.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .cluster_recluster import recluster
+from .clustering import ClusterParams
+from .config import Config, parse_config
+from .errors import FacesortdError
+from .metrics import bcubed, score
+from .store import Store
+
+__all__ = ["Ingested", "collect", "ingest", "predictions", "rescore", "evaluate", "agreement"]
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """A finished eval run: its config (state dir) and the true label of each copied file name."""
+
+    config: Config
+    labels: dict[str, str]        # inbox file name -> "<dataset>/<person>"
+    seconds: float
+
+
+def collect(dataset_dirs: Sequence[Path]) -> list[tuple[Path, str]]:
+    """(photo, label) for every image file one folder deep in each dataset dir."""
+    out = []
+    for root in map(Path, dataset_dirs):
+        if not root.is_dir():
+            raise FacesortdError(f"{root} is not a folder (expected one folder per person)")
+        for person in sorted(p for p in root.iterdir() if p.is_dir()):
+            for f in sorted(person.iterdir()):
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                    out.append((f, f"{root.name}/{person.name}"))
+    if not out:
+        raise FacesortdError(f"no photos in person folders under {', '.join(map(str, dataset_dirs))}")
+    return out
+
+
+def _config(root: Path, mode: str, embedder: str, stream: bool, eps: Optional[float]) -> Config:
+    (root / "inbox").mkdir(parents=True, exist_ok=True)
+    # stream: no recluster at all, to score what incremental assignment alone reaches
+    recluster = "  recluster_interval_s: 0\n  recluster_after_faces: 0\n" if stream else ""
+    text = (f"state_dir: state\nlibrary: library\n"
+            f"inboxes:\n  - path: inbox\n    mode: {mode}\n"
+            "watch:\n  settle_ms: 100\n  rescan_interval_s: 0\n"
+            f"embedder:\n  name: {embedder}\n  batch_size: 32\n  max_wait_ms: 50\n"
+            f"clustering:\n  eps: {'auto' if eps is None else eps}\n{recluster}"
+            "web:\n  enabled: false\nlog_level: warning\n")
+    (root / "facesortd.yaml").write_text(text)
+    return parse_config(text, root / "facesortd.yaml")
+
+
+def ingest(dataset_dirs: Sequence[Path], root: Path, mode: str = "detect", embedder: str = "dlib",
+           stream: bool = False, seed: int = 0, eps: Optional[float] = None,
+           timeout: float = 1800) -> Ingested:
+    """Copy the photos into ``root``/inbox and run the real daemon over them (see module doc)."""
+    from .daemon import Daemon
+
+    photos = collect(dataset_dirs)
+    root = Path(root)
+    config = _config(root, mode, embedder, stream, eps)
+    names = [f"img{k:05d}{path.suffix.lower()}" for k, (path, _) in enumerate(photos)]
+    labels = {name: label for name, (_, label) in zip(names, photos)}
+    t0 = time.perf_counter()
+    if not stream:
+        for name, (path, _) in zip(names, photos):
+            shutil.copyfile(path, root / "inbox" / name)
+        Daemon(config).run_once(timeout=timeout)
+        return Ingested(config, labels, time.perf_counter() - t0)
+    rng = random.Random(seed)
+    order = list(range(len(photos)))
+    rng.shuffle(order)
+    daemon = Daemon(config)
+    daemon.open()
+    try:
+        daemon.start()
+        deadline = time.monotonic() + timeout
+        fed = 0
+        while fed < len(order):
+            batch = order[fed:fed + rng.randint(1, 16)]
+            for k in batch:
+                # write under a temp name and rename: the watcher takes the whole file at once
+                tmp = root / "inbox" / (names[k] + ".part")
+                shutil.copyfile(photos[k][0], tmp)
+                tmp.rename(root / "inbox" / names[k])
+            fed += len(batch)
+            while _recorded(daemon.store) < fed:
+                if time.monotonic() > deadline:
+                    raise FacesortdError("eval --stream did not finish in time")
+                time.sleep(0.05)
+            daemon.pipeline.drain(timeout)
+            daemon.identities.drain(timeout)
+    finally:
+        daemon.close()
+    return Ingested(config, labels, time.perf_counter() - t0)
+
+
+def _recorded(store: Store) -> int:
+    with store.read() as conn:
+        return conn.execute("SELECT COUNT(*) FROM images WHERE status != 'pending'").fetchone()[0]
+
+
+def _largest_faces(conn) -> dict[str, tuple[int, int]]:
+    """File name -> (face id, identity or -1) of its largest face; duplicates take the original's."""
+    rows = conn.execute(
+        "SELECT i.path, f.id, COALESCE(f.identity_id, -1), "
+        "(f.box_x2 - f.box_x1) * (f.box_y2 - f.box_y1) AS area "
+        "FROM images i JOIN faces f ON f.image_id = COALESCE(i.duplicate_of, i.id) "
+        "WHERE f.rejected = 0 ORDER BY i.path, area DESC").fetchall()
+    out: dict[str, tuple[int, int]] = {}
+    for path, face, identity, _ in rows:
+        out.setdefault(Path(path if isinstance(path, str) else path.decode(errors="replace")).name,
+                       (face, identity))
+    return out
+
+
+def predictions(state_dir: Path, labels: dict[str, str],
+                face_label: Optional[dict[int, int]] = None) -> tuple[list[str], np.ndarray]:
+    """(true labels, predicted identity per photo) from the store; ``face_label`` overrides the
+    stored identity of faces (a re-clustering)."""
+    with Store.open(state_dir, load_vectors=False) as store, store.read() as conn:
+        largest = _largest_faces(conn)
+    names = sorted(labels)
+    pred = np.full(len(names), -1, np.int64)
+    for k, name in enumerate(names):
+        if name in largest:
+            face, identity = largest[name]
+            pred[k] = face_label.get(face, -1) if face_label is not None else identity
+    return [labels[n] for n in names], pred
+
+
+def rescore(state_dir: Path, labels: dict[str, str], params: ClusterParams) -> dict:
+    """Cluster the stored vectors from scratch with ``params`` (no ingest) and score it."""
+    with Store.open(state_dir) as store:
+        ids, matrix = store.vectors()
+        with store.read() as conn:
+            img = dict(conn.execute("SELECT id, image_id FROM faces WHERE rejected = 0"))
+        res = recluster(ids, matrix, np.array([img[int(f)] for f in ids], np.int64), params)
+    face_label = dict(zip(ids.tolist(), res.identity.tolist()))
+    true, pred = predictions(state_dir, labels, face_label)
+    return score(true, pred).as_dict()
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """BCubed F1 between two groupings of the same photos (1.0 = the same partition)."""
+    return bcubed([str(x) for x in a], b)[2]
+
+
+def evaluate(dataset_dirs: Sequence[Path], mode: str = "detect", embedder: str = "dlib",
+             stream: bool = False, seed: int = 0, eps: Optional[float] = None,
+             keep: Optional[Path] = None) -> dict:
+    """Run, score and return the JSON figures of ``facesortd eval``."""
+    tmp = None
+    if keep is None:
+        tmp = tempfile.mkdtemp(prefix="facesortd-eval-")
+        root = Path(tmp)
+    else:
+        root = Path(keep)
+        if root.exists() and any(root.iterdir()):
+            raise FacesortdError(f"--keep {root}: the folder must be new or empty")
+    try:
+        run = ingest(dataset_dirs, root, mode, embedder, stream=stream, seed=seed, eps=eps)
+        true, pred = predictions(run.config.state_dir, run.labels)
+        figures = score(true, pred).as_dict()
+        with Store.open(run.config.state_dir, load_vectors=False) as store:
+            counts = store.counts()
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "datasets": [str(d) for d in dataset_dirs], "mode": mode, "embedder": embedder,
+        "arrival": "stream" if stream else "batch", "seed": seed if stream else None,
+        "eps": "auto" if eps is None else eps,
+        "photos": len(true), "faces": counts["faces"],
+        "identities_found": figures["n_clusters"], "identities_true": figures["n_true"],
+        "noise_fraction": round(figures["noise_fraction"], 4),
+        **{k: round(v, 4) for k, v in figures.items()
+           if k.startswith(("pairwise", "bcubed"))},
+        "seconds": round(run.seconds, 1),
+    }
+
+
+def main_json(args) -> str:
+    """What the CLI prints."""
+    return json.dumps(evaluate(args.dataset, mode=args.mode, embedder=args.embedder,
+                               stream=args.stream, seed=args.seed, eps=args.eps, keep=args.keep),
+                      indent=2)
