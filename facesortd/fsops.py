@@ -96,12 +96,73 @@ def copy_verified(src: Path, dst: Path) -> None:
         raise
 
 
+def place_exact(src: Path, dst: Path, tmp: Path, expect_sha256: str | None = None) -> str:
+    """Make the absent path ``dst`` hold ``src``'s bytes: a hard link ("link"), else a verified copy
+    written to ``tmp`` and renamed into place without replacing ("copy"). FileExistsError if
+    ``dst`` exists. The caller unlinks ``src`` if it is moving the file."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+        return "link"
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            raise FileExistsError(dst) from exc
+        if exc.errno not in _LINK_UNSUPPORTED:
+            raise
+    copy_exact(src, dst, tmp, expect_sha256)
+    return "copy"
+
+
+def copy_exact(src: Path, dst: Path, tmp: Path, expect_sha256: str | None = None) -> None:
+    """Copy ``src`` to the absent path ``dst`` through ``tmp`` (copy, fsync, verify, rename).
+
+    ``dst`` never holds a partial file; a crash leaves at most ``tmp``, which the journal removes.
+    With ``expect_sha256`` a source that changed since it was hashed is refused (OSError).
+    """
+    copy_verified(src, tmp)
+    try:
+        if expect_sha256 is not None and _sha256(tmp) != expect_sha256:
+            raise OSError(errno.EIO, f"{src} changed since it was recorded; not copied")
+        rename_no_replace(tmp, dst)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(dst.parent)
+
+
+def rename_no_replace(src: Path, dst: Path) -> None:
+    """Rename within one filesystem, never replacing ``dst`` (link + unlink; plain rename after an
+    existence check where the filesystem has no hard links)."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            raise FileExistsError(dst) from exc
+        if exc.errno not in _LINK_UNSUPPORTED:
+            raise
+        if os.path.lexists(dst):
+            raise FileExistsError(dst) from None
+        os.rename(src, dst)  # no hard links here: the check above is the best this filesystem offers
+        return
+    os.unlink(src)
+
+
+def sha256_of(path: Path) -> str:
+    return _sha256(path)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    _fsync_dir(path)
 
 
 def _fsync_dir(path: Path) -> None:

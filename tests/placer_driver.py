@@ -1,0 +1,86 @@
+"""Store rows for placement tests without the model, and a driver the crash test runs and kills.
+
+``fabricate`` records a real file as ingested (its real sha256, size and mtime) with made-up faces,
+which is all the placer reads. Run as a script: ``placer_driver.py CONFIG ROUND`` replays the
+journal, records every inbox file not yet recorded (face i of file n belongs to identity n % 7;
+every 5th file has no face; duplicates point at their original), renames two identities after the
+round number so that placed files must follow, then syncs.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+MODEL, DIM = "test-model", 4
+
+
+def open_store(config):
+    from facesortd.store import Store
+
+    store = Store.open(config.state_dir)
+    store.bind_model(MODEL, DIM)
+    return store
+
+
+def new_identity(store, name: Optional[str] = None) -> int:
+    with store.transaction() as conn:
+        return conn.execute("INSERT INTO identities (name, created_at) VALUES (?, ?)",
+                            (name, time.time())).lastrowid
+
+
+def fabricate(store, path: Path, inbox: Path, identities: Sequence[Optional[int]] = (),
+              areas: Optional[Sequence[float]] = None) -> int:
+    """Record ``path`` as ingested with one face per entry of ``identities`` (None: unassigned);
+    with no entries it is a 'noface' image; with content seen before, a duplicate."""
+    from facesortd.imageio import sha256_file
+
+    sha, size = sha256_file(path)
+    st = path.stat()
+    original = store.find_image_by_sha(sha)
+    image_id = store.add_image(path, inbox, sha, size, st.st_mtime_ns, status="pending")
+    if original is not None and original.id != image_id:
+        store.mark_duplicate(image_id, original.id)
+        return image_id
+    areas = areas or [10.0 * (len(identities) - i) for i in range(len(identities))]
+    faces = [((0.0, 0.0, float(a), 1.0), 0.99, np.full(DIM, 0.5, np.float32)) for a in areas]
+    face_ids = store.add_faces(image_id, faces)
+    with store.transaction() as conn:
+        conn.executemany("UPDATE faces SET identity_id = ? WHERE id = ?",
+                         list(zip(identities, face_ids)))
+    return image_id
+
+
+def main(argv: Sequence[str]) -> int:
+    from facesortd.config import load_config
+    from facesortd.placer import Placer
+
+    config, round_no = load_config(argv[0]), int(argv[1])
+    store = open_store(config)
+    placer = Placer(config, store)
+    placer.replay()
+    with store.read() as conn:
+        people = [r[0] for r in conn.execute("SELECT id FROM identities ORDER BY id")]
+        known = {r[0] for r in conn.execute("SELECT path FROM images WHERE status != 'pending'")}
+    while len(people) < 7:
+        people.append(new_identity(store))
+    inbox = config.inboxes[0].path
+    for n, path in enumerate(sorted(p for p in inbox.rglob("*") if p.is_file())):
+        if str(path) in known:
+            continue
+        ids = [] if n % 5 == 0 else [people[n % 7]] + ([None] if n % 3 == 0 else [])
+        fabricate(store, path, inbox, ids)
+    with store.transaction() as conn:   # files of these people must follow the new names
+        conn.execute("UPDATE identities SET name = ? WHERE id = ?", (f"Ann {round_no % 3}", people[0]))
+        conn.execute("UPDATE identities SET name = ? WHERE id = ?", (f"Bob {round_no % 2}", people[1]))
+    print("synced", len(placer.sync()), flush=True)
+    store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
