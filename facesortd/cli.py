@@ -71,6 +71,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import doctor
+
+    return doctor(args.config, sys.stdout)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_ingest
 
@@ -128,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common], help="counts from the store")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("doctor", parents=[common],
+                       help="check config, device, weights, folders, disk, lock; say what to fix")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("bench", help="benchmarks that print JSON figures")
     bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")

@@ -45,6 +45,9 @@ class WebServer:
                 "facesortd or program using that port? Set web.port to a free port, or "
                 "web.enabled: false") from None
         self.host, self.port = host, self._server.server_port
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+            # One access line per Prometheus scrape or probe would flood the journal.
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self._thread = threading.Thread(target=self._server.serve_forever, name="facesortd-web",
                                         kwargs={"poll_interval": 0.2}, daemon=True)
 
