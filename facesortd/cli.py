@@ -83,7 +83,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _setup_logging("warning")
     result = bench_ingest(mode=args.mode, embedder=args.embedder, images=args.images,
                           count=args.count, batch_size=args.batch_size, device=args.device,
-                          precision=args.precision, repeats=args.repeats)
+                          precision=args.precision, repeats=args.repeats,
+                          old_tool=args.old_tool)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -102,6 +103,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _setup_logging("warning")
     print(main_json(args))
+    return 0
+
+
+def cmd_bench_detect(args: argparse.Namespace) -> int:
+    from .bench import bench_detect
+
+    _setup_logging("warning")
+    result = bench_detect(images=args.images, count=args.count, batch_size=args.batch_size,
+                          device=args.device, precision=args.precision, repeats=args.repeats,
+                          max_side_px=args.max_side_px)
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -151,7 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--device", default="auto")
     b.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    b.add_argument("--no-old-tool", dest="old_tool", action="store_false",
+                   help="skip the old tool's way (fp32, batch 64, NCHW, no overlap) baseline")
     b.set_defaults(func=cmd_bench)
+    b = bench.add_parser("detect", help="detect mode on 12-megapixel camera JPEGs, with breakdown")
+    b.add_argument("--images", type=Path, required=True,
+                   help="folder of photos, upscaled to 4000x3000 JPEGs for the run")
+    b.add_argument("--count", type=int, default=24, help="number of photos per run")
+    b.add_argument("--repeats", type=int, default=3, help="runs (median reported)")
+    b.add_argument("--max-side-px", type=int, default=None,
+                   help="detector.max_side_px (default: the config default)")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    b.set_defaults(func=cmd_bench_detect)
     b = bench.add_parser("cluster", help="recluster and incremental assignment on synthetic faces")
     b.add_argument("--n", type=int, nargs="*", default=[10_000, 30_000, 100_000],
                    help="library sizes for a full recluster")
