@@ -34,7 +34,7 @@ from .errors import FacesortdError
 from .metrics import bcubed, score
 from .store import Store
 
-__all__ = ["Ingested", "collect", "ingest", "predictions", "rescore", "evaluate", "agreement"]
+__all__ = ["Ingested", "collect", "ingest", "predictions", "rescore", "replay", "evaluate", "agreement"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -168,9 +168,55 @@ def rescore(state_dir: Path, labels: dict[str, str], params: ClusterParams) -> d
     return score(true, pred).as_dict()
 
 
+def replay(state_dir: Path, dst_dir: Path, params: ClusterParams, seed: int = 0,
+           max_batch: int = 16) -> dict[int, int]:
+    """Stream the vectors of one store into a new one through the real identity service: images
+    in random order, random micro-batches of 1..``max_batch`` images, each submitted to the
+    service's thread like the pipeline does. Returns {face id in ``state_dir``: identity or -1}.
+    (Arrival order without re-embedding: the embedder is deterministic, the order is what matters.)"""
+    from .identities import IdentityService
+
+    with Store.open(state_dir, load_vectors=False) as src, src.read() as conn:
+        model, dim = conn.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()[0], \
+            int(conn.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()[0])
+        images = conn.execute("SELECT id, path, inbox, size, mtime_ns FROM images "
+                              "WHERE status = 'done' ORDER BY id").fetchall()
+        faces: dict[int, list] = {}
+        for row in conn.execute("SELECT image_id, id, box_x1, box_y1, box_x2, box_y2, score, vector "
+                                "FROM faces WHERE rejected = 0 ORDER BY id"):
+            faces.setdefault(row[0], []).append(row[1:])
+    rng = random.Random(seed)
+    rng.shuffle(images)
+    old_of: dict[int, int] = {}
+    with Store.open(dst_dir) as dst:
+        dst.bind_model(model, dim)
+        service = IdentityService(dst, params)
+        service.start()
+        try:
+            k = 0
+            while k < len(images):
+                n = rng.randint(1, max_batch)
+                batch, k = images[k:k + n], k + n
+                new_ids: list[int] = []
+                for image_id, path, inbox, size, mtime in batch:
+                    rows = faces.get(image_id, [])
+                    new = dst.add_faces(dst.add_image(path, inbox, None, size, mtime), [
+                        (tuple(r[1:5]), r[5], np.frombuffer(r[6], "<f4")) for r in rows])
+                    old_of.update(zip(new, (r[0] for r in rows)))
+                    new_ids += new
+                service.submit(new_ids)
+                service.drain()
+        finally:
+            service.stop()
+        with dst.read() as conn:
+            got = dict(conn.execute("SELECT id, COALESCE(identity_id, -1) FROM faces"))
+    return {old_of[f]: lab for f, lab in got.items()}
+
+
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """BCubed F1 between two groupings of the same photos (1.0 = the same partition)."""
-    return bcubed([str(x) for x in a], b)[2]
+    """BCubed F1 between two groupings of the same photos (1.0 = the same partition); -1 (noise)
+    is a singleton on both sides."""
+    return bcubed([f"n{k}" if x == -1 else str(x) for k, x in enumerate(a)], b)[2]
 
 
 def evaluate(dataset_dirs: Sequence[Path], mode: str = "detect", embedder: str = "dlib",
