@@ -67,6 +67,8 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Never let a slow reader block the main loop: a full queue drops the message.
+                self._sock.setblocking(False)
             self._sock.sendto(message, self.address)
             return True
         except OSError as exc:
