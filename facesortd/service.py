@@ -39,9 +39,10 @@ class WebServer:
 
         try:
             self._server = make_server(host, port, app, threaded=True)
-        except OSError as exc:
+        except (OSError, SystemExit) as exc:  # werkzeug prints a hint and exits on a busy port
+            reason = getattr(exc, "strerror", None) or "address in use or not available"
             raise FacesortdError(
-                f"web: cannot listen on {host}:{port} ({exc.strerror or exc}); is another "
+                f"web: cannot listen on {host}:{port} ({reason}); is another "
                 "facesortd or program using that port? Set web.port to a free port, or "
                 "web.enabled: false") from None
         self.host, self.port = host, self._server.server_port

@@ -70,3 +70,24 @@ def test_token_guards_everything_but_healthz(tmp_path, store):
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_web_server_serves_stops_and_names_a_busy_port(tmp_path, store):
+    import socket
+    import urllib.request
+
+    from facesortd.errors import FacesortdError
+    from facesortd.service import WebServer
+
+    app = make_app(tmp_path, store, Telemetry())
+    server = WebServer(app, "127.0.0.1", 0)
+    server.start()
+    try:
+        with urllib.request.urlopen(server.url + "healthz", timeout=10) as r:
+            assert r.status == 200
+        with pytest.raises(FacesortdError, match=f"cannot listen on 127.0.0.1:{server.port}"):
+            WebServer(app, "127.0.0.1", server.port)
+    finally:
+        server.stop()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=2)
