@@ -1,7 +1,7 @@
 """Full reclustering, and matching clusters to the identities that existed before.
 
 Clusters become identity labels that keep old ids: named identities choose first, then the oldest
-(smallest id); each takes the cluster holding most of its faces (pinned faces weigh most), so a
+(smallest id); each takes the cluster holding most of its faces (pinned faces count twice), so a
 split keeps the id on the larger part and a merge keeps the older id. A cluster that would join a
 named identity with another identity is cut back along the old identities (new faces go with their
 nearest labelled face) and a ``MergeSuggestion`` is recorded. Then pins are forced and "not this
@@ -88,7 +88,9 @@ def match_to_previous(clusters: np.ndarray, previous: np.ndarray, matrix: np.nda
         cells, inv, counts = np.unique(np.stack([owner[known], clusters[known]]), axis=1,
                                        return_inverse=True, return_counts=True)
         pinned_here = np.bincount(inv.ravel(), weights=(pin[known] >= 0), minlength=cells.shape[1])
-        weight = counts + 1e6 * pinned_here
+        # a pinned face counts twice, not overwhelmingly: one face a person moved into X must not
+        # pull X away from the cluster that holds X's other faces (it is forced back below)
+        weight = counts + pinned_here
         o, c = cells
         is_named = np.isin(o, np.fromiter(named, np.int64, len(named))) if named else np.zeros(len(o), bool)
         taken: set[int] = set()

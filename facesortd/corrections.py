@@ -126,7 +126,7 @@ def rename(store: Store, identity_id: int, name: Optional[str]) -> dict:
 
 
 def merge(store: Store, source: int, into: int) -> dict:
-    """All of ``source``'s faces go to ``into`` for good (pinned there); ``source`` is retired."""
+    """All of ``source``'s faces go to ``into`` for good (both pinned there); ``source`` is retired."""
     with store.transaction() as conn:
         source, into = _live_identity(conn, source), _live_identity(conn, into)
         if source == into:
@@ -134,7 +134,10 @@ def merge(store: Store, source: int, into: int) -> dict:
         rec = _Recorder(conn, "merge", {"source": source, "into": into})
         faces = [r[0] for r in conn.execute("SELECT id FROM faces WHERE identity_id = ? "
                                             "AND rejected = 0", (source,))]
-        _pin(rec, faces, into)
+        # both sides pinned: a recluster that sees two groups still keeps them one person
+        kept = [r[0] for r in conn.execute("SELECT id FROM faces WHERE identity_id = ? "
+                                           "AND rejected = 0", (into,))]
+        _pin(rec, faces + kept, into)
         for (face,) in conn.execute("SELECT face_id FROM cannot_link WHERE identity_id = ?",
                                     (source,)).fetchall():
             rec.allow_link(face, source)
