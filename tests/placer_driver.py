@@ -3,8 +3,9 @@
 ``fabricate`` records a real file as ingested (its real sha256, size and mtime) with made-up faces,
 which is all the placer reads. Run as a script: ``placer_driver.py CONFIG ROUND`` replays the
 journal, records every inbox file not yet recorded (face i of file n belongs to identity n % 7;
-every 5th file has no face; duplicates point at their original), renames two identities after the
-round number so that placed files must follow, then syncs.
+every 5th file has no face; duplicates point at their original), renames every identity after the
+round number so that placed files must follow, then syncs. Each phase is appended to
+``rounds.log`` beside the state folder, so the test knows where each kill landed.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def main(argv: Sequence[str]) -> int:
     from facesortd.placer import Placer
 
     config, round_no = load_config(argv[0]), int(argv[1])
+    log = open(config.state_dir.parent / "rounds.log", "a", buffering=1)
+    log.write(f"{round_no} start\n")
     store = open_store(config)
     placer = Placer(config, store)
     placer.replay()
@@ -74,10 +77,12 @@ def main(argv: Sequence[str]) -> int:
             continue
         ids = [] if n % 5 == 0 else [people[n % 7]] + ([None] if n % 3 == 0 else [])
         fabricate(store, path, inbox, ids)
-    with store.transaction() as conn:   # files of these people must follow the new names
-        conn.execute("UPDATE identities SET name = ? WHERE id = ?", (f"Ann {round_no % 3}", people[0]))
-        conn.execute("UPDATE identities SET name = ? WHERE id = ?", (f"Bob {round_no % 2}", people[1]))
-    print("synced", len(placer.sync()), flush=True)
+    with store.transaction() as conn:   # every placed file must follow its person's new name
+        conn.executemany("UPDATE identities SET name = ? WHERE id = ?",
+                         [(f"Person {i} round {round_no}", p) for i, p in enumerate(people)])
+    log.write(f"{round_no} syncing {time.time()}\n")
+    ops = placer.sync()
+    log.write(f"{round_no} synced {time.time()} {len(ops)}\n")
     store.close()
     return 0
 
