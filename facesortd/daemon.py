@@ -66,8 +66,12 @@ def make_detector(config: Config, device: Any):
 class Daemon:
     """One running facesortd: ``run_once()`` for batch use, ``run_forever()`` for the service."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, dry_run: bool = False):
         self.config = config
+        self.dry_run = dry_run   # run --dry-run: plan file operations, change nothing on disk
+        self.placer = None       # Placer (placer.py): the library follows the store
+        self.placer_loop = None
+        self.planned: list = []  # the operations of the last sync (planned, in a dry run)
         self._stop = threading.Event()
         self._reload = threading.Event()
         self.changed = threading.Event()   # set when faces or identities changed: placement follows
@@ -85,6 +89,10 @@ class Daemon:
         self.lock.acquire()
         try:
             self.store = Store.open(cfg.state_dir)
+            from .placer import Placer
+            self.placer = Placer(cfg, self.store)
+            if not self.dry_run:
+                self.placer.replay()   # complete or roll back what a crash interrupted
             embedder = create_embedder(cfg.embedder)
             embedder.load()
             self.store.bind_model(embedder.model_id, embedder.dim)
@@ -96,6 +104,7 @@ class Daemon:
             embedder = TimedEmbedder(embedder, self.telemetry)  # micro-batch size and latency
             self.pipeline = Pipeline(cfg, self.store, embedder, detector,
                                      on_finished=self._on_finished, on_faces=self._on_faces)
+            self.pipeline.dry_run = self.dry_run   # a dry run quarantines nothing either
             self.watcher = Watcher(cfg.inboxes, cfg.watch, self.pipeline.submit,
                                    exclude=[cfg.library, cfg.state_dir])
         except BaseException:
@@ -132,6 +141,9 @@ class Daemon:
         if self.identities is not None:   # after the pipeline: its last faces get assigned
             self.identities.stop()
             self.identities = None
+        if self.placer_loop is not None:   # after identities: its last changes get placed
+            self.placer_loop.stop()
+            self.placer_loop = None
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -154,6 +166,8 @@ class Daemon:
             if not self._stop.is_set():   # run --once = ingest, assign, recluster
                 self.identities.drain()
                 self.identities.recluster(reason="run --once")
+            if not self._stop.is_set():   # ... and place: last, after every identity change
+                self.planned = self.placer.sync(dry_run=self.dry_run)
             return self.store.counts()
         finally:
             progress.stop()
@@ -166,6 +180,10 @@ class Daemon:
         try:
             self.start()
             service.start()
+            from .placer import PlacerLoop
+            self.placer_loop = PlacerLoop(self.placer, self.changed, debounce=1.0,
+                                          dry_run=self.dry_run)
+            self.placer_loop.start()
             log.info("facesortd running: watching %s", ", ".join(str(i.path) for i in self.config.inboxes))
             while not self._stop.wait(service.wait_s):
                 service.tick()
@@ -193,6 +211,9 @@ class Daemon:
             return
         self.watcher.set_inboxes(new.inboxes)
         self.config = new
+        if self.placer is not None:
+            self.placer.config = new
+            self.notify_changed()   # a new layout: files follow
         log.info("config reloaded from %s", source)
 
     def install_signal_handlers(self) -> None:
