@@ -86,6 +86,7 @@ class Pipeline:
         self.detector = detector
         self.on_finished = on_finished
         self.on_faces = on_faces   # called on the model thread with the ids of newly stored faces
+        self.dry_run = False       # run --dry-run: a broken file is recorded but not moved
         self.stats = Stats()
         self._intake: queue.Queue = queue.Queue(maxsize=queue_size)
         self._prepared: queue.Queue = queue.Queue(maxsize=max(8, 2 * config.embedder.batch_size))
@@ -249,6 +250,12 @@ class Pipeline:
             size, mtime_ns = job.size, job.mtime_ns
         where = self.config.library / self.config.placement.quarantine_dir
         moved_to = None
+        if self.dry_run:
+            log.warning("dry run: %s would be quarantined into %s: %s", job.path, where, reason)
+            self.store.record_error(job.path, job.inbox, None, size, mtime_ns, reason)
+            self.stats.files_error += 1
+            self._finish(job, "error")
+            return
         try:
             moved_to = move_no_overwrite(job.path, where)
             write_new_text(moved_to.with_name(moved_to.name + ".reason.txt"),
