@@ -40,13 +40,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     _setup_logging(config.log_level)
-    daemon = Daemon(config)
+    daemon = Daemon(config, dry_run=args.dry_run)
     daemon.install_signal_handlers()
     if args.once:
         counts = daemon.run_once()
+        for op in daemon.planned if args.dry_run else ():
+            print(f"would {op.describe()}")
         print(json.dumps(counts, indent=2, sort_keys=True))
     else:
         daemon.run_forever()
+    return 0
+
+
+def cmd_undo(args: argparse.Namespace) -> int:
+    from .placer import undo_command
+
+    config = _config(args)
+    _setup_logging(config.log_level)
+    ops = undo_command(config, args.last, args.since, dry_run=args.dry_run)
+    for op in ops:
+        print(f"{'would ' if args.dry_run else ''}{op.describe()}")
+    print(f"{len(ops)} file operation(s){' planned' if args.dry_run else ''}")
     return 0
 
 
@@ -137,7 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", parents=[common], help="run the service (or --once and exit)")
     p.add_argument("--once", action="store_true", help="ingest what is in the inboxes, then exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the file operations it would do; move, copy or link nothing")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("undo", parents=[common],
+                       help="put placed files back in their inbox (the daemon must be stopped)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--last", type=int, metavar="N", help="the last N placement operations")
+    which.add_argument("--since", metavar="T",
+                       help="operations since T: unix seconds, 2024-05-01[T13:00], or 30m/2h/1d ago")
+    p.add_argument("--dry-run", action="store_true", help="print what it would do")
+    p.set_defaults(func=cmd_undo)
 
     p = sub.add_parser("check-config", parents=[common],
                        help="validate the config; print every problem (exit 2) or the resolved config")
