@@ -325,3 +325,73 @@ def test_a_burst_of_files_is_all_taken_with_bounded_memory(tmp_path, data_dir):
     growth_mib = (peaks[1500] - peaks[20]) / 1024
     print(f"peak RSS: 20 files {peaks[20] / 1024:.0f} MiB, 1500 files {peaks[1500] / 1024:.0f} MiB")
     assert growth_mib < 64, f"1,500 files took {growth_mib:.0f} MiB more than 20"
+
+
+def test_a_hung_pipeline_stops_the_watchdog_pings(tmp_path):
+    """Service's health check over real threads and a real notify socket: pings flow while the
+    daemon's threads run and files finish; a queue with no progress for STALL_S, or a dead model
+    thread, stops them (systemd then restarts the daemon) and /healthz turns 503."""
+    from types import SimpleNamespace
+
+    from facesortd import service as service_mod
+    from facesortd.config import parse_config
+    from facesortd.service import Service
+    from facesortd.telemetry import Telemetry
+
+    clock = [100.0]
+    stop = threading.Event()
+    threads = [threading.Thread(target=stop.wait, name=n + ("0" if n.endswith("-") else ""))
+               for n in service_mod.REQUIRED_THREADS]
+    for t in threads:
+        t.start()
+    path = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+
+    def pings() -> int:
+        n = 0
+        while True:
+            try:
+                n += sock.recv(100).split(b"\n").count(b"WATCHDOG=1")
+            except BlockingIOError:
+                return n
+
+    try:
+        telemetry = Telemetry(clock=lambda: clock[0])
+        pipeline = SimpleNamespace(queue_depth=0)
+        daemon = SimpleNamespace(telemetry=telemetry, pipeline=pipeline, watcher=None, store=None,
+                                 config=parse_config("{}", tmp_path / "facesortd.yaml"))
+        (tmp_path / "state").mkdir()
+        svc = Service(daemon, Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"}),
+                      clock=lambda: clock[0])
+        svc.tick()
+        assert pings() == 1 and telemetry.up.get() == 1
+        pipeline.queue_depth = 5           # busy, and files keep finishing: healthy
+        for _ in range(5):
+            clock[0] += service_mod.STALL_S / 4
+            telemetry.last_progress = clock[0]
+            svc.tick()
+        assert pings() == 5 and telemetry.up.get() == 1
+        clock[0] += service_mod.STALL_S + 1  # nothing finished for longer than STALL_S
+        svc.tick()
+        clock[0] += 2
+        svc.tick()
+        assert pings() == 0 and telemetry.up.get() == 0
+        assert "no file finished" in telemetry.unhealthy_reason
+        telemetry.last_progress = clock[0]   # it recovers
+        clock[0] += 2
+        svc.tick()
+        assert pings() == 1 and telemetry.up.get() == 1
+        stop.set()                           # the model thread dies
+        for t in threads:
+            t.join()
+        clock[0] += 2
+        svc.tick()
+        assert pings() == 0 and "facesortd-model" in telemetry.unhealthy_reason
+        svc.notifier.close()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        sock.close()
