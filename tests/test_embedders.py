@@ -321,3 +321,51 @@ def test_dlib_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "dlib", None)   # import dlib -> ImportError
     with pytest.raises(ModelUnavailable, match=r"pip install 'facesortd\[dlib\]'"):
         DlibEmbedder(EmbedderConfig(name="dlib")).load()
+
+
+# -- device settings: the CUDA choices are checked on the CPU (no GPU on the build machines) -------
+
+@pytest.mark.parametrize("precision, amp", [("auto", torch.float16), ("fp16", torch.float16),
+                                            ("bf16", torch.bfloat16), ("fp32", None)])
+def test_cuda_settings_are_chosen_at_load(weights, precision, amp):
+    emb = FacenetEmbedder(EmbedderConfig(weights=weights, device="cpu", precision=precision))
+    before = torch.backends.cudnn.benchmark
+    try:
+        emb._choose_settings(torch.device("cuda"))
+        assert emb._amp is amp
+        assert emb._channels_last and emb._pinned
+        assert torch.backends.cudnn.benchmark  # fixed 160x160 input: autotune once
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def test_pinned_batch_buffer_is_reused_and_grows(weights, crops, fp32_vectors, monkeypatch):
+    """The CUDA host path (one pinned uint8 buffer, refilled per batch) on the CPU: pinning needs
+    a GPU, so ``pin_memory`` is the one thing replaced; the vectors must not change."""
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self)
+    emb = FacenetEmbedder(EmbedderConfig(weights=weights, device="cpu", precision="fp32",
+                                         batch_size=2))
+    emb.load()
+    emb._pinned = True
+    np.testing.assert_allclose(emb.embed(crops[:2]), fp32_vectors[:2], atol=1e-5)
+    first = emb._host.data_ptr()
+    np.testing.assert_allclose(emb.embed(crops[2:4]), fp32_vectors[2:4], atol=1e-5)
+    assert emb._host.data_ptr() == first                  # refilled, not reallocated
+    np.testing.assert_allclose(emb.embed(crops[:5]), fp32_vectors[:5], atol=1e-5)
+    assert emb._host.shape[0] >= 5                        # grew for a bigger batch
+
+
+def test_contiguous_layout_gives_the_same_vectors(weights, crops, fp32_vectors):
+    """channels_last is a speed setting only: the plain NCHW path must embed identically."""
+    emb = FacenetEmbedder(EmbedderConfig(weights=weights, device="cpu", precision="fp32"))
+    emb.load()
+    emb._channels_last = False
+    emb._model = emb._model.to(memory_format=torch.contiguous_format)
+    np.testing.assert_allclose(emb.embed(crops[:3]), fp32_vectors[:3], atol=1e-4)
+    assert emb.describe()["memory_format"] == "contiguous"
+
+
+def test_bare_model_throughput_median_and_mean(fp32):
+    from facesortd.embedders.facenet import bare_model_throughput
+    figures = bare_model_throughput(fp32, batch_size=2, seconds=0)
+    assert figures["median"] > 0 and figures["mean"] > 0

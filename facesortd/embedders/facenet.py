@@ -315,6 +315,14 @@ def bare_model_images_per_s(embedder: FacenetEmbedder, batch_size: int,
     """Images/s of the bare forward pass at the embedder's own settings (device, autocast, memory
     format): a standardized float batch already on the device, median of timed runs after
     warm-up. The upper bound the pipeline is compared against."""
+    return bare_model_throughput(embedder, batch_size, seconds)["median"]
+
+
+def bare_model_throughput(embedder: FacenetEmbedder, batch_size: int,
+                          seconds: float = 3.0) -> dict[str, float]:
+    """The bare forward pass's images/s two ways: ``median`` (batch size ÷ median batch time,
+    its steady state on a quiet machine) and ``mean`` (images ÷ total time, measured the way a
+    pipeline run is, slow moments included)."""
     embedder.load()
     fmt = torch.channels_last if embedder._channels_last else torch.contiguous_format
     gen = torch.Generator().manual_seed(0)
@@ -334,4 +342,5 @@ def bare_model_images_per_s(embedder: FacenetEmbedder, batch_size: int,
             if cuda:
                 torch.cuda.synchronize(embedder._device)
             times.append(time.perf_counter() - t0)
-    return batch_size / statistics.median(times)
+    return {"median": batch_size / statistics.median(times),
+            "mean": batch_size * len(times) / sum(times)}
