@@ -1,4 +1,6 @@
-"""``facesortd bench ingest``: the real pipeline's images/s beside the bare model's, same run.
+"""``facesortd bench ingest`` / ``bench detect``: the real pipeline's images/s beside the bare
+model's and beside the old tool's way (fp32, batch 64, contiguous NCHW, decode everything first,
+then embed), all measured in the same run, printed as JSON.
 
 Speed does not depend on the weights' values, so the facenet benchmark uses an untrained
 InceptionResnetV1 saved to a temporary state dict (the VGGFace2 weights cannot be downloaded here).
@@ -65,19 +67,88 @@ def _untrained_weights(folder: Path) -> Path:
     return path
 
 
-def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optional[Path] = None,
-                 count: int = 1000, batch_size: int = 64, device: str = "auto",
-                 precision: str = "auto", repeats: int = 3) -> dict:
-    """Ingest ``count`` files through the real pipeline ``repeats`` times (fresh store each time),
-    each run between two measurements of the bare model at the same settings in the same process.
+def _jobs(files: list[Path], inbox: Path, mode: str) -> list[Job]:
+    jobs = []
+    for p in files:
+        st = p.stat()
+        jobs.append(Job(p, inbox, mode, st.st_size, st.st_mtime_ns))
+    return jobs
 
-    ``ratio`` is the median over runs of pipeline images/s ÷ the bare model's images/s measured
-    just before and just after that run; ``model_busy_fraction`` is the share of the pipeline's wall time the model spent
-    embedding (1.0 = the model never waited).
-    """
-    from .embedders import create_embedder
+
+def _run_pipeline(cfg: Config, model, detector, jobs: list[Job]) -> dict:
+    """Ingest ``jobs`` through a fresh store and the real Pipeline; wall time and stage times."""
     from .pipeline import Pipeline
     from .store import Store
+
+    store = Store.open(cfg.state_dir)
+    store.bind_model(model.model_id, model.dim)
+    pipeline = Pipeline(cfg, store, model, detector, queue_size=len(jobs) + 1)
+    pipeline.start()
+    try:
+        t0 = time.perf_counter()
+        for job in jobs:
+            pipeline.submit(job)
+        pipeline.drain()
+        wall = time.perf_counter() - t0
+    finally:
+        pipeline.stop()
+        counts = store.counts()
+        store.close()
+    st = pipeline.stats
+    return {"seconds": wall, "images_per_s": len(jobs) / wall, "faces": st.faces,
+            "batches": st.batches, "model_busy_fraction": st.model_seconds / wall,
+            "embed_seconds": st.model_seconds, "detect_seconds": st.detect_seconds,
+            "store_seconds": st.store_seconds, "prepare_seconds_all_workers": st.prepare_seconds,
+            "counts": counts}
+
+
+def old_tool_images_per_s(files: list[Path], weights: Path, batch_size: int = 64) -> float:
+    """The tool this grew from, end to end: fp32, contiguous NCHW, batch 64, no overlap (decode
+    and resize every file first, then embed them batch by batch). Same weights, same thread pool."""
+    import torch
+    from facenet_pytorch import InceptionResnetV1
+
+    model = InceptionResnetV1(pretrained=None, classify=False)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.eval()
+    t0 = time.perf_counter()
+    arrays = []
+    for path in files:
+        with Image.open(path) as im:
+            arrays.append(np.asarray(im.convert("RGB").resize((160, 160), Image.Resampling.BILINEAR)))
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().contiguous()
+    x = (x - 127.5) / 128.0
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            model(x[start:start + batch_size]).numpy()
+    return len(files) / (time.perf_counter() - t0)
+
+
+def _machine() -> dict:
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
+
+
+def _rounded(run: dict) -> dict:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in run.items() if k != "counts"}
+
+
+def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optional[Path] = None,
+                 count: int = 1000, batch_size: int = 64, device: str = "auto",
+                 precision: str = "auto", repeats: int = 3, old_tool: bool = True,
+                 bare_seconds: float = 2.0) -> dict:
+    """Ingest ``count`` files through the real pipeline ``repeats`` times (fresh store each time),
+    each run between two measurements of the bare model at the same settings in the same process,
+    and (facenet, aligned) followed by the old tool's way on the same files.
+
+    ``ratio`` is the median over runs of pipeline images/s ÷ the bare model's images/s measured
+    just before and just after that run (the bare figure is the median batch time, its best
+    steady state); ``ratio_vs_bare_mean`` divides by the bare model's mean throughput instead
+    (total images ÷ total time, measured like the pipeline's). ``vs_old_tool`` is the median of
+    pipeline images/s ÷ the old tool's images/s of the same run. ``model_busy_fraction`` is the
+    share of the pipeline's wall time the model spent embedding (1.0 = the model never waited).
+    """
+    from .embedders import create_embedder
 
     tmp = Path(tempfile.mkdtemp(prefix="facesortd-bench-"))
     try:
@@ -95,7 +166,9 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
             from .embedders import resolve_device
         bare = None
         if embedder == "facenet":
-            from .embedders.facenet import bare_model_images_per_s as bare
+            from .embedders.facenet import bare_model_throughput as bare
+        old = old_tool and embedder == "facenet" and mode == "aligned" \
+            and str(model.describe().get("device", "cpu")).startswith("cpu")
         runs = []
         for r in range(repeats):
             cfg = Config(state_dir=tmp / f"state{r}", library=tmp / f"library{r}",
@@ -105,45 +178,110 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
                 detector = make_detector(cfg, resolve_device(device))
             # The bare model right before and right after each pipeline run: on a shared, noisy
             # machine a ratio is only meaningful between measurements taken close together.
-            before = bare(model, batch_size, seconds=2.0) if bare else None
-            store = Store.open(cfg.state_dir)
-            store.bind_model(model.model_id, model.dim)
-            pipeline = Pipeline(cfg, store, model, detector, queue_size=count + 1)
-            pipeline.start()
-            try:
-                jobs = []
-                for p in files:
-                    st = p.stat()
-                    jobs.append(Job(p, inbox, mode, st.st_size, st.st_mtime_ns))
-                t0 = time.perf_counter()
-                for job in jobs:
-                    pipeline.submit(job)
-                pipeline.drain()
-                wall = time.perf_counter() - t0
-            finally:
-                pipeline.stop()
-                counts = store.counts()
-                store.close()
-            ips = len(files) / wall
-            model_ips = (before + bare(model, batch_size, seconds=2.0)) / 2 if bare else None
-            runs.append({"seconds": wall, "images_per_s": ips, "model_images_per_s": model_ips,
-                         "ratio": ips / model_ips if model_ips else None,
-                         "model_busy_fraction": pipeline.stats.model_seconds / wall,
-                         "faces": pipeline.stats.faces, "batches": pipeline.stats.batches})
+            before = bare(model, batch_size, seconds=bare_seconds) if bare else None
+            run = _run_pipeline(cfg, model, detector, _jobs(files, inbox, mode))
+            counts = run.pop("counts")
+            if bare:
+                after = bare(model, batch_size, seconds=bare_seconds)
+                median_ips = (before["median"] + after["median"]) / 2
+                mean_ips = (before["mean"] + after["mean"]) / 2
+                run.update(model_images_per_s=median_ips, ratio=run["images_per_s"] / median_ips,
+                           model_mean_images_per_s=mean_ips,
+                           ratio_vs_bare_mean=run["images_per_s"] / mean_ips)
+            if old:
+                old_ips = old_tool_images_per_s(files, weights)
+                run.update(old_tool_images_per_s=old_ips, vs_old_tool=run["images_per_s"] / old_ips)
+            runs.append(run)
         median = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
-        return {
+        out = {
             "bench": "ingest", "mode": mode, "embedder": embedder, "files": len(files),
             "source": str(images) if images else "synthetic 250x250 JPEG",
             "batch_size": batch_size, "repeats": repeats, "model": model.describe(),
             "pipeline_images_per_s": round(median("images_per_s"), 1),
             "model_images_per_s": round(median("model_images_per_s"), 1) if bare else None,
             "ratio": round(median("ratio"), 3) if bare else None,
+            "ratio_vs_bare_mean": round(median("ratio_vs_bare_mean"), 3) if bare else None,
             "model_busy_fraction": round(median("model_busy_fraction"), 3),
-            "runs": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
-                     for r in runs],
-            "store_counts": counts,
-            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                        "glibc_tunables": os.environ.get("GLIBC_TUNABLES")},
+        }
+        if old:
+            out.update(old_tool={"what": "fp32, batch 64, contiguous NCHW, decode all then embed",
+                                 "images_per_s": round(median("old_tool_images_per_s"), 1)},
+                       vs_old_tool=round(median("vs_old_tool"), 2))
+        out.update(runs=[_rounded(r) for r in runs], store_counts=counts, machine=_machine())
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def camera_photos(folder: Path, source: Path, count: int, size: tuple[int, int] = (4000, 3000),
+                  quality: int = 90) -> list[Path]:
+    """``count`` 12-megapixel camera-like JPEGs: real photos from ``source`` upscaled (bicubic)
+    to ``size`` and saved at ``quality``; one pixel differs per copy so none is a duplicate."""
+    originals = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not originals:
+        raise SystemExit(f"no images in {source}")
+    paths = []
+    for i in range(count):
+        with Image.open(originals[i % len(originals)]) as im:
+            im = im.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+        im.putpixel((0, 0), (i % 256, (i // 256) % 256, 7))
+        path = folder / f"camera_{i:06d}.jpg"
+        im.save(path, quality=quality)
+        paths.append(path)
+    return paths
+
+
+def bench_detect(images: Path, count: int = 24, batch_size: int = 64, device: str = "auto",
+                 precision: str = "auto", repeats: int = 3, max_side_px: Optional[int] = None,
+                 size: tuple[int, int] = (4000, 3000)) -> dict:
+    """Detect mode on 12-megapixel camera JPEGs made from the photos in ``images``: the real
+    pipeline's images/s and where the time goes (decode in the workers, MTCNN and embedding on
+    the model thread, the store), median over ``repeats`` runs with fresh stores."""
+    from .config import DetectorConfig
+    from .daemon import make_detector
+    from .embedders import create_embedder, resolve_device
+
+    tmp = Path(tempfile.mkdtemp(prefix="facesortd-bench-"))
+    try:
+        inbox = tmp / "inbox"
+        inbox.mkdir()
+        files = camera_photos(inbox, images, count, size)
+        emb_cfg = EmbedderConfig(name="facenet", weights=_untrained_weights(tmp), device=device,
+                                 batch_size=batch_size, precision=precision)
+        det_cfg = DetectorConfig() if max_side_px is None else DetectorConfig(max_side_px=max_side_px)
+        model = create_embedder(emb_cfg)
+        model.load()
+        detector = None
+        runs = []
+        for r in range(repeats):
+            cfg = Config(state_dir=tmp / f"state{r}", library=tmp / f"library{r}",
+                         inboxes=(InboxConfig(path=inbox, mode="detect"),), detector=det_cfg,
+                         watch=WatchConfig(settle_ms=0, rescan_interval_s=0), embedder=emb_cfg)
+            if detector is None:
+                detector = make_detector(cfg, resolve_device(device))
+            run = _run_pipeline(cfg, model, detector, _jobs(files, inbox, "detect"))
+            run.pop("counts")
+            n = len(files)
+            run.update(decode_ms_per_image=1000 * run["prepare_seconds_all_workers"] / n,
+                       detect_ms_per_image=1000 * run["detect_seconds"] / n,
+                       embed_ms_per_image=1000 * run["embed_seconds"] / n,
+                       store_ms_per_image=1000 * run["store_seconds"] / n)
+            runs.append(run)
+        median = lambda key: round(statistics.median(r[key] for r in runs), 1)  # noqa: E731
+        return {
+            "bench": "detect", "files": len(files), "source": f"{images} upscaled to "
+            f"{size[0]}x{size[1]}, JPEG quality 90", "repeats": repeats,
+            "detector": detector.describe() | {"max_side_px": det_cfg.max_side_px},
+            "model": model.describe(),
+            "pipeline_images_per_s": median("images_per_s"),
+            "faces_per_run": runs[-1]["faces"],
+            "breakdown_ms_per_image": {
+                "decode (worker threads, summed)": median("decode_ms_per_image"),
+                "detect (model thread)": median("detect_ms_per_image"),
+                "embed (model thread)": median("embed_ms_per_image"),
+                "store (model thread)": median("store_ms_per_image")},
+            "target_images_per_s": 10,
+            "runs": [_rounded(r) for r in runs], "machine": _machine(),
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

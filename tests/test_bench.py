@@ -1,0 +1,46 @@
+"""The benchmarks run end to end on a few real files and report consistent figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facesortd.bench import bench_detect, bench_ingest, camera_photos
+
+pytest.importorskip("facenet_pytorch")
+
+
+def test_bench_ingest_reports_pipeline_bare_model_and_old_tool(data_dir):
+    out = bench_ingest(mode="aligned", embedder="facenet", images=data_dir / "faces_cropped",
+                       count=12, batch_size=4, repeats=1, bare_seconds=0)
+    assert out["files"] == 12
+    assert out["store_counts"]["images"]["done"] == 12
+    assert out["store_counts"]["faces"] == 12
+    run = out["runs"][0]
+    assert run["faces"] == 12 and run["batches"] == 3
+    for key in ("pipeline_images_per_s", "model_images_per_s"):
+        assert out[key] > 0
+    assert out["ratio"] == pytest.approx(run["images_per_s"] / run["model_images_per_s"], rel=1e-2)
+    assert out["old_tool"]["images_per_s"] > 0
+    assert out["vs_old_tool"] == pytest.approx(
+        run["images_per_s"] / run["old_tool_images_per_s"], rel=1e-2)
+    assert 0 < out["model_busy_fraction"] <= 1.0
+    assert out["model"]["precision"] in ("fp32", "bf16")
+
+
+def test_camera_photos_are_distinct_12_megapixel_jpegs(tmp_path, data_dir):
+    paths = camera_photos(tmp_path, data_dir / "scenes", 2, size=(400, 300))
+    with Image.open(paths[0]) as a, Image.open(paths[1]) as b:
+        assert a.format == "JPEG" and a.size == (400, 300)
+        assert not np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_bench_detect_breakdown_on_big_photos(data_dir):
+    out = bench_detect(data_dir / "scenes", count=3, repeats=1, size=(1600, 1200))
+    assert out["files"] == 3
+    assert out["faces_per_run"] >= 1
+    br = out["breakdown_ms_per_image"]
+    assert br["decode (worker threads, summed)"] > 0 and br["detect (model thread)"] > 0
+    assert br["embed (model thread)"] > 0
+    assert out["pipeline_images_per_s"] > 0
