@@ -254,10 +254,13 @@ def test_big_jpeg_is_drafted_and_scaled_with_the_right_scale(tmp_path):
     im.paste((255, 0, 0), (2000, 1000, 2400, 1400))
     p = tmp_path / "big.jpg"
     im.save(p, "JPEG", quality=90)
-    out = decode(p, max_side=1024)
-    check(out, (768, 1024, 3))
+    out = decode(p, max_side=1024)  # a 1/4 draft (1000 x 750) is within DRAFT_SLACK: kept as is
+    check(out, (750, 1000, 3))
     assert out.original_size == (4000, 3000)
-    assert out.scale == pytest.approx(4000 / 1024)
+    assert out.scale == pytest.approx(4.0)
+    asked = decode(p, max_side=1200)  # 1/4 is too small here: 1/2 draft, then one resize
+    check(asked, (900, 1200, 3))
+    assert asked.scale == pytest.approx(4000 / 1200)
     x, y = 2200 / out.scale, 1200 / out.scale  # the red square's centre, mapped to the copy
     assert np.allclose(out.rgb[int(y), int(x)], (255, 0, 0), atol=40)
     assert np.allclose(out.rgb[50, 50], (40, 40, 40), atol=10)
