@@ -118,7 +118,10 @@ def test_bad_inputs_quarantined_with_reason_good_files_processed(tmp_path, data_
             assert not (inbox / name).exists()
         for p in goods:
             assert rows[p.name][1] == "done"
-            assert (inbox / p.name).read_bytes() == p.read_bytes()  # untouched
+            # run --once places good files (placer.py): moved whole into the library
+            placed = [q for q in config.library.rglob(p.name) if "_quarantine" not in q.parts]
+            assert len(placed) == 1 and placed[0].read_bytes() == p.read_bytes()
+            assert not (inbox / p.name).exists()
 
 
 def test_quarantine_never_overwrites(tmp_path, data_dir):
