@@ -452,5 +452,48 @@ class PlacerLoop:
             except Exception:
                 log.exception("placement failed; retrying at the next change")
                 continue
+            for op in ops if self.dry_run else ():
+                log.info("dry run: would %s", op.describe())
             if self.on_synced is not None:
                 self.on_synced(ops)
+
+
+def parse_since(text: str) -> float:
+    """``--since``: unix seconds, an ISO date or date-time (local time), or an age like 30m, 2h, 1d."""
+    import datetime
+    import re
+
+    from .errors import FacesortdError
+
+    text = text.strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text)
+    if m:
+        return time.time() - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise FacesortdError(f"--since {text!r}: give unix seconds, a date like 2024-05-01 or "
+                             "2024-05-01T13:00, or an age like 30m, 2h, 1d") from None
+
+
+def undo_command(config: Config, last: Optional[int], since: Optional[str],
+                 dry_run: bool = False) -> list[Op]:
+    """``facesortd undo``: takes the state lock (never beside a running daemon), replays the
+    journal, then undoes."""
+    from .daemon import StateLock
+
+    when = parse_since(since) if since is not None else None
+    lock = StateLock(config.state_dir)
+    lock.acquire()
+    try:
+        with Store.open(config.state_dir, load_vectors=False) as store:
+            placer = Placer(config, store)
+            if not dry_run:
+                placer.replay()
+            return placer.undo(last=last, since=when, dry_run=dry_run)
+    finally:
+        lock.release()

@@ -443,3 +443,40 @@ def test_placer_loop_follows_changes_and_stops(env):
     finally:
         loop.stop()
     assert e.files() == {"Quinn/loop.jpg": b"loop"} and len(synced) >= 2
+
+
+# -- the whole job through the command line (real dlib model, aligned face crops) -------------
+
+def test_cli_dry_run_then_run_then_undo(tmp_path, data_dir, capsys):
+    pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
+    from facesortd.cli import main
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for person in ("Ben_Affleck", "Madonna"):
+        for p in sorted((data_dir / "faces_cropped" / person).glob("*.jp*g"))[:3]:
+            (inbox / f"{person}_{p.name}").write_bytes(p.read_bytes())
+    (inbox / "broken.jpg").write_bytes(b"not a photo at all")
+    config = tmp_path / "facesortd.yaml"
+    config.write_text("inboxes:\n  - path: inbox\n    mode: aligned\nwatch:\n  settle_ms: 50\n"
+                      "  rescan_interval_s: 0\nembedder:\n  name: dlib\nweb:\n  enabled: false\n")
+    before = tree(tmp_path / "inbox")
+    assert main(["run", "--once", "--dry-run", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("would move") == 6 and tree(inbox) == before
+    assert not (tmp_path / "library").exists()
+
+    assert main(["run", "--once", "--config", str(config)]) == 0
+    capsys.readouterr()
+    library = tmp_path / "library"
+    placed = sorted(str(p.relative_to(library)) for p in library.rglob("*") if p.is_file())
+    folders = {p.split("/")[0] for p in placed}
+    assert len(placed) == 8 and "_quarantine" in folders   # broken file + its reason file
+    people = {f: {p.split("/")[1].split("_")[0] for p in placed if p.startswith(f + "/")}
+              for f in folders if f.startswith("Person_")}
+    assert sorted(map(sorted, people.values())) == [["Ben"], ["Madonna"]]
+    assert sorted(p.name for p in inbox.iterdir()) == []
+
+    assert main(["undo", "--last", "100", "--config", str(config)]) == 0
+    assert "6 file operation(s)" in capsys.readouterr().out
+    assert tree(inbox) == {k: v for k, v in before.items() if not k.endswith("broken.jpg")}
