@@ -203,3 +203,35 @@ def test_second_daemon_on_same_state_refused(tmp_path):
         assert "in use" in str(info.value)
     finally:
         first.lock.release()
+
+
+def test_one_unrecordable_image_does_not_lose_its_micro_batch(tmp_path):
+    """Results are recorded in one transaction per micro-batch; when one image cannot be recorded
+    (here: the model returned NaN for it), the batch is rolled back and recorded image by image,
+    so only that image ends as an error and the others are stored with their faces."""
+    from facesortd.jobs import Job
+    from facesortd.pipeline import Pipeline, _Work
+
+    config = make_config(tmp_path, mode="aligned")
+    store = Store.open(config.state_dir)
+    try:
+        store.bind_model("test-model", 4)
+        pipe = Pipeline(config, store, embedder=None)
+        works = []
+        for i, value in enumerate((0.5, float("nan"), 0.5)):
+            path = tmp_path / "inbox" / f"{i}.jpg"
+            path.write_bytes(b"x")
+            pipe._in_flight.add(path)
+            works.append(_Work(job=Job(path, tmp_path / "inbox", "aligned", 1, 1), sha256=f"s{i}",
+                               size=1, faces=[None], boxes=[(0.0, 0.0, 1.0, 1.0)], scores=[1.0],
+                               vectors=[np.full(4, value, np.float32)]))
+        face_ids = pipe._store_all(works)
+        rows = images(store)
+        assert len(face_ids) == 2
+        assert [rows[f"{i}.jpg"][1] for i in range(3)] == ["done", "error", "done"]
+        assert "could not record" in rows["1.jpg"][2] and "finite" in rows["1.jpg"][2]
+        assert face_count(store, rows["1.jpg"][3]) == 0
+        assert store.vectors()[1].shape == (2, 4)
+        assert not pipe._in_flight and pipe.stats.files_done == 2 and pipe.stats.files_error == 1
+    finally:
+        store.close()
