@@ -5,6 +5,8 @@ Stages, in order (each a small method below):
   2. ``_prepare``    worker threads: hash, find duplicates, decode (and for aligned mode, cut the face)
   3. ``_model_loop`` the one model thread: detect faces in batches, embed micro-batches of up to
                      ``batch_size`` faces or ``max_wait_ms``, record every image with its faces
+                     (one store transaction per micro-batch: little model-thread time between
+                     forward passes)
 Decoding runs in the workers ahead of the model, so the model does not wait on the disk. On a CPU
 device the model's thread pool already uses every core, and a worker decoding in the middle of a
 forward pass preempts one of its threads and stalls the others at the next barrier; there the
