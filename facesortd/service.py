@@ -27,6 +27,8 @@ STATUS_EVERY_S = 5.0
 STALL_S = 300.0
 #: Threads that must stay alive while the daemon runs (the pipeline's and the watcher's names).
 REQUIRED_THREADS = ("facesortd-model", "facesortd-prep-", "facesortd-watch-worker")
+#: Threads of optional parts, required while the daemon has that part: (attribute, thread name).
+OPTIONAL_THREADS = (("identities", "identities"), ("placer_loop", "facesortd-placer"))
 #: Config keys a SIGHUP cannot change in a running daemon (they take effect on restart).
 RESTART_KEYS = ("state_dir", "library", "embedder", "detector", "web")
 
@@ -81,6 +83,7 @@ class Service:
         self._next_ping = 0.0
         self._busy_since: Optional[float] = None
         self._unhealthy: Optional[str] = None
+        self._recluster_seen: Optional[object] = None
 
     @property
     def wait_s(self) -> float:
@@ -112,6 +115,7 @@ class Service:
         depth = d.pipeline.queue_depth if d.pipeline is not None else 0
         pending = d.watcher.pending_count() if d.watcher is not None else 0
         self.telemetry.tick(depth, pending)
+        self._count_reclusters()
         self._check_health(depth, now)
         if self._unhealthy is None and self.notifier.watchdog_interval is not None \
                 and now >= self._next_ping:
@@ -123,9 +127,19 @@ class Service:
             self.notifier.status(self.telemetry.status_line(counts))
             self.telemetry.write_snapshot(d.config.state_dir)
 
+    def _count_reclusters(self) -> None:
+        # IdentityService replaces ``last_counts`` after every recluster it applies; reclusters
+        # take seconds, so one tick never sees two.
+        counts = getattr(getattr(self.daemon, "identities", None), "last_counts", None)
+        if counts is not None and counts is not self._recluster_seen:
+            self._recluster_seen = counts
+            self.telemetry.reclusters.inc()
+
     def _check_health(self, depth: int, now: float) -> None:
         alive = {t.name for t in threading.enumerate() if t.is_alive()}
-        dead = [n for n in REQUIRED_THREADS if not any(a.startswith(n) for a in alive)]
+        required = list(REQUIRED_THREADS) + [name for attr, name in OPTIONAL_THREADS
+                                             if getattr(self.daemon, attr, None) is not None]
+        dead = [n for n in required if not any(a.startswith(n) for a in alive)]
         if depth == 0:
             self._busy_since = None
         elif self._busy_since is None:

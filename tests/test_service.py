@@ -216,6 +216,13 @@ def test_daemon_under_a_notify_socket(tmp_path, crops):
         wait_ingested(root / "state", {"b1.jpg"})
         assert daemon.proc.poll() is None
 
+        # A recluster asked for (SIGUSR1, what `facesortd recluster` sends) is counted.
+        daemon.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 20
+        while parse_prometheus(get(url + "metrics")[2])["facesortd_reclusters_total"] < 1:
+            assert time.monotonic() < deadline, "no recluster counted"
+            time.sleep(0.2)
+
         # A second daemon on the same state_dir refuses at once, with the holder's pid.
         other = root / "other.yaml"
         other.write_text(config_text(["inbox3"]))
