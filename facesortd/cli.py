@@ -22,6 +22,10 @@ def _setup_logging(level: str) -> None:
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr,
                         force=True)
+    if os.environ.get("JOURNAL_STREAM"):   # each line carries its level for journalctl -p
+        from .service import JournalFormatter
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JournalFormatter(fmt))
 
 
 def _config(args: argparse.Namespace) -> Config:

@@ -187,6 +187,19 @@ class Service:
         self.notifier.close()
 
 
+class JournalFormatter(logging.Formatter):
+    """Prefixes every line with its syslog priority (``<4>``), which journald strips and keeps
+    as the entry's level, so ``journalctl -p warning`` shows warnings and errors only."""
+
+    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                  logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = max((lv for lv in self.PRIORITIES if lv <= record.levelno), default=logging.DEBUG)
+        prefix = f"<{self.PRIORITIES[level]}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+
 def progress_counts(daemon: "Daemon") -> tuple[int, int]:
     """(files done, files known) for the ``run --once`` progress line."""
     done = daemon.telemetry.files_finished()

@@ -402,3 +402,15 @@ def test_a_hung_pipeline_stops_the_watchdog_pings(tmp_path):
         for t in threads:
             t.join()
         sock.close()
+
+
+def test_journal_lines_carry_their_priority():
+    """Under systemd (JOURNAL_STREAM set) every stderr line starts with <priority> for journald,
+    continuation lines of a multi-line message (a refused reload's problems) too."""
+    code = ("import logging, sys; from facesortd.cli import _setup_logging; _setup_logging('info');"
+            "log = logging.getLogger('facesortd'); log.info('one'); log.warning('two');"
+            "log.error('three\\nfour'); log.debug('hidden')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, JOURNAL_STREAM="8:1234", PYTHONPATH=str(REPO)))
+    assert r.stderr.splitlines() == ["<6>INFO facesortd: one", "<4>WARNING facesortd: two",
+                                     "<3>ERROR facesortd: three", "<3>four"]
