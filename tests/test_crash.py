@@ -89,8 +89,9 @@ def crash_rounds(root: Path, library: Path, n_files: int, kills_wanted: int, see
     run_driver(config, 1)      # records the files and places them
     run_driver(config, 2)      # how long moving them all to renamed folders takes
     moving = sync_seconds(root / "rounds.log", 2)
-    kills, rounds = 0, 2
-    while kills < kills_wanted and rounds < 3 * kills_wanted:
+    kills = mid_sync = 0
+    rounds = 2
+    while (kills < kills_wanted or mid_sync < kills_wanted // 2) and rounds < 4 * kills_wanted:
         rounds += 1
         # mostly while files move (every identity is renamed each round); sometimes at start-up,
         # in the journal replay or while recording
@@ -98,10 +99,11 @@ def crash_rounds(root: Path, library: Path, n_files: int, kills_wanted: int, see
         delay = (lambda: rng.uniform(0.1, 1.0)) if early else (lambda: rng.uniform(0, 0.7 * moving))
         if run_driver(config, rounds, delay, when_syncing=not early):
             kills += 1
+            phases = (root / "rounds.log").read_text()
+            mid_sync += f"\n{rounds} syncing " in phases and f"\n{rounds} synced " not in phases
+        else:   # it finished first: aim at the shortest sync seen (the machine may be busy)
+            moving = min(moving, sync_seconds(root / "rounds.log", rounds))
     assert kills >= kills_wanted, f"only {kills} of {rounds} rounds were killed mid-run"
-    phases = (root / "rounds.log").read_text()
-    mid_sync = sum(1 for r in range(3, rounds + 1)
-                   if f"\n{r} syncing " in phases and f"\n{r} synced " not in phases)
     assert mid_sync >= kills_wanted // 2, f"only {mid_sync} kills landed while files were moving"
     run_driver(config, rounds + 1)     # the last start repairs and finishes
     got = census(library)
