@@ -135,7 +135,7 @@ class Placer:
                 return  # gone from the inbox before it could be placed
             if (st.st_size, st.st_mtime_ns) != (image.size, image.mtime_ns):
                 return  # a new version: the pipeline ingests it first
-            template = Op(action if action != "move" else "move", image.path, None, image.id,
+            template = Op(action, image.path, None, image.id,
                           "main", image.sha256, "place", action)
             main_path = self._carry_out(template, targets[0], image, snap, dry_run, done)
         elif not os.path.lexists(main.path):
