@@ -65,7 +65,8 @@ def main(argv: Sequence[str]) -> int:
     log.write(f"{round_no} start\n")
     store = open_store(config)
     placer = Placer(config, store)
-    placer.replay()
+    repaired = placer.replay()
+    log.write(f"{round_no} replayed {sum(repaired.values())}\n")
     with store.read() as conn:
         people = [r[0] for r in conn.execute("SELECT id FROM identities ORDER BY id")]
         known = {r[0] for r in conn.execute("SELECT path FROM images WHERE status != 'pending'")}

@@ -119,13 +119,18 @@ def crash_rounds(root: Path, library: Path, n_files: int, kills_wanted: int, see
         db.close()
     assert "planned" not in statuses and "failed" not in statuses, statuses
     assert len(placed) == n_files and all(p.is_file() for p in placed)
+    repaired = sum(int(line.split()[2]) for line in (root / "rounds.log").read_text().splitlines()
+                   if " replayed " in line)
+    assert repaired > 0, "no kill left an operation for the journal replay to settle"
     return kills, statuses
 
 
 def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     kills, statuses = crash_rounds(tmp_path, tmp_path / "library", n_files=240, kills_wanted=20,
                                    seed=1234)
-    assert statuses.get("done", 0) > 240 and statuses.get("rolled_back", 0) > 0
+    # Each interrupted operation was completed or rolled back (which one depends on the instant);
+    # crash_rounds checks that the replay settled some and that nothing is left half done.
+    assert statuses.get("done", 0) > 240
 
 
 def test_sigkill_with_the_library_on_another_filesystem(tmp_path):
