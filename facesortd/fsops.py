@@ -42,7 +42,7 @@ def move_no_overwrite(src: Path, dst_dir: Path, name: str | None = None) -> Path
         except FileExistsError:
             continue  # lost a race for this name: try the next one
         os.unlink(src)
-        _fsync_dir(dst_dir)
+        fsync_dir(dst_dir)
         return dst
     raise AssertionError("unreachable")
 
@@ -76,14 +76,14 @@ def _place(src: Path, dst: Path) -> None:
 
 def copy_verified(src: Path, dst: Path) -> None:
     """Copy into a new file (O_EXCL), fsync, and check size and sha256 before returning."""
-    want = _sha256(src)
+    want = sha256_of(src)
     try:
         with open(src, "rb") as fin, open(dst, "xb") as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
             fout.flush()
             os.fsync(fout.fileno())
         shutil.copystat(src, dst)
-        if _sha256(dst) != want:
+        if sha256_of(dst) != want:
             raise OSError(errno.EIO, f"copy of {src} to {dst} does not match the source")
     except FileExistsError:
         raise
@@ -120,7 +120,7 @@ def copy_exact(src: Path, dst: Path, tmp: Path, expect_sha256: str | None = None
     """
     copy_verified(src, tmp)
     try:
-        if expect_sha256 is not None and _sha256(tmp) != expect_sha256:
+        if expect_sha256 is not None and sha256_of(tmp) != expect_sha256:
             raise OSError(errno.EIO, f"{src} changed since it was recorded; not copied")
         rename_no_replace(tmp, dst)
     except BaseException:
@@ -129,7 +129,7 @@ def copy_exact(src: Path, dst: Path, tmp: Path, expect_sha256: str | None = None
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
 
 
 def rename_no_replace(src: Path, dst: Path) -> None:
@@ -150,10 +150,7 @@ def rename_no_replace(src: Path, dst: Path) -> None:
 
 
 def sha256_of(path: Path) -> str:
-    return _sha256(path)
-
-
-def _sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -162,10 +159,7 @@ def _sha256(path: Path) -> str:
 
 
 def fsync_dir(path: Path) -> None:
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
+    """Make a folder's new entries durable (best effort: some filesystems refuse)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:

@@ -8,7 +8,6 @@ cudnn autotuning, pinned host memory) are chosen once at load and reported by ``
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import statistics
 import threading
@@ -23,6 +22,7 @@ from PIL import Image
 
 from ..config import EmbedderConfig
 from ..errors import ModelUnavailable
+from ..fsops import sha256_of
 from . import torchsetup
 from .base import Box
 
@@ -44,14 +44,6 @@ def facenet_cache_file() -> Path:
 def hub_cache_file() -> Path:
     """torch.hub's own checkpoint cache (``torch.hub.get_dir()/checkpoints``), also accepted."""
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_NAME
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class FacenetEmbedder:
@@ -87,7 +79,7 @@ class FacenetEmbedder:
         with self._lock:
             if self._sha is None:
                 path = self._find_weights()
-                self._sha = _sha256(path)
+                self._sha = sha256_of(path)
                 self._weights = path
             return self._sha
 
