@@ -30,12 +30,18 @@ def candidate_names(name: str):
 def move_no_overwrite(src: Path, dst_dir: Path, name: str | None = None) -> Path:
     """Move ``src`` into ``dst_dir`` under a free name (``name_1.jpg``... on collision).
 
-    Returns the final path. The source is removed only after the destination is complete.
+    Returns the final path. The source is removed only after the destination is complete. A
+    destination that is the source's own hard link is this move interrupted between link and
+    unlink (a crash): the move is finished there instead of making a second copy.
     """
     dst_dir.mkdir(parents=True, exist_ok=True)
     for candidate in candidate_names(name or src.name):
         dst = dst_dir / candidate
         if os.path.lexists(dst):
+            if _same_inode(src, dst):
+                os.unlink(src)
+                fsync_dir(src.parent)
+                return dst
             continue
         try:
             _place(src, dst)
@@ -45,6 +51,14 @@ def move_no_overwrite(src: Path, dst_dir: Path, name: str | None = None) -> Path
         fsync_dir(dst_dir)
         return dst
     raise AssertionError("unreachable")
+
+
+def _same_inode(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def write_new_text(path: Path, text: str) -> Path:

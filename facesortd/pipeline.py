@@ -258,6 +258,9 @@ class Pipeline:
             self.stats.files_error += 1
             self._finish(job, "error")
             return
+        # Recorded before the move: a crash in between leaves the file in the inbox, where the
+        # next start finds it again (an 'error' row is never taken as already ingested).
+        self.store.record_error(job.path, job.inbox, None, size, mtime_ns, reason)
         try:
             moved_to = move_no_overwrite(job.path, where)
             write_new_text(moved_to.with_name(moved_to.name + ".reason.txt"),
@@ -266,7 +269,6 @@ class Pipeline:
             pass
         except OSError as exc:
             log.error("could not move %s to quarantine (%s); it stays where it is", job.path, exc)
-        self.store.record_error(job.path, job.inbox, None, size, mtime_ns, reason)
         self.stats.files_error += 1
         log.warning("quarantined %s: %s%s", job.path, reason,
                     f" -> {moved_to}" if moved_to else "")

@@ -60,3 +60,21 @@ def test_write_new_text_never_overwrites(tmp_path):
     first = fsops.write_new_text(tmp_path / "r.txt", "one")
     second = fsops.write_new_text(tmp_path / "r.txt", "two")
     assert first.read_text() == "one" and second.name == "r_1.txt" and second.read_text() == "two"
+
+
+def test_move_interrupted_between_link_and_unlink_is_finished_not_duplicated(tmp_path):
+    """A crash after os.link and before os.unlink leaves one file under two names: the next
+    attempt completes that move instead of making name_1."""
+    src = tmp_path / "in" / "broken.jpg"
+    src.parent.mkdir()
+    src.write_bytes(b"not really a jpeg")
+    out = tmp_path / "q"
+    out.mkdir()
+    os.link(src, out / "broken.jpg")          # the state the crash left
+    dst = fsops.move_no_overwrite(src, out)
+    assert dst == out / "broken.jpg" and not src.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["broken.jpg"]
+    other = tmp_path / "in" / "broken.jpg"    # same name, different file: a free name is taken
+    other.write_bytes(b"another broken file")
+    assert fsops.move_no_overwrite(other, out).name == "broken_1.jpg"
+    assert (out / "broken.jpg").read_bytes() == b"not really a jpeg"
