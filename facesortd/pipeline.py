@@ -19,6 +19,7 @@ All torch work (detector and embedder) happens on the model thread: one torch th
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -79,7 +80,7 @@ class Pipeline:
     """Turns Jobs into stored faces; start(), submit(job), drain(), stop()."""
 
     def __init__(self, config: Config, store: Store, embedder: Embedder, detector: Any = None,
-                 workers: int = 2, queue_size: int = 1024,
+                 workers: Optional[int] = None, queue_size: int = 1024,
                  on_finished: Optional[Callable[[Job, str], None]] = None,
                  on_faces: Optional[Callable[[list[int]], None]] = None):
         self.config = config
@@ -92,7 +93,7 @@ class Pipeline:
         self.stats = Stats()
         self._intake: queue.Queue = queue.Queue(maxsize=queue_size)
         self._prepared: queue.Queue = queue.Queue(maxsize=max(8, 2 * config.embedder.batch_size))
-        self._workers_n = max(1, workers)
+        self._workers_n = workers   # None: chosen at start() for the device
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -108,6 +109,10 @@ class Pipeline:
     def start(self) -> None:
         self._gated = _runs_on_cpu(self.embedder)
         self._accepting = True
+        if self._workers_n is None:
+            # CPU: the gated workers decode between forward passes, two cover both cores. GPU: the
+            # CPU only decodes, so use its cores (Pillow and hashlib release the GIL while working).
+            self._workers_n = 2 if self._gated else max(2, min(8, (os.cpu_count() or 2) - 1))
         for i in range(self._workers_n):
             t = threading.Thread(target=self._worker_loop, name=f"facesortd-prep-{i}")
             t.start()
