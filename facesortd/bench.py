@@ -75,14 +75,15 @@ def _jobs(files: list[Path], inbox: Path, mode: str) -> list[Job]:
     return jobs
 
 
-def _run_pipeline(cfg: Config, model, detector, jobs: list[Job]) -> dict:
+def _run_pipeline(cfg: Config, model, detector, jobs: list[Job],
+                  workers: Optional[int] = None) -> dict:
     """Ingest ``jobs`` through a fresh store and the real Pipeline; wall time and stage times."""
     from .pipeline import Pipeline
     from .store import Store
 
     store = Store.open(cfg.state_dir)
     store.bind_model(model.model_id, model.dim)
-    pipeline = Pipeline(cfg, store, model, detector, queue_size=len(jobs) + 1)
+    pipeline = Pipeline(cfg, store, model, detector, workers=workers, queue_size=len(jobs) + 1)
     pipeline.start()
     try:
         t0 = time.perf_counter()
@@ -136,7 +137,7 @@ def _rounded(run: dict) -> dict:
 def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optional[Path] = None,
                  count: int = 1000, batch_size: int = 64, device: str = "auto",
                  precision: str = "auto", repeats: int = 3, old_tool: bool = True,
-                 bare_seconds: float = 2.0) -> dict:
+                 bare_seconds: float = 2.0, workers: Optional[int] = None) -> dict:
     """Ingest ``count`` files through the real pipeline ``repeats`` times (fresh store each time),
     each run between two measurements of the bare model at the same settings in the same process,
     and (facenet, aligned) followed by the old tool's way on the same files.
@@ -179,7 +180,7 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
             # The bare model right before and right after each pipeline run: on a shared, noisy
             # machine a ratio is only meaningful between measurements taken close together.
             before = bare(model, batch_size, seconds=bare_seconds) if bare else None
-            run = _run_pipeline(cfg, model, detector, _jobs(files, inbox, mode))
+            run = _run_pipeline(cfg, model, detector, _jobs(files, inbox, mode), workers)
             counts = run.pop("counts")
             if bare:
                 after = bare(model, batch_size, seconds=bare_seconds)

@@ -102,7 +102,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = bench_ingest(mode=args.mode, embedder=args.embedder, images=args.images,
                           count=args.count, batch_size=args.batch_size, device=args.device,
                           precision=args.precision, repeats=args.repeats,
-                          old_tool=args.old_tool)
+                          old_tool=args.old_tool, workers=args.workers)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--images", type=Path, default=None,
                    help="folder of images to replicate (default: synthetic face-sized JPEGs)")
     b.add_argument("--count", type=int, default=256, help="number of files to ingest per run")
+    b.add_argument("--workers", type=int, default=None,
+                   help="decoding threads (default: 2 on CPU, up to 4 on a GPU)")
     b.add_argument("--repeats", type=int, default=5, help="runs (median reported)")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--device", default="auto")
