@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .config import Config, EmbedderConfig, InboxConfig, WatchConfig
+from .errors import FacesortdError
 from .jobs import Job
 
 
@@ -40,19 +41,22 @@ def _synthetic_faces(folder: Path, count: int, side: int = 250, seed: int = 0) -
     return paths
 
 
-def _replicated(folder: Path, source: Path, count: int) -> list[Path]:
-    """``count`` distinct files made from the images in ``source`` (one pixel changed per copy,
-    so content dedupe does not skip them)."""
+def _replicated(folder: Path, source: Path, count: int, size: Optional[tuple[int, int]] = None,
+                prefix: str = "img", quality: int = 92) -> list[Path]:
+    """``count`` distinct JPEGs made from the images in ``source``, resized (bicubic) to ``size``
+    when given; one pixel differs per copy so content dedupe does not skip them."""
     originals = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not originals:
-        raise SystemExit(f"no images in {source}")
+        raise FacesortdError(f"no .jpg/.jpeg/.png images in {source}")
     paths = []
     for i in range(count):
         with Image.open(originals[i % len(originals)]) as im:
             im = im.convert("RGB")
-            im.putpixel((0, 0), (i % 256, (i // 256) % 256, 7))
-            path = folder / f"img_{i:06d}.jpg"
-            im.save(path, quality=92)
+            if size is not None:
+                im = im.resize(size, Image.Resampling.BICUBIC)
+        im.putpixel((0, 0), (i % 256, (i // 256) % 256, 7))
+        path = folder / f"{prefix}_{i:06d}.jpg"
+        im.save(path, quality=quality)
         paths.append(path)
     return paths
 
@@ -218,18 +222,7 @@ def camera_photos(folder: Path, source: Path, count: int, size: tuple[int, int] 
                   quality: int = 90) -> list[Path]:
     """``count`` 12-megapixel camera-like JPEGs: real photos from ``source`` upscaled (bicubic)
     to ``size`` and saved at ``quality``; one pixel differs per copy so none is a duplicate."""
-    originals = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not originals:
-        raise SystemExit(f"no images in {source}")
-    paths = []
-    for i in range(count):
-        with Image.open(originals[i % len(originals)]) as im:
-            im = im.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-        im.putpixel((0, 0), (i % 256, (i // 256) % 256, 7))
-        path = folder / f"camera_{i:06d}.jpg"
-        im.save(path, quality=quality)
-        paths.append(path)
-    return paths
+    return _replicated(folder, source, count, size=size, prefix="camera", quality=quality)
 
 
 def bench_detect(images: Path, count: int = 24, batch_size: int = 64, device: str = "auto",
