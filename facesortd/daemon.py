@@ -17,7 +17,7 @@ from .errors import ConfigError, FacesortdError
 from .jobs import Job
 from .pipeline import Pipeline
 from .progress import Progress
-from .service import Service, error_reason, progress_counts
+from .service import Service, progress_counts
 from .store import Store
 from .telemetry import Telemetry, TimedEmbedder
 from .watcher import Watcher
@@ -103,8 +103,8 @@ class Daemon:
             log.info("model %s on %s", embedder.model_id, embedder.describe())
             embedder = TimedEmbedder(embedder, self.telemetry)  # micro-batch size and latency
             self.pipeline = Pipeline(cfg, self.store, embedder, detector,
-                                     on_finished=self._on_finished, on_faces=self._on_faces)
-            self.pipeline.dry_run = self.dry_run   # a dry run quarantines nothing either
+                                     on_finished=self._on_finished, on_faces=self._on_faces,
+                                     dry_run=self.dry_run)   # a dry run quarantines nothing either
             self.watcher = Watcher(cfg.inboxes, cfg.watch, self.pipeline.submit,
                                    exclude=[cfg.library, cfg.state_dir])
         except BaseException:
@@ -121,8 +121,8 @@ class Daemon:
         """Something that decides where files belong changed (faces, identities, corrections)."""
         self.changed.set()
 
-    def _on_finished(self, job: Job, outcome: str) -> None:
-        self.telemetry.file_finished(outcome, error_reason(self, job.path) if outcome == "error" else None)
+    def _on_finished(self, job: Job, outcome: str, reason: Optional[str]) -> None:
+        self.telemetry.file_finished(outcome, reason)
         # A file that left the inbox (quarantined, gone) may come back with the same stat later.
         if outcome in ("error", "gone") and self.watcher is not None:
             self.watcher.forget(job.path)
@@ -221,6 +221,3 @@ class Daemon:
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         signal.signal(signal.SIGUSR1, lambda *_: self._recluster.set())   # facesortd recluster
-
-    def request_stop(self) -> None:
-        self._stop.set()

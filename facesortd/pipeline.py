@@ -83,15 +83,15 @@ class Pipeline:
 
     def __init__(self, config: Config, store: Store, embedder: Embedder, detector: Any = None,
                  workers: Optional[int] = None, queue_size: int = 1024,
-                 on_finished: Optional[Callable[[Job, str], None]] = None,
-                 on_faces: Optional[Callable[[list[int]], None]] = None):
+                 on_finished: Optional[Callable[[Job, str, Optional[str]], None]] = None,
+                 on_faces: Optional[Callable[[list[int]], None]] = None, dry_run: bool = False):
         self.config = config
         self.store = store
         self.embedder = embedder
         self.detector = detector
         self.on_finished = on_finished
         self.on_faces = on_faces   # called on the model thread with the ids of newly stored faces
-        self.dry_run = False       # run --dry-run: a broken file is recorded but not moved
+        self.dry_run = dry_run     # run --dry-run: a broken file is recorded but not moved
         self.stats = Stats()
         self._intake: queue.Queue = queue.Queue(maxsize=queue_size)
         self._prepared: queue.Queue = queue.Queue(maxsize=max(8, 2 * config.embedder.batch_size))
@@ -179,12 +179,13 @@ class Pipeline:
             return False
         return True
 
-    def _finish(self, job: Job, outcome: Optional[str]) -> None:
+    def _finish(self, job: Job, outcome: Optional[str], reason: Optional[str] = None) -> None:
+        """A file is through: ``on_finished(job, outcome, reason)`` (reason for errors only)."""
         with self._idle:
             self._in_flight.discard(job.path)
             self._idle.notify_all()
         if outcome and self.on_finished:
-            self.on_finished(job, outcome)
+            self.on_finished(job, outcome, reason)
 
     # -- stage 2: workers ----------------------------------------------------------------------
     def _worker_loop(self) -> None:
@@ -268,7 +269,7 @@ class Pipeline:
             log.warning("dry run: %s would be quarantined into %s: %s", job.path, where, reason)
             self.store.record_error(job.path, job.inbox, None, size, mtime_ns, reason)
             self.stats.files_error += 1
-            self._finish(job, "error")
+            self._finish(job, "error", reason)
             return
         # Recorded before the move: a crash in between leaves the file in the inbox, where the
         # next start finds it again (an 'error' row is never taken as already ingested).
@@ -284,7 +285,7 @@ class Pipeline:
         self.stats.files_error += 1
         log.warning("quarantined %s: %s%s", job.path, reason,
                     f" -> {moved_to}" if moved_to else "")
-        self._finish(job, "error")
+        self._finish(job, "error", reason)
 
     def _record_duplicate(self, job: Job, sha: str, size: int, original_id: int) -> None:
         image_id = self.store.add_image(job.path, job.inbox, sha, size, job.mtime_ns,
@@ -396,7 +397,7 @@ class Pipeline:
                                 work.job.mtime_ns, reason)
         self.stats.files_error += 1
         self._release_sha(work.sha256, None)
-        self._finish(work.job, "error")
+        self._finish(work.job, "error", reason)
 
     def _announce(self, face_ids: list[int]) -> None:
         if face_ids and self.on_faces is not None:

@@ -208,12 +208,3 @@ def progress_counts(daemon: "Daemon") -> tuple[int, int]:
     busy = daemon.pipeline.queue_depth if daemon.pipeline is not None else 0
     pending = daemon.watcher.pending_count() if daemon.watcher is not None else 0
     return done, done + busy + pending
-
-
-def error_reason(daemon: "Daemon", path: Any) -> Optional[str]:
-    """The reason stored with a failed file (for errors by kind)."""
-    try:
-        row = daemon.store.find_image_by_path(path) if daemon.store is not None else None
-    except Exception:
-        return None
-    return row.error if row is not None else None
