@@ -161,8 +161,8 @@ def test_suggestions_accept_merges_into_the_named_one_and_dismiss_sticks(tmp_pat
         c.rename(store, ib, "Bob")
         service.assign(groups[2])
         with store.read() as conn:
-            (sid, status), = conn.execute("SELECT id, status FROM suggestions").fetchall()
-        assert status == "open"
+            (sid, a, b, status), = conn.execute("SELECT id, a, b, status FROM suggestions").fetchall()
+        assert status == "open" and {a, b} == {ia, ib}
         c.dismiss_suggestion(store, sid)
         service.recluster()
         with store.read() as conn:

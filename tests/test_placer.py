@@ -16,7 +16,6 @@ from facesortd import fsops
 from facesortd.config import parse_config
 from facesortd.journal import Op, tmp_name
 from facesortd.placer import Placer, PlacerLoop
-from facesortd.store import encode_path
 from placer_driver import fabricate, new_identity, open_store
 
 
