@@ -23,21 +23,9 @@ from .config import Config
 from .fsops import candidate_names
 from .journal import Journal, Op, content_id
 from .placement_layout import Folder, identity_folder, is_candidate, layout_fields, photo_date, render
-from .store import Store, decode_path, encode_path
+from .store import ImageRow, Store, decode_path, encode_path
 
 log = logging.getLogger("facesortd.placer")
-
-
-@dataclass(frozen=True)
-class _Image:
-    id: int
-    path: Path
-    inbox: Path
-    sha256: Optional[str]
-    size: int
-    mtime_ns: int
-    status: str
-    duplicate_of: Optional[int]
 
 
 @dataclass(frozen=True)
@@ -52,7 +40,7 @@ class _Placement:
 
 @dataclass
 class _Snapshot:
-    images: dict[int, _Image]
+    images: dict[int, ImageRow]
     faces: dict[int, list[tuple[float, Optional[int]]]]       # image -> [(area, identity root)]
     folders: dict[int, Folder]                                 # identity root -> folder
     placements: dict[int, list[_Placement]]
@@ -108,7 +96,7 @@ class Placer:
             snap = self._load()
             done: list[Op] = []
             for image_id in dict.fromkeys(r[1] for r in rows):
-                image = snap.images.get(image_id) or self._image(image_id)
+                image = snap.images.get(image_id) or self.store.get_image(image_id)
                 if image is not None:
                     self._undo_image(image, snap, dry_run, done)
             if not dry_run and rows:
@@ -118,7 +106,7 @@ class Placer:
             return done
 
     # -- reconciliation ------------------------------------------------------------------------
-    def _reconcile(self, image: _Image, snap: _Snapshot, dry_run: bool, done: list[Op]) -> None:
+    def _reconcile(self, image: ImageRow, snap: _Snapshot, dry_run: bool, done: list[Op]) -> None:
         placements = self._current(image, snap.placements.get(image.id, []), dry_run)
         if placements is None:
             return
@@ -170,7 +158,7 @@ class Placer:
             self._do(Op("retire", extra.path, None, image.id, "extra", image.sha256, "follow",
                         extra.action), dry_run, done)
 
-    def _current(self, image: _Image, placements: list[_Placement],
+    def _current(self, image: ImageRow, placements: list[_Placement],
                  dry_run: bool) -> Optional[list[_Placement]]:
         """This image's live placements; None if it is held or gone (leave it alone)."""
         live = []
@@ -191,7 +179,7 @@ class Placer:
                 live.append(p)
         return live
 
-    def _targets(self, image: _Image, snap: _Snapshot) -> list[Path]:
+    def _targets(self, image: ImageRow, snap: _Snapshot) -> list[Path]:
         """Library-relative paths wanted for this image: the main one first, then extras."""
         pc = self.config.placement
         if image.status == "duplicate":
@@ -210,7 +198,7 @@ class Placer:
             else None
         return [render(pc, f, image.path, image.inbox, date) for f in folders]
 
-    def _folders(self, image: _Image, snap: _Snapshot) -> list[Folder]:
+    def _folders(self, image: ImageRow, snap: _Snapshot) -> list[Folder]:
         pc = self.config.placement
         faces = snap.faces.get(image.id, [])
         if image.status == "noface" or not faces:
@@ -224,7 +212,7 @@ class Placer:
         people = list(dict.fromkeys(snap.folders[r] for _, r in faces if r is not None))
         return people or [unknown]
 
-    def _date(self, image: _Image, snap: _Snapshot) -> tuple[str, str, str]:
+    def _date(self, image: ImageRow, snap: _Snapshot) -> tuple[str, str, str]:
         sha, taken = snap.dates.get(image.id, (None, ""))
         if taken and sha == image.sha256:
             return tuple(taken.split("-"))  # type: ignore[return-value]
@@ -236,7 +224,7 @@ class Placer:
         snap.dates[image.id] = (image.sha256, "-".join(date))
         return date
 
-    def _acceptable(self, path: Path, rel: Path, image: _Image, snap: _Snapshot) -> bool:
+    def _acceptable(self, path: Path, rel: Path, image: ImageRow, snap: _Snapshot) -> bool:
         """Is ``path`` a fine place for a file wanted at ``rel`` (the name or a rename_new
         variant of it; or, with skip_identical, the duplicates folder when ``rel`` is taken by
         the same bytes)?"""
@@ -250,7 +238,7 @@ class Placer:
         return (path.parent == divert.parent and is_candidate(path.name, divert.name)
                 and self._holds_same(want, image, snap))
 
-    def _divert(self, image: _Image, snap: _Snapshot) -> Path:
+    def _divert(self, image: ImageRow, snap: _Snapshot) -> Path:
         """Where skip_identical puts a file whose bytes are already at its wanted path."""
         pc = self.config.placement
         date = self._date(image, snap) if layout_fields(pc.layout) & {"year", "month", "day"} \
@@ -258,7 +246,7 @@ class Placer:
         return self.config.library / render(pc, Folder(pc.duplicates_dir, True), image.path,
                                             image.inbox, date)
 
-    def _holds_same(self, path: Path, image: _Image, snap: _Snapshot) -> bool:
+    def _holds_same(self, path: Path, image: ImageRow, snap: _Snapshot) -> bool:
         """Does ``path`` (someone else's file) hold exactly this image's bytes?"""
         if not os.path.lexists(path):
             return False
@@ -270,7 +258,7 @@ class Placer:
         except OSError:
             return False
 
-    def _choose(self, rel: Path, image: _Image, kind: str, snap: _Snapshot) -> Path:
+    def _choose(self, rel: Path, image: ImageRow, kind: str, snap: _Snapshot) -> Path:
         """A free destination for ``rel`` under the conflict policy (never an existing path)."""
         want = self.config.library / rel
         if (self.config.placement.on_conflict == "skip_identical" and kind == "main"
@@ -284,7 +272,7 @@ class Placer:
                 return path
         raise AssertionError("unreachable")
 
-    def _carry_out(self, template: Op, rel: Path, image: _Image, snap: _Snapshot,
+    def _carry_out(self, template: Op, rel: Path, image: ImageRow, snap: _Snapshot,
                    dry_run: bool, done: list[Op]) -> Optional[Path]:
         """Pick a destination and do the operation, taking the next name if it was taken meanwhile."""
         for _ in range(1000):
@@ -309,7 +297,7 @@ class Placer:
         done.append(self.journal.execute(op))
 
     # -- undo ----------------------------------------------------------------------------------
-    def _undo_image(self, image: _Image, snap: _Snapshot, dry_run: bool, done: list[Op]) -> None:
+    def _undo_image(self, image: ImageRow, snap: _Snapshot, dry_run: bool, done: list[Op]) -> None:
         placements = [p for p in snap.placements.get(image.id, []) if p.kind in ("main", "extra")]
         try:
             for p in sorted(placements, key=lambda p: p.kind != "extra"):
@@ -339,7 +327,7 @@ class Placer:
                 return candidate
         raise AssertionError("unreachable")
 
-    def _hold(self, image: _Image) -> None:
+    def _hold(self, image: ImageRow) -> None:
         now = time.time()
         with self.store.transaction() as conn:
             conn.execute("UPDATE placements SET mtime_ns = ?, updated_at = ? "
@@ -354,10 +342,7 @@ class Placer:
     # -- store reads and small writes ----------------------------------------------------------
     def _load(self) -> _Snapshot:
         with self.store.read() as conn:
-            images = {r[0]: _Image(r[0], decode_path(r[1]), decode_path(r[2]), *r[3:])
-                      for r in conn.execute(
-                          "SELECT id, path, inbox, sha256, size, mtime_ns, status, duplicate_of "
-                          "FROM images WHERE status IN ('done', 'noface', 'duplicate') ORDER BY id")}
+            images = {r.id: r for r in self.store.images_with_status("done", "noface", "duplicate")}
             merged, names = {}, {}
             for iid, name, into in conn.execute("SELECT id, name, merged_into FROM identities"):
                 names[iid], merged[iid] = name, into
@@ -379,12 +364,6 @@ class Placer:
             image_faces.sort(key=lambda f: -f[0])   # largest face first (stable: lowest id wins)
         folders = {i: identity_folder(i, names.get(i)) for i in names}
         return _Snapshot(images, dict(faces), folders, dict(placements), by_path, dates)
-
-    def _image(self, image_id: int) -> Optional[_Image]:
-        with self.store.read() as conn:
-            r = conn.execute("SELECT id, path, inbox, sha256, size, mtime_ns, status, duplicate_of "
-                             "FROM images WHERE id = ?", (image_id,)).fetchone()
-        return _Image(r[0], decode_path(r[1]), decode_path(r[2]), *r[3:]) if r else None
 
     def _mark_gone(self, p: _Placement) -> None:
         self._forget(p, "UPDATE placements SET kind = 'gone' WHERE image_id = ? AND path = ?")

@@ -264,6 +264,14 @@ class Store:
                 (sha256,)).fetchone()
         return _image_row(row) if row else None
 
+    def images_with_status(self, *statuses: str) -> list[ImageRow]:
+        """Every image in one of ``statuses``, oldest first."""
+        marks = ", ".join("?" * len(statuses))
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE status IN "
+                                      f"({marks}) ORDER BY id", statuses).fetchall()
+        return [_image_row(r) for r in rows]
+
     def get_image(self, image_id: int) -> Optional[ImageRow]:
         with self._lock:
             row = self._conn.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE id = ?",
