@@ -116,6 +116,15 @@ def cmd_recluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    from .web.serve import serve
+
+    config = _config(args)
+    _setup_logging(config.log_level)
+    serve(config, port=args.port)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import main_json
 
@@ -219,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recluster", parents=[common],
                        help="cluster every face again (asks the running daemon, if there is one)")
     p.set_defaults(func=cmd_recluster)
+
+    p = sub.add_parser("web", parents=[common],
+                       help="serve the review page alone, against the store (no daemon running)")
+    p.add_argument("--port", type=int, default=None, help="listen here instead of web.port")
+    p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("eval", help="score the real pipeline on folders of labelled photos (JSON)")
     p.add_argument("dataset", type=Path, nargs="+", metavar="DATASET_DIR",

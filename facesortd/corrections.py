@@ -19,12 +19,16 @@ from typing import Iterable, Optional, Union
 from .errors import FacesortdError
 from .store import Store
 
-__all__ = ["CorrectionError", "rename", "merge", "split", "move_faces", "not_this_person",
+__all__ = ["CorrectionError", "UnknownId", "rename", "merge", "split", "move_faces", "not_this_person",
            "reject", "accept_suggestion", "dismiss_suggestion", "undo", "history"]
 
 
 class CorrectionError(FacesortdError):
-    """A correction that cannot be made as asked (unknown id, merged identity, empty name)."""
+    """A correction that cannot be made as asked (merged identity, bad name, empty selection)."""
+
+
+class UnknownId(CorrectionError):
+    """A correction names a face, identity or suggestion the store does not have (HTTP 404)."""
 
 
 class _Recorder:
@@ -87,7 +91,7 @@ class _Recorder:
 def _live_identity(conn, identity_id: int) -> int:
     row = conn.execute("SELECT merged_into FROM identities WHERE id = ?", (int(identity_id),)).fetchone()
     if row is None:
-        raise CorrectionError(f"no identity with id {identity_id}")
+        raise UnknownId(f"no identity with id {identity_id}")
     if row[0] is not None:
         raise CorrectionError(f"identity {identity_id} was merged into {row[0]}; use {row[0]}")
     return int(identity_id)
@@ -102,7 +106,7 @@ def _faces(conn, face_ids: Iterable[int]) -> list[int]:
         ids[s:s + 900])}
     missing = [f for f in ids if f not in found]
     if missing:
-        raise CorrectionError(f"no such face (or rejected as not a face): {missing[:10]}")
+        raise UnknownId(f"no such face (or rejected as not a face): {missing[:10]}")
     return ids
 
 
@@ -216,7 +220,7 @@ def _suggestion(conn, suggestion_id: int) -> tuple[int, int, str]:
     row = conn.execute("SELECT a, b, status FROM suggestions WHERE id = ?",
                        (int(suggestion_id),)).fetchone()
     if row is None:
-        raise CorrectionError(f"no suggestion with id {suggestion_id}")
+        raise UnknownId(f"no suggestion with id {suggestion_id}")
     return row
 
 

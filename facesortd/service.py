@@ -98,9 +98,12 @@ class Service:
         scan), which is what READY=1 promises."""
         cfg = self.daemon.config
         if cfg.web.enabled:
-            from .web import create_app
+            from .web import Control, create_app
 
-            app = create_app(cfg, self.daemon.store, self.telemetry)
+            d = self.daemon   # corrections made on the page: files follow, recluster on request
+            control = Control(changed=d.notify_changed,
+                              request_recluster=lambda: d.identities.request_recluster())
+            app = create_app(cfg, d.store, self.telemetry, control=control)
             self.web = WebServer(app, cfg.web.host, cfg.web.port)
             self.web.start()
             log.info("web page on %s", self.web.url)

@@ -1,0 +1,155 @@
+"""The review API under ``/api/`` (DESIGN.md): JSON in and out; the pages use it, scripts may too.
+
+Reads come from ``queries`` on the request's read-only connection. Every change goes through the
+shared operations of ``corrections`` on the daemon's store, in one transaction each, and then
+tells the control (the daemon, or ``facesortd web``) so the files on disk follow at once.
+Parameters are checked strictly: a wrong one is a 400 that says what is accepted, an unknown id a
+404, a correction that cannot be made (a merged identity, a split that empties one) a 409.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from flask import Blueprint, jsonify, request
+
+from .. import corrections
+from . import control, queries, read_conn, state
+from .security import csrf_token, error, require
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+MAX_FACES = 10_000
+MAX_NAME = 200
+MAX_PAGE = 1_000_000
+MAX_QUERY = 100
+
+
+def _page() -> int:
+    raw = request.args.get("page", "1")
+    require(raw.isdigit() and 1 <= int(raw) <= MAX_PAGE,
+            f"page must be a whole number from 1 to {MAX_PAGE}, not {raw[:20]!r}")
+    return int(raw)
+
+
+def _body() -> dict:
+    body = request.get_json(silent=True)
+    require(isinstance(body, dict), "the body must be a JSON object")
+    return body
+
+
+def _int(value: Any, what: str) -> int:
+    require(isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2 ** 63,
+            f"{what} must be a positive integer id, not {str(value)[:40]!r}")
+    return value
+
+
+def _face_ids(body: dict) -> list[int]:
+    faces = body.get("faces")
+    require(isinstance(faces, list) and 0 < len(faces) <= MAX_FACES,
+            f"'faces' must be a list of 1 to {MAX_FACES} face ids")
+    return [_int(f, "each face") for f in faces]
+
+
+def _change(operation: Callable[..., dict], *args: Any) -> Any:
+    """Run one correction; its files follow at once. Unknown ids are 404s, refusals 409s."""
+    try:
+        result = operation(state("store"), *args)
+    except corrections.UnknownId as exc:
+        return error(404, str(exc))
+    except corrections.CorrectionError as exc:
+        return error(409, str(exc))
+    control().changed()
+    return jsonify({"ok": True, **(result if isinstance(result, dict) else {"done": result})})
+
+
+@bp.get("/csrf")
+def csrf():
+    return jsonify({"csrf_token": csrf_token(), "header": "X-CSRF-Token"})
+
+
+@bp.get("/identities")
+def identities():
+    q = request.args.get("q", "")
+    require(len(q) <= MAX_QUERY, f"q must be at most {MAX_QUERY} characters")
+    return jsonify(queries.identities(read_conn(), _page(), q))
+
+
+@bp.get("/identities/<int:identity_id>")
+def identity(identity_id: int):
+    found = queries.identity(read_conn(), identity_id, _page())
+    if found is None:
+        return error(404, f"no identity with id {identity_id}")
+    return jsonify(found)
+
+
+@bp.get("/unassigned")
+def unassigned():
+    return jsonify(queries.unassigned(read_conn(), _page()))
+
+
+@bp.get("/suggestions")
+def suggestions():
+    return jsonify({"suggestions": queries.suggestions(read_conn())})
+
+
+@bp.get("/history")
+def history():
+    return jsonify({"history": queries.history(read_conn())})
+
+
+@bp.post("/identities/<int:identity_id>/rename")
+def rename(identity_id: int):
+    name = _body().get("name")
+    require(name is None or isinstance(name, str), "'name' must be a string (or null to clear it)")
+    require(name is None or len(name) <= MAX_NAME, f"'name' must be at most {MAX_NAME} characters")
+    return _change(corrections.rename, identity_id, name)
+
+
+@bp.post("/identities/<int:identity_id>/merge")
+def merge(identity_id: int):
+    into = _int(_body().get("into"), "'into'")
+    return _change(corrections.merge, identity_id, into)
+
+
+@bp.post("/faces/move")
+def move():
+    body = _body()
+    faces = _face_ids(body)
+    to = body.get("to")
+    target = "new" if to == "new" else _int(to, "'to' (an identity id or \"new\")")
+    return _change(corrections.move_faces, faces, target)
+
+
+@bp.post("/faces/not-this-person")
+def not_this_person():
+    return _change(corrections.not_this_person, _face_ids(_body()))
+
+
+@bp.post("/faces/reject")
+def reject():
+    return _change(corrections.reject, _face_ids(_body()))
+
+
+@bp.post("/suggestions/<int:suggestion_id>/accept")
+def accept(suggestion_id: int):
+    return _change(corrections.accept_suggestion, suggestion_id)
+
+
+@bp.post("/suggestions/<int:suggestion_id>/dismiss")
+def dismiss(suggestion_id: int):
+    return _change(corrections.dismiss_suggestion, suggestion_id)
+
+
+@bp.post("/recluster")
+def recluster():
+    return jsonify({"ok": True, **control().recluster()}), 202
+
+
+@bp.post("/undo")
+def undo():
+    done = corrections.undo(state("store"), last=1)
+    if not done:
+        return error(409, "nothing to undo")
+    control().changed()
+    return jsonify({"ok": True, "undone": done})

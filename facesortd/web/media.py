@@ -1,0 +1,143 @@
+"""``/thumb/<face_id>.jpg`` and ``/image/<image_id>``: pictures served by id, never by path.
+
+A thumbnail is the face box (with a margin, made square) cut from the photo wherever the photo is
+now (its placement, else its inbox path), made on first request and kept in
+``<state_dir>/thumbs/``. A face id is never reused and a face's box never changes, so a cached
+thumbnail is valid for good: it is served with a long ``Cache-Control`` and an ``ETag``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Optional
+
+from flask import Blueprint, Response, current_app, request, send_file
+from PIL import Image
+
+from ..errors import BadImage
+from ..imageio import FORMATS, decode, decode_face_crop
+from ..store import decode_path
+from . import queries, read_conn
+from .security import error
+
+bp = Blueprint("media", __name__)
+
+THUMB_PX = 160
+MARGIN = 0.25          # of the box's longer side, on each side
+THUMB_CACHE = "public, max-age=31536000, immutable"
+IMAGE_CACHE = "private, max-age=300"
+MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp",
+        "TIFF": "image/tiff", "MPO": "image/jpeg", "GIF": "image/gif"}
+_making = threading.Lock()
+
+
+def thumbs_dir() -> Path:
+    return current_app.config["FACESORTD_CONFIG"].state_dir / "thumbs"
+
+
+def thumb_path(face_id: int) -> Path:
+    return thumbs_dir() / f"{face_id // 1000:04d}" / f"{face_id}.jpg"
+
+
+def _photo(conn, image_id: int) -> Optional[tuple[Path, Path]]:
+    """(the file as it is now, its inbox) or None when no file of the image can be found."""
+    found = queries.image_files(conn, image_id)
+    if found is None:
+        return None
+    inbox, candidates = found
+    for value in candidates:
+        path = decode_path(value)
+        if path.is_file():
+            return path, decode_path(inbox)
+    return None
+
+
+def _aligned(inbox: Path) -> bool:
+    """Files of an aligned inbox are one face each; their stored box is the model's crop size."""
+    config = current_app.config["FACESORTD_CONFIG"]
+    return any(i.mode == "aligned" and i.path == inbox for i in config.inboxes)
+
+
+def make_thumbnail(photo: Path, box: tuple[float, float, float, float], whole: bool) -> Image.Image:
+    """The face square of ``photo`` at THUMB_PX, decoding no more pixels than it needs."""
+    if whole:
+        return Image.fromarray(decode_face_crop(photo, THUMB_PX))
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1, 1.0) * (1 + 2 * MARGIN)
+    with Image.open(photo, formats=FORMATS) as im:
+        long_side = max(im.size)
+    # decode just big enough that the face square still has THUMB_PX pixels
+    max_side = min(long_side, math.ceil(long_side * THUMB_PX / side) + 1)
+    decoded = decode(photo, max_side=max_side)
+    cx, cy, s = (x1 + x2) / 2 / decoded.scale, (y1 + y2) / 2 / decoded.scale, side / decoded.scale
+    h, w = decoded.rgb.shape[:2]
+    left, top = max(0, int(cx - s / 2)), max(0, int(cy - s / 2))
+    right, bottom = min(w, int(math.ceil(cx + s / 2))), min(h, int(math.ceil(cy + s / 2)))
+    if right <= left or bottom <= top:
+        raise BadImage("the face box lies outside the photo")
+    crop = Image.fromarray(decoded.rgb[top:bottom, left:right])
+    crop.thumbnail((THUMB_PX, THUMB_PX), Image.Resampling.LANCZOS)
+    return crop
+
+
+def _etag_response(path: Path, etag: str, cache: str, mimetype: str) -> Response:
+    if request.if_none_match.contains(etag):
+        response = Response(status=304)
+    else:
+        response = send_file(path, mimetype=mimetype, conditional=False, etag=False,
+                             max_age=None)
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = cache
+    return response
+
+
+@bp.get("/thumb/<int:face_id>.jpg")
+def thumb(face_id: int):
+    path = thumb_path(face_id)
+    etag = f"face-{face_id}"
+    if not path.is_file():
+        conn = read_conn()
+        found = queries.face(conn, face_id)
+        if found is None:
+            return error(404, f"no face with id {face_id}")
+        image_id, box, _ = found
+        photo = _photo(conn, image_id)
+        if photo is None:
+            return error(404, f"the photo of face {face_id} (image {image_id}) is not on disk")
+        try:
+            picture = make_thumbnail(photo[0], box, whole=_aligned(photo[1]))
+        except BadImage as exc:
+            return error(422, f"cannot make the thumbnail of face {face_id}: {exc}")
+        _save(picture, path)
+    return _etag_response(path, etag, THUMB_CACHE, "image/jpeg")
+
+
+def _save(picture: Image.Image, path: Path) -> None:
+    """Write atomically: a reader sees a whole thumbnail or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _making:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        picture.convert("RGB").save(tmp, "JPEG", quality=85)
+        os.replace(tmp, path)
+
+
+@bp.get("/image/<int:image_id>")
+def image(image_id: int):
+    """The photo itself, from wherever it is now."""
+    conn = read_conn()
+    photo = _photo(conn, image_id)
+    if photo is None:
+        if queries.image_files(conn, image_id) is None:
+            return error(404, f"no image with id {image_id}")
+        return error(404, f"the file of image {image_id} is not on disk")
+    try:
+        with Image.open(photo[0], formats=FORMATS) as im:
+            mimetype = MIME.get(im.format or "", "application/octet-stream")
+    except Exception:
+        return error(422, f"image {image_id} is not a readable picture")
+    stat = photo[0].stat()
+    etag = f"image-{image_id}-{stat.st_size}-{stat.st_mtime_ns}"
+    return _etag_response(photo[0], etag, IMAGE_CACHE, mimetype)

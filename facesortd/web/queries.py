@@ -1,0 +1,162 @@
+"""What the review page shows, read from the store on the request's own read-only connection.
+
+The daemon writes through its ``Store`` (one connection behind a lock); the page reads the SQLite
+file on a connection of its own per request (WAL lets readers run beside the writer), so a long
+recluster never stalls a page, and a page can never write by accident. Every list is paged.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..placement_layout import identity_folder
+
+PEOPLE_PER_PAGE = 48
+FACES_PER_PAGE = 120
+SAMPLES = 4
+
+
+@dataclass(frozen=True)
+class Page:
+    number: int
+    size: int
+    total: int
+
+    @property
+    def count(self) -> int:
+        return max(1, -(-self.total // self.size))
+
+    @property
+    def offset(self) -> int:
+        return (self.number - 1) * self.size
+
+    def as_dict(self) -> dict:
+        return {"page": self.number, "per_page": self.size, "total": self.total, "pages": self.count}
+
+
+def connect(db_path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10.0)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    return conn
+
+
+def display_name(identity_id: int, name: Optional[str]) -> str:
+    """The name a person gave, else the folder name (``Person_0007``)."""
+    return name or identity_folder(identity_id, None).name
+
+
+def _samples(conn: sqlite3.Connection, identity_id: int, n: int = SAMPLES) -> list[int]:
+    return [r[0] for r in conn.execute(
+        "SELECT id FROM faces WHERE identity_id = ? AND rejected = 0 ORDER BY id LIMIT ?",
+        (identity_id, n))]
+
+
+def _person(conn, identity_id: int, name: Optional[str], count: int, samples: int = SAMPLES) -> dict:
+    return {"id": identity_id, "name": name, "display_name": display_name(identity_id, name),
+            "face_count": count, "sample_face_ids": _samples(conn, identity_id, samples)}
+
+
+def _search(q: str) -> tuple[str, list]:
+    """Match the given name, or the default ``Person_0007`` name, or ``#7``/``7`` as the id."""
+    q = q.strip()
+    if not q:
+        return "", []
+    if q.lstrip("#").isdigit():
+        return " AND i.id = ?", [int(q.lstrip("#"))]
+    like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return (" AND (i.name LIKE ? ESCAPE '\\' OR (i.name IS NULL AND "
+            "printf('Person_%04d', i.id) LIKE ? ESCAPE '\\'))", [like, like])
+
+
+def identities(conn: sqlite3.Connection, page: int = 1, q: str = "",
+               per_page: int = PEOPLE_PER_PAGE) -> dict:
+    """People with at least one face, largest first (ties: oldest first)."""
+    where, args = _search(q)
+    total = conn.execute(
+        "SELECT COUNT(*) FROM identities i WHERE i.merged_into IS NULL AND EXISTS (SELECT 1 FROM "
+        f"faces f WHERE f.identity_id = i.id AND f.rejected = 0){where}", args).fetchone()[0]
+    p = Page(page, per_page, total)
+    rows = conn.execute(
+        "SELECT i.id, i.name, c.n FROM (SELECT identity_id, COUNT(*) AS n FROM faces "
+        "WHERE identity_id IS NOT NULL AND rejected = 0 GROUP BY identity_id) c "
+        "JOIN identities i ON i.id = c.identity_id "
+        f"WHERE i.merged_into IS NULL{where} ORDER BY c.n DESC, i.id LIMIT ? OFFSET ?",
+        [*args, p.size, p.offset]).fetchall()
+    return {"identities": [_person(conn, *r) for r in rows], **p.as_dict(), "q": q}
+
+
+def identity(conn: sqlite3.Connection, identity_id: int, page: int = 1,
+             per_page: int = FACES_PER_PAGE) -> Optional[dict]:
+    """One person and a page of its faces; None if there is no such identity."""
+    row = conn.execute("SELECT id, name, merged_into FROM identities WHERE id = ?",
+                       (identity_id,)).fetchone()
+    if row is None:
+        return None
+    total = conn.execute("SELECT COUNT(*) FROM faces WHERE identity_id = ? AND rejected = 0",
+                         (identity_id,)).fetchone()[0]
+    p = Page(page, per_page, total)
+    faces = _faces(conn, "identity_id = ? AND rejected = 0", [identity_id], p)
+    return {"id": row[0], "name": row[1], "display_name": display_name(row[0], row[1]),
+            "merged_into": row[2], "face_count": total, "faces": faces, **p.as_dict()}
+
+
+def unassigned(conn: sqlite3.Connection, page: int = 1, per_page: int = FACES_PER_PAGE) -> dict:
+    total = conn.execute("SELECT COUNT(*) FROM faces WHERE identity_id IS NULL AND rejected = 0"
+                         ).fetchone()[0]
+    p = Page(page, per_page, total)
+    return {"faces": _faces(conn, "identity_id IS NULL AND rejected = 0", [], p), **p.as_dict()}
+
+
+def _faces(conn, where: str, args: list, p: Page) -> list[dict]:
+    rows = conn.execute(f"SELECT id, image_id, pinned, score FROM faces WHERE {where} "
+                        "ORDER BY id LIMIT ? OFFSET ?", [*args, p.size, p.offset]).fetchall()
+    return [{"id": r[0], "image_id": r[1], "pinned": bool(r[2]), "score": round(r[3], 3)}
+            for r in rows]
+
+
+def suggestions(conn: sqlite3.Connection, limit: int = 100) -> list[dict]:
+    """Open merge suggestions whose two sides are both still people, closest first."""
+    rows = conn.execute(
+        "SELECT s.id, s.distance, a.id, a.name, b.id, b.name FROM suggestions s "
+        "JOIN identities a ON a.id = s.a JOIN identities b ON b.id = s.b "
+        "WHERE s.status = 'open' AND a.merged_into IS NULL AND b.merged_into IS NULL "
+        "ORDER BY s.distance, s.id LIMIT ?", (limit,)).fetchall()
+    out = []
+    for sid, distance, a, a_name, b, b_name in rows:
+        sides = []
+        for ident, name in ((a, a_name), (b, b_name)):
+            n = conn.execute("SELECT COUNT(*) FROM faces WHERE identity_id = ? AND rejected = 0",
+                             (ident,)).fetchone()[0]
+            sides.append(_person(conn, ident, name, n, samples=6))
+        out.append({"id": sid, "distance": round(distance, 4), "a": sides[0], "b": sides[1]})
+    return out
+
+
+def history(conn: sqlite3.Connection, limit: int = 50) -> list[dict]:
+    rows = conn.execute("SELECT id, op, payload, created_at, undone FROM history "
+                        "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    return [{"id": r[0], "op": r[1], "args": json.loads(r[2]).get("args", {}),
+             "created_at": r[3], "undone": bool(r[4])} for r in rows]
+
+
+def face(conn: sqlite3.Connection, face_id: int) -> Optional[tuple]:
+    """(image id, box, score) of a face, rejected ones included (a thumbnail of any stored face)."""
+    row = conn.execute("SELECT image_id, box_x1, box_y1, box_x2, box_y2, score FROM faces "
+                       "WHERE id = ?", (face_id,)).fetchone()
+    return None if row is None else (row[0], tuple(row[1:5]), row[5])
+
+
+def image_files(conn: sqlite3.Connection, image_id: int) -> Optional[tuple[str, list[bytes | str]]]:
+    """(inbox, candidate paths) where an image's file may be now: where the placer put it, then
+    where it arrived. None if there is no such image."""
+    row = conn.execute("SELECT path, inbox FROM images WHERE id = ?", (image_id,)).fetchone()
+    if row is None:
+        return None
+    placed = [r[0] for r in conn.execute(
+        "SELECT path FROM placements WHERE image_id = ? AND kind IN ('main', 'extra') "
+        "ORDER BY kind = 'extra', id", (image_id,))]
+    return row[1], placed + [row[0]]

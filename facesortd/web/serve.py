@@ -1,0 +1,109 @@
+"""``facesortd web``: the review page alone, against the store, while no daemon runs.
+
+It holds the state folder's lock like the daemon (one writer per store), so it also does what
+makes a correction real: the identity thread (recluster on request, corrections re-read) and the
+placer (files follow each correction, and an interrupted placement is finished at start). It
+needs no model and no inbox. With a daemon running, use the daemon's own page instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Optional
+
+from ..config import Config
+from ..errors import FacesortdError
+
+log = logging.getLogger("facesortd.web")
+
+
+class ReviewServer:
+    """``open()``, ``start()``, then ``stop.wait()``; ``close()`` stops and joins everything."""
+
+    def __init__(self, config: Config, port: Optional[int] = None):
+        self.config = config
+        self.port = config.web.port if port is None else port
+        self.changed = threading.Event()
+        self.stop = threading.Event()
+        self.store = self.identities = self.placer = self.placer_loop = self.web = None
+        self._lock = None
+
+    def open(self) -> None:
+        from ..daemon import StateLock
+        from ..embedders import create_embedder
+        from ..identities import service_for
+        from ..placer import Placer
+        from ..service import WebServer
+        from ..store import Store
+        from . import Control, create_app
+
+        cfg = self.config
+        if not (cfg.state_dir / "facesortd.db").exists():
+            raise FacesortdError(f"no store yet in {cfg.state_dir}: run `facesortd run` first")
+        self._lock = StateLock(cfg.state_dir)
+        try:
+            self._lock.acquire()
+        except FacesortdError:
+            self._lock = None
+            raise FacesortdError(
+                f"a facesortd daemon is running on {cfg.state_dir}: it serves the review page "
+                f"itself at http://{cfg.web.host}:{cfg.web.port}/ when web.enabled is true; "
+                "stop the daemon to use `facesortd web` alone") from None
+        try:
+            self.store = Store.open(cfg.state_dir, load_vectors=False)
+            self.placer = Placer(cfg, self.store)
+            self.placer.replay()   # complete or roll back what a crash interrupted
+            eps = create_embedder(cfg.embedder).default_eps   # not loaded: only its tuned eps
+            self.identities = service_for(self.store, cfg.clustering, eps,
+                                          on_changed=self.changed.set)
+            control = Control(changed=self.changed.set,
+                              request_recluster=self.identities.request_recluster)
+            app = create_app(cfg, self.store, None, control=control)
+            self.web = WebServer(app, cfg.web.host, self.port)
+        except BaseException:
+            self.close()
+            raise
+
+    def start(self) -> None:
+        from ..placer import PlacerLoop
+
+        self.identities.start()
+        self.placer_loop = PlacerLoop(self.placer, self.changed, debounce=0.3)
+        self.placer_loop.start()
+        self.web.start()
+        log.info("review page on %s (pid %d)", self.web.url, os.getpid())
+
+    def close(self) -> None:
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
+        if self.identities is not None:
+            self.identities.stop()
+            self.identities = None
+        if self.placer_loop is not None:   # after identities: its last changes get placed
+            self.placer_loop.stop()
+            self.placer_loop = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def serve(config: Config, port: Optional[int] = None) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    import signal
+
+    server = ReviewServer(config, port)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: server.stop.set())
+    server.open()
+    try:
+        server.start()
+        print(f"facesortd review page on {server.web.url}", flush=True)
+        server.stop.wait()
+    finally:
+        server.close()

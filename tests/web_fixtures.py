@@ -1,0 +1,57 @@
+"""A review app over a copy of the small real library (5 people × 4 photos, MTCNN + dlib)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from facesortd.config import parse_config
+from facesortd.store import Store
+from facesortd.web import Control, create_app, inline_control
+from identity_fixtures import copy_library, faces_by_person, main_identity
+
+
+@dataclass
+class Review:
+    """The app, its client, the store under it, and what the page asked of its control."""
+
+    app: object
+    client: object
+    store: Store
+    root: Path
+    calls: list = field(default_factory=list)
+
+    @property
+    def csrf(self) -> str:
+        return self.client.get("/api/csrf").json["csrf_token"]
+
+    def post(self, path: str, body=None, **kwargs):
+        headers = {"X-CSRF-Token": self.csrf, **kwargs.pop("headers", {})}
+        if "data" not in kwargs:
+            kwargs["json"] = {} if body is None else body
+        return self.client.post(path, headers=headers, **kwargs)
+
+    def people(self) -> dict[str, int]:
+        """person -> the identity most of their photos' largest faces are in."""
+        return {p: main_identity(pairs) for p, pairs in faces_by_person(self.store).items()}
+
+    def faces(self, person: str) -> list[int]:
+        return [f for f, _ in faces_by_person(self.store)[person]]
+
+
+def open_review(library: Path, root: Path, web: str = "{}") -> Review:
+    copy_library(library, root)
+    path = root / "facesortd.yaml"
+    path.write_text(path.read_text().replace("web:\n  enabled: false\n", f"web: {web}\n"))
+    config = parse_config(path.read_text(), path)
+    store = Store.open(config.state_dir)
+    calls: list = []
+    inline = inline_control(config, store)
+
+    def recluster() -> None:
+        calls.append("recluster")
+        inline.request_recluster()
+
+    control = Control(changed=lambda: calls.append("changed"), request_recluster=recluster)
+    app = create_app(config, store, control=control, test_config={"TESTING": True})
+    return Review(app, app.test_client(), store, root, calls)
