@@ -4,6 +4,7 @@ per test session by the real daemon (MTCNN + dlib) and copied for each test that
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Optional
 
@@ -46,8 +47,19 @@ def small_library(tmp_path_factory, data_dir: Path) -> Path:
 
 
 def copy_library(src: Path, dst: Path, extra: str = "") -> Config:
+    """An independent copy: its own inbox, library and store, whose paths point into ``dst``
+    (a copy that still pointed at ``src``'s files could move them)."""
     shutil.copytree(src / "inbox", dst / "inbox")
     shutil.copytree(src / "state", dst / "state")
+    if (src / "library").is_dir():
+        shutil.copytree(src / "library", dst / "library", symlinks=True)
+    with sqlite3.connect(dst / "state" / "facesortd.db") as conn:
+        old, new = str(src), str(dst)
+        for table, column in (("images", "path"), ("images", "inbox"), ("placements", "path"),
+                              ("journal", "src"), ("journal", "dst")):
+            conn.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                         f"WHERE substr({column}, 1, ?) = ?", (new, len(old) + 1, len(old), old))
+    conn.close()
     return make_config(dst, extra)
 
 
