@@ -115,8 +115,13 @@ def test_rename_merge_move_and_undo(review):
     assert palocci not in [p["id"] for p in review.client.get("/api/identities").json["identities"]]
     assert review.post(f"/api/identities/{palocci}/rename", {"name": "X"}).status_code == 409
 
-    ops = [h["op"] for h in review.client.get("/api/history").json["history"]]
-    assert ops == ["merge", "move_faces", "rename"]
+    done = review.client.get("/api/history").json["history"]
+    assert [h["op"] for h in done] == ["merge", "move_faces", "rename"]
+    assert [h["summary"] for h in done] == [
+        f"#{palocci} merged into Allyson Felix (#{felix})",
+        f"1 face moved to Allyson Felix (#{felix})", f"#{felix} named “Allyson Felix”"]
+    history_page = review.client.get("/history").get_data(as_text=True)
+    assert f"merged into Allyson Felix (#{felix})" in history_page
     for expected in ("merge", "move_faces", "rename"):
         r = review.post("/api/undo")
         assert r.status_code == 200 and r.json["undone"][0]["op"] == expected

@@ -137,10 +137,44 @@ def suggestions(conn: sqlite3.Connection, limit: int = 100) -> list[dict]:
 
 
 def history(conn: sqlite3.Connection, limit: int = 50) -> list[dict]:
+    """The latest corrections, newest first, each with a sentence saying what it did."""
     rows = conn.execute("SELECT id, op, payload, created_at, undone FROM history "
                         "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-    return [{"id": r[0], "op": r[1], "args": json.loads(r[2]).get("args", {}),
-             "created_at": r[3], "undone": bool(r[4])} for r in rows]
+    out = []
+    for hid, op, payload, created_at, undone in rows:
+        p = json.loads(payload)
+        args = p.get("args", {})
+        out.append({"id": hid, "op": op, "args": args, "created_at": created_at,
+                    "undone": bool(undone), "summary": _summary(conn, op, args, p.get("created", []))})
+    return out
+
+
+def _who(conn, identity_id) -> str:
+    row = conn.execute("SELECT name FROM identities WHERE id = ?", (identity_id,)).fetchone()
+    return f"{display_name(int(identity_id), row[0] if row else None)} (#{identity_id})"
+
+
+def _summary(conn, op: str, args: dict, created: list) -> str:
+    n = len(args.get("faces", []))
+    faces = f"{n} face{'' if n == 1 else 's'}"
+    if op == "rename":
+        return (f"#{args['identity']} named “{args['name']}”" if args.get("name")
+                else f"the name of #{args['identity']} taken away")
+    if op == "merge":
+        return f"#{args['source']} merged into {_who(conn, args['into'])}"
+    if op == "move_faces":
+        to = _who(conn, created[0]) + ", a new person" if args.get("to") == "new" and created \
+            else _who(conn, args["to"])
+        return f"{faces} moved to {to}"
+    if op == "split":
+        return f"{faces} split off {_who(conn, args['identity'])}"
+    if op == "not_this_person":
+        return f"{faces} taken out of their person for good"
+    if op == "reject":
+        return f"{faces} marked as not a face"
+    if op == "dismiss_suggestion":
+        return f"suggestion #{args['suggestion']} dismissed: different people"
+    return json.dumps(args)
 
 
 def face(conn: sqlite3.Connection, face_id: int) -> Optional[tuple]:
