@@ -1,6 +1,7 @@
 """Incremental assignment: place a micro-batch of new faces at once, against the stored faces.
 
-One chunked 1×N product per new face finds its eps-neighbours among the stored faces; then the very
+``cluster_index.index_neighbours`` finds its eps-neighbours among the stored faces (exact, pruned
+with per-identity bounds instead of a full 1×N product per new face); then the very
 algorithm of a full recluster (``clustering.cluster_labels`` + ``match_to_previous``) runs on the
 *region* the batch touches: the new faces, their stored neighbours and every face of the
 identities those neighbours belong to. So a new face within eps of a core face of an identity
@@ -19,10 +20,8 @@ from typing import Optional
 import numpy as np
 
 from .cluster_recluster import _count_changes, match_to_previous, pins_of
-from .clustering import (
-    ClusterParams, Constraints, Graph, ReclusterResult, _sqnorms, build_graph, cluster_labels,
-    radius_neighbours,
-)
+from .cluster_index import IdentityBounds, index_neighbours, sqnorms, tailnorms
+from .clustering import ClusterParams, Constraints, Graph, ReclusterResult, build_graph, cluster_labels
 
 __all__ = ["FaceIndex", "AssignResult", "assign_incremental"]
 
@@ -36,12 +35,16 @@ class FaceIndex:
     identity: np.ndarray    # int64[N] identity id, -1 = none
     image_ids: np.ndarray   # int64[N]
     sqnorms: Optional[np.ndarray] = None   # float32[N] squared row norms, cached (saves a pass)
+    tails: Optional[np.ndarray] = None     # float32[N] ``cluster_index.tailnorms``
+    bounds: Optional[IdentityBounds] = None  # covering ``identity``; None: brute-force search
 
     @classmethod
     def from_arrays(cls, ids, vectors, identity, image_ids) -> "FaceIndex":
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        return cls(np.asarray(ids, np.int64), vectors, np.asarray(identity, np.int64),
-                   np.asarray(image_ids, np.int64), _sqnorms(vectors))
+        """An index with its norms and identity bounds computed here (one pass over vectors)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        identity = np.asarray(identity, np.int64)
+        return cls(np.asarray(ids, np.int64), vectors, identity, np.asarray(image_ids, np.int64),
+                   sqnorms(vectors), tailnorms(vectors), IdentityBounds.build(vectors, identity))
 
     @classmethod
     def empty(cls, dim: int) -> "FaceIndex":
@@ -94,7 +97,9 @@ def assign_incremental(index: FaceIndex, new_ids: np.ndarray, new_vectors: np.nd
     max_region = max_region or params.max_component
     hits_q, hits_r, hits_d = [], [], []
     if len(index):
-        for qi, r, d in radius_neighbours(index.vectors, q, params.eps, index.sqnorms):
+        sq = index.sqnorms if index.sqnorms is not None else sqnorms(index.vectors)
+        for qi, r, d in index_neighbours(index.vectors, sq, index.identity, q, params.eps,
+                                         index.bounds, index.tails):
             hits_q.append(qi); hits_r.append(r); hits_d.append(d)
     hq = np.concatenate(hits_q) if hits_q else np.zeros(0, np.int64)
     hr = np.concatenate(hits_r) if hits_r else np.zeros(0, np.int64)
