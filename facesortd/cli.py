@@ -102,7 +102,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = bench_ingest(mode=args.mode, embedder=args.embedder, images=args.images,
                           count=args.count, batch_size=args.batch_size, device=args.device,
                           precision=args.precision, repeats=args.repeats,
-                          old_tool=args.old_tool, workers=args.workers)
+                          old_tool=args.old_tool, workers=args.workers,
+                          decode_processes=args.decode_processes, ceiling=args.ceiling)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -153,6 +154,16 @@ def cmd_bench_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_web(args: argparse.Namespace) -> int:
+    from .web.bench import bench_web
+
+    _setup_logging("warning")
+    figures = bench_web(faces=args.faces, repeats=args.repeats, dim=args.dim, seed=args.seed,
+                        photo=args.photo, keep=args.keep)
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facesortd", description="Sort photos into one folder per person, continuously.")
@@ -199,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--count", type=int, default=256, help="number of files to ingest per run")
     b.add_argument("--workers", type=int, default=None,
                    help="decoding threads (default: 2 on CPU, up to 4 on a GPU)")
+    b.add_argument("--decode-processes", type=int, default=None, metavar="N",
+                   help="decode in N worker processes (0: in threads; default: as "
+                        "embedder.decode_processes: auto = processes on a GPU, threads on a CPU)")
+    b.add_argument("--ceiling", action="store_true",
+                   help="the pipeline's own limit: a benchmark-only model whose forward pass "
+                        "costs ~nothing replaces the embedder (no bare model, no old tool)")
     b.add_argument("--repeats", type=int, default=5, help="runs (median reported)")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--device", default="auto")
@@ -224,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="library sizes to assign a 64-face batch against")
     b.add_argument("--dim", type=int, default=512)
     b.set_defaults(func=cmd_bench_cluster)
+    b = bench.add_parser("web", help="review pages and API render times over a big store (test client)")
+    b.add_argument("--faces", type=int, default=100_000, help="faces in the store (at least 2000)")
+    b.add_argument("--repeats", type=int, default=20, help="timed requests per route, after a warm-up")
+    b.add_argument("--dim", type=int, default=512, help="vector size (512: facenet, 128: dlib)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--photo", type=Path, default=None,
+                   help="photo to cut the timed thumbnail from (default: the largest in ../shared/data/faces)")
+    b.add_argument("--keep", type=Path, default=None, help="build the store in this new folder and keep it")
+    b.set_defaults(func=cmd_bench_web)
 
     p = sub.add_parser("recluster", parents=[common],
                        help="cluster every face again (asks the running daemon, if there is one)")

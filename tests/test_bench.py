@@ -44,3 +44,37 @@ def test_bench_detect_breakdown_on_big_photos(data_dir):
     assert br["decode (worker threads, summed)"] > 0 and br["detect (model thread)"] > 0
     assert br["embed (model thread)"] > 0
     assert out["pipeline_images_per_s"] > 0
+
+
+def test_bench_web_times_every_route_and_a_thumbnail(tmp_path, data_dir):
+    from facesortd.config import parse_config
+    from facesortd.errors import FacesortdError
+    from facesortd.store import Store
+    from facesortd.web import create_app
+    from facesortd.web.bench import TARGET_MS, _get, bench_web
+
+    photo = max(data_dir.glob("faces/*/*.jpg"), key=lambda p: p.stat().st_size)
+    out = bench_web(faces=2000, repeats=2, photo=photo, keep=tmp_path)
+    store = out["store"]
+    assert store["faces"] == 2000 and store["people"] >= 90 and store["open_suggestions"] >= 10
+    assert store["history_rows"] > 50 and 0 < store["named"] < store["people"]
+    assert store["largest_identity"]["faces"] > 100 and store["largest_pages"] >= 2
+    assert set(out["routes"]) == {
+        "GET /", "GET /?page=<last>", "GET /?q=<a name>", "GET /people/<largest>",
+        "GET /people/<largest>?page=<last>", "GET /unassigned", "GET /suggestions", "GET /history",
+        "GET /api/identities", "GET /api/identities/<largest>"}
+    for route in out["routes"].values():
+        assert 0 < route["min_ms"] <= route["median_ms"] <= route["p95_ms"] <= route["max_ms"]
+        assert route["bytes"] > 0 and route["under_target"] == (route["median_ms"] < TARGET_MS)
+    assert out["routes"]["GET /people/<largest>?page=<last>"]["url"].endswith(
+        f"?page={store['largest_pages']}")
+    thumb = out["thumbnail"]
+    assert thumb["photo"] == photo.name and thumb["thumb_bytes"] > 500
+    assert thumb["first_miss_ms"] > 0 and thumb["hit"]["median_ms"] > 0
+    # the same check that timed every route refuses a page that is not a 200
+    config = parse_config("web:\n  enabled: true\n", tmp_path / "facesortd.yaml")
+    with Store.open(config.state_dir, load_vectors=False) as opened:
+        client = create_app(config, opened).test_client()
+        assert _get(client, out["routes"]["GET /people/<largest>"]["url"], lambda r: True)[1] > 0
+        with pytest.raises(FacesortdError, match="gave 404"):
+            _get(client, "/people/999999", lambda r: True)
