@@ -241,14 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="library sizes to assign a 64-face batch against")
     b.add_argument("--dim", type=int, default=512)
     b.set_defaults(func=cmd_bench_cluster)
-    b = bench.add_parser("web", help="review pages and API render times over a big store (test client)")
+    b = bench.add_parser("web", help="review pages' render times over a 100k-face store")
     b.add_argument("--faces", type=int, default=100_000, help="faces in the store (at least 2000)")
-    b.add_argument("--repeats", type=int, default=20, help="timed requests per route, after a warm-up")
+    b.add_argument("--repeats", type=int, default=20,
+                   help="timed requests per route, after a warm-up")
     b.add_argument("--dim", type=int, default=512, help="vector size (512: facenet, 128: dlib)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--photo", type=Path, default=None,
-                   help="photo to cut the timed thumbnail from (default: the largest in ../shared/data/faces)")
-    b.add_argument("--keep", type=Path, default=None, help="build the store in this new folder and keep it")
+                   help="photo for the timed thumbnail (default: largest in ../shared/data/faces)")
+    b.add_argument("--keep", type=Path, default=None,
+                   help="build the store in this new folder and keep it")
     b.set_defaults(func=cmd_bench_web)
 
     p = sub.add_parser("recluster", parents=[common],
