@@ -7,7 +7,7 @@ CONFIG ?= config/facesortd.yaml
 # back in on the next one; these tunables keep them mapped (big batches run ~4x faster on CPU).
 export GLIBC_TUNABLES := glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184
 
-.PHONY: run test install install-test bench clean-state
+.PHONY: run test install install-test chromium bench clean-state
 
 $(VENV)/.installed: pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,22 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[dlib,test]'
 	touch $@
 
+# The browser test drives Debian's chromium through Playwright (never `playwright install`: no
+# internet). As root with apt (CI), install it when missing; elsewhere say how.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y --no-install-recommends chromium fonts-liberation \
+	      || { apt-get update && apt-get install -y --no-install-recommends chromium fonts-liberation; }; \
+	  else \
+	    echo "chromium is missing: apt-get install chromium (the browser test needs it)" >&2; \
+	  fi; \
+	fi
+
 install: $(VENV)/.installed
 
-install-test: $(VENV)/.installed-test
+install-test: $(VENV)/.installed-test chromium
 
 run: install
 	$(VENV)/bin/facesortd run --config $(CONFIG)

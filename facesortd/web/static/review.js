@@ -41,27 +41,33 @@ async function act(work, done) {
 // ---- picking a person: "Alice #12", "#12", "12", or a name shown in the list -----------------
 const list = document.getElementById("people-list");
 let lastQuery = null;
+let listed = Promise.resolve();   // the list for lastQuery, once it has come back
 
-async function suggestPeople(input) {
+function suggestPeople(input) {
   const q = input.value.replace(/#\d*\s*$/, "").trim();
-  if (!list || q === lastQuery) { return; }
+  if (!list || q === lastQuery) { return listed; }
   lastQuery = q;
-  const response = await fetch("/api/identities?q=" + encodeURIComponent(q), {credentials: "same-origin"});
-  if (!response.ok) { return; }
-  const data = await response.json();
-  list.replaceChildren(...data.identities.map((p) => {
-    const option = document.createElement("option");
-    option.value = p.display_name + " #" + p.id;
-    option.label = p.face_count + " faces";
-    return option;
-  }));
+  listed = fetch("/api/identities?q=" + encodeURIComponent(q), {credentials: "same-origin"})
+    .then((response) => (response.ok ? response.json() : null))
+    .then((data) => {
+      if (!data || q !== lastQuery) { return; }   // a later query's answer wins
+      list.replaceChildren(...data.identities.map((p) => {
+        const option = document.createElement("option");
+        option.value = p.display_name + " #" + p.id;
+        option.label = p.face_count + " faces";
+        return option;
+      }));
+    })
+    .catch(() => {});
+  return listed;
 }
 
-function targetId(input) {
+async function targetId(input) {
   const text = input.value.trim();
   const m = text.match(/^#?(\d+)$/) || text.match(/#(\d+)\s*$/);
   if (m) { return parseInt(m[1], 10); }
   if (list) {
+    await suggestPeople(input);   // a name typed and sent at once: wait for its list
     for (const option of list.options) {
       if (option.value.replace(/\s*#\d+$/, "") === text) {
         return parseInt(option.value.match(/#(\d+)$/)[1], 10);
@@ -140,7 +146,7 @@ const handlers = {
   "logout": () => act(() => api("/logout"), () => location.assign("/login")),
   "move": (button) => act(async () => {
     const input = button.closest("[data-toolbar]").querySelector("[data-target]");
-    return api("/api/faces/move", {faces: needFaces(), to: targetId(input)});
+    return api("/api/faces/move", {faces: needFaces(), to: await targetId(input)});
   }),
   "move-new": () => act(() => api("/api/faces/move", {faces: needFaces(), to: "new"}),
     (data) => location.assign("/people/" + data.identity)),
@@ -165,7 +171,7 @@ if (head) {
   head.querySelector('[data-form="merge"]').addEventListener("submit", (event) => {
     event.preventDefault();
     act(async () => {
-      const into = targetId(head.querySelector("[data-merge-target]"));
+      const into = await targetId(head.querySelector("[data-merge-target]"));
       return api("/api/identities/" + identity + "/merge", {into: into});
     }, (data) => location.assign("/people/" + data.identity));
   });

@@ -1,0 +1,340 @@
+"""The review page end to end in real headless Chromium (Playwright over Debian's ``chromium``).
+
+The real daemon (``facesortd run``: MTCNN + dlib, action move, web page on a free port) sorts real
+photos; then a person, in the browser, renames someone, moves one face to another person (picked
+by name from the list), splits a shift-click range of faces off as a new person, merges two people,
+and selects all and clears. After each action the test waits for the page to reload and for the
+placer, and checks the files on disk: every photo in the folder it now belongs in (the new name,
+the new person, the merge target), emptied folders gone, and every input photo still in the
+library exactly once, unchanged. Any console error (a CSP
+violation is one) or uncaught page error fails the test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
+
+REPO = Path(__file__).resolve().parents[1]
+TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
+CHROMIUM = Path(os.environ.get("FACESORTD_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PEOPLE = ("Allyson_Felix", "Antonio_Palocci", "Fujio_Cho", "JK_Rowling", "Paul_McCartney")
+PER_PERSON = 4
+NEW_NAME = "Ada Example"
+WAIT_S = 30.0
+
+
+def browser_or_skip():
+    """Playwright's sync API, or fail under CI (the Makefile installs both) / skip elsewhere."""
+    missing = []
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+        missing.append("playwright (pip install -e '.[test]')")
+    if not os.access(CHROMIUM, os.X_OK):
+        missing.append(f"chromium at {CHROMIUM} (apt-get install chromium; `make install-test` "
+                       "does it)")
+    if missing:
+        message = "the browser test needs " + " and ".join(missing)
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message + " (CI is set: it must run there)")
+        pytest.skip(message)
+    return sync_playwright
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class RunningDaemon:
+    """``facesortd run`` in a subprocess; its stderr is collected in a thread."""
+
+    def __init__(self, root: Path):
+        env = dict(os.environ, GLIBC_TUNABLES=TUNABLES, PYTHONPATH=str(REPO))
+        env.pop("NOTIFY_SOCKET", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "facesortd", "run", "--config", str(root / "facesortd.yaml")],
+            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.log: list[str] = []
+        self._thread = threading.Thread(target=self._read, name="test-e2e-daemon-stderr")
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.log.append(line.rstrip("\n"))
+
+    def url(self, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            for line in list(self.log):
+                m = re.search(r"web page on (http://127\.0\.0\.1:\d+/)", line)
+                if m:
+                    return m.group(1)
+            time.sleep(0.1)
+        raise AssertionError("the daemon did not serve its page; log:\n" + "\n".join(self.log))
+
+    def stop(self) -> int:
+        try:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+            return self.proc.wait(60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._thread.join()
+            self.proc.stderr.close()
+
+
+def make_root(root: Path, data_dir: Path) -> dict[str, str]:
+    """Config and inbox; returns file name -> sha256 of every photo put in."""
+    (root / "inbox").mkdir(parents=True)
+    (root / "facesortd.yaml").write_text(
+        "state_dir: state\nlibrary: library\n"
+        "inboxes:\n  - path: inbox\n    mode: detect\n"
+        "watch:\n  settle_ms: 100\n  rescan_interval_s: 0\n"
+        "embedder:\n  name: dlib\n  batch_size: 16\n  max_wait_ms: 50\n"
+        "placement:\n  action: move\n"
+        "web:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n"
+        "log_level: info\n")
+    put = {}
+    for person in PEOPLE:
+        for f in sorted((data_dir / "faces" / person).iterdir())[:PER_PERSON]:
+            name = f"{person}__{f.name}"
+            shutil.copyfile(f, root / "inbox" / name)
+            put[name] = sha256(f)
+    return put
+
+
+def library_files(library: Path) -> dict[str, list[Path]]:
+    """Folder (relative to the library) -> the files in it."""
+    out: dict[str, list[Path]] = {}
+    for p in sorted(library.rglob("*")):
+        if p.is_file():
+            out.setdefault(str(p.parent.relative_to(library)), []).append(p)
+    return out
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.1)
+
+
+def all_sorted(root: Path, put: dict[str, str]) -> bool:
+    """Every photo put in is in the library exactly once, unchanged, and none left in the inbox."""
+    if any(p.is_file() for p in (root / "inbox").rglob("*")):
+        return False
+    found = [p for files in library_files(root / "library").values() for p in files]
+    return sorted(p.name for p in found) == sorted(put) and \
+        Counter(sha256(p) for p in found) == Counter(put.values())
+
+
+def folder_of(root: Path) -> dict[str, str]:
+    """File name -> the library folder it is in."""
+    return {p.name: folder for folder, files in library_files(root / "library").items()
+            for p in files}
+
+
+def store_faces(root: Path) -> list[tuple[int, int | None, str, int]]:
+    """(face id, identity, file name, faces in that photo) of every face, from the store opened
+    read-only: which faces to pick (moving the only face of a photo moves the photo)."""
+    conn = sqlite3.connect(f"file:{root / 'state' / 'facesortd.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = conn.execute(
+            "SELECT f.id, f.identity_id, i.path, (SELECT COUNT(*) FROM faces g WHERE "
+            "g.image_id = f.image_id AND g.rejected = 0) FROM faces f "
+            "JOIN images i ON i.id = f.image_id WHERE f.rejected = 0 ORDER BY f.id").fetchall()
+    finally:
+        conn.close()
+    return [(face, ident, Path(os.fsdecode(path)).name, n) for face, ident, path, n in rows]
+
+
+def settled(root: Path, put: dict[str, str], quiet_s: float = 2.0) -> dict[str, str]:
+    """Wait until every photo is in the library and nothing moved for ``quiet_s`` (the placer's
+    debounce is 1 s); returns file name -> folder."""
+    wait_for("every photo sorted into the library", lambda: all_sorted(root, put), 120)
+    last, since = folder_of(root), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        time.sleep(0.2)
+        now = folder_of(root)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
+class Browser:
+    """One Chromium page that records console errors and uncaught page errors."""
+
+    def __init__(self, page, base: str):
+        self.page, self.base, self.errors = page, base, []
+        page.set_default_timeout(20_000)
+        page.on("console", lambda m: self.errors.append(f"console: {m.text} ({m.location})")
+                if m.type == "error" else None)
+        page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
+
+    def open(self, path: str) -> None:
+        response = self.page.goto(self.base + path.lstrip("/"))
+        assert response is not None and response.status == 200, (path, response and response.status)
+        self.thumbs_loaded()
+
+    def thumbs_loaded(self) -> None:
+        """Every picture on the page arrived and decoded (served by id, allowed by the CSP)."""
+        self.page.wait_for_function(
+            "() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+
+    def count(self) -> str:
+        return self.page.inner_text("[data-count]")
+
+    def face(self, face_id: int):
+        return self.page.locator(f'.faces.selectable .face[data-face="{face_id}"]')
+
+    def selected(self) -> list[int]:
+        return [int(x) for x in self.page.eval_on_selector_all(
+            ".face.selected", "els => els.map(e => e.dataset.face)")]
+
+    def reloads_after(self, action: Callable[[], None], url: str = "**") -> None:
+        """Run a click that sends an action; the page reloads (or moves on) once it succeeded."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+        try:
+            with self.page.expect_navigation(url=url, timeout=20_000):
+                action()
+        except PlaywrightTimeout:
+            status = self.page.locator("#status")
+            said = status.inner_text() if status.is_visible() else "(nothing)"
+            raise AssertionError(f"the page did not reload after the action; it says: {said}")
+        self.page.wait_for_load_state("load")
+        self.thumbs_loaded()
+
+
+def test_review_page_in_chromium_moves_the_files(tmp_path, data_dir):
+    sync_playwright = browser_or_skip()
+    root = tmp_path / "run"
+    put = make_root(root, data_dir)
+    daemon = RunningDaemon(root)
+    try:
+        base = daemon.url()
+        before = settled(root, put)
+
+        # Four people with 4+ faces, each the only face in its photo (so the photo follows it).
+        faces = store_faces(root)
+        people = sorted({ident for _, ident, _, _ in faces if ident is not None})
+        faces_of = {i: [f for f, ident, _, _ in faces if ident == i] for i in people}
+        photo = {f: name for f, _, name, _ in faces}
+        usable = [i for i in people if len(faces_of[i]) >= 4 and all(
+            n == 1 for _, ident, _, n in faces if ident == i)]
+        assert len(usable) >= 4, f"the daemon did not form 4 clean people: {faces}; {before}"
+        a, b, c, d = usable[:4]
+        files_in = {i: sorted(photo[f] for f in faces_of[i]) for i in usable}
+        for i in usable:
+            assert {before[n] for n in files_in[i]} == {f"Person_{i:04d}"}, (i, before)
+        expect = dict(before)
+
+        with sync_playwright() as pw:
+            chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = chromium.new_page(viewport={"width": 1280, "height": 900})
+                ui = Browser(page, base)
+
+                # The overview: every person, their thumbnails; a screenshot for the record.
+                ui.open("/")
+                cards = page.locator(".person-card")
+                assert cards.count() == len(people)
+                shot = tmp_path / "overview.png"
+                page.screenshot(path=str(shot), full_page=True)
+                print(f"overview screenshot: {shot}")
+                assert shot.stat().st_size > 10_000
+
+                # Open person A from the overview; select all, clear; rename.
+                page.click(f'.person-card[data-identity="{a}"] a')
+                page.wait_for_url(f"**/people/{a}")
+                ui.thumbs_loaded()
+                n_a = page.locator(".faces.selectable .face").count()
+                assert n_a == len(faces_of[a]) and ui.count() == "0 selected"
+                page.click('[data-select="all"]')
+                assert ui.count() == f"{n_a} selected" and len(ui.selected()) == n_a
+                page.click('[data-select="none"]')
+                assert ui.count() == "0 selected" and ui.selected() == []
+                page.fill("[data-name]", NEW_NAME)
+                ui.reloads_after(lambda: page.click('[data-form="rename"] button[type=submit]'))
+                assert NEW_NAME in page.inner_text("h1")
+                for name in files_in[a]:
+                    expect[name] = NEW_NAME
+                wait_for(f"A's photos in {NEW_NAME}/", lambda: folder_of(root) == expect)
+                assert not (root / "library" / f"Person_{a:04d}").exists()
+
+                # Person B: one face clicked, moved to A picked by name from the suggestions.
+                ui.open(f"/people/{b}")
+                moved = faces_of[b][0]
+                ui.face(moved).click()
+                assert ui.selected() == [moved] and ui.count() == "1 selected"
+                target = page.locator("[data-toolbar] [data-target]")
+                target.fill(NEW_NAME)
+                page.wait_for_selector(f'#people-list option[value="{NEW_NAME} #{a}"]',
+                                       state="attached")
+                ui.reloads_after(lambda: page.click('[data-action="move"]'))
+                assert page.locator(f'.face[data-face="{moved}"]').count() == 0
+                expect[photo[moved]] = NEW_NAME
+                wait_for(f"the moved photo in {NEW_NAME}/", lambda: folder_of(root) == expect)
+
+                # Person D: a shift-click range of three faces split off as a new person.
+                ui.open(f"/people/{d}")
+                first, third = faces_of[d][0], faces_of[d][2]
+                ui.face(first).click()
+                ui.face(third).click(modifiers=["Shift"])
+                assert ui.selected() == faces_of[d][:3] and ui.count() == "3 selected"
+                ui.reloads_after(lambda: page.click('[data-action="move-new"]'),
+                                 url=re.compile(r"/people/\d+$"))
+                new = int(page.url.rsplit("/", 1)[1])
+                assert new not in people and page.locator(".faces .face").count() == 3
+                for face in faces_of[d][:3]:
+                    expect[photo[face]] = f"Person_{new:04d}"
+                wait_for("the split photos in their new person's folder",
+                         lambda: folder_of(root) == expect)
+
+                # Person C merged into B: its name typed and Enter pressed at once (the page
+                # waits for the list of people to know who that is); the page moves on to B.
+                ui.open(f"/people/{c}")
+                page.fill("[data-merge-target]", f"Person_{b:04d}")
+                ui.reloads_after(lambda: page.press("[data-merge-target]", "Enter"),
+                                 url=re.compile(rf"/people/{b}$"))
+                merged = len(faces_of[b]) - 1 + len(faces_of[c])   # B gave one face to A
+                assert page.locator(".faces .face").count() == merged
+                for name in files_in[c]:
+                    expect[name] = f"Person_{b:04d}"
+                wait_for("C's photos in B's folder", lambda: folder_of(root) == expect)
+                assert not (root / "library" / f"Person_{c:04d}").exists()
+
+                # The overview again: A under the new name, C gone, the new person there.
+                ui.open("/")
+                names = page.locator(".person-card .name").all_inner_texts()
+                assert NEW_NAME in names and f"Person_{c:04d}" not in names
+                assert f"Person_{new:04d}" in names
+                page.screenshot(path=str(tmp_path / "overview-after.png"), full_page=True)
+                assert ui.errors == [], ui.errors
+            finally:
+                chromium.close()
+
+        # Nothing lost or doubled, nothing left behind, and the daemon stops cleanly.
+        assert all_sorted(root, put) and folder_of(root) == expect
+    finally:
+        rc = daemon.stop()
+    assert rc == 0, "\n".join(daemon.log[-30:])
