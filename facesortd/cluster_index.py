@@ -123,7 +123,7 @@ class IdentityBounds:
     def _append(self, labels: np.ndarray, centres: np.ndarray, radius: np.ndarray) -> None:
         m = len(labels)
         if self.n + m > len(self.labels):
-            cap = max(self.n + m, 2 * len(self.labels), 64)
+            cap = max(self.n + m, len(self.labels) + len(self.labels) // 4, 64)
             for name in ("labels", "csq", "radius"):
                 old = getattr(self, name)
                 new = np.empty(cap, old.dtype); new[: self.n] = old[: self.n]

@@ -23,10 +23,9 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from .cluster_assign import FaceIndex, assign_incremental
+from .cluster_index import SearchCache
 from .cluster_recluster import recluster
-from .clustering import (
-    ClusterParams, Constraints, Graph, ReclusterResult, _sqnorms, build_graph, radius_neighbours,
-)
+from .clustering import ClusterParams, Constraints, Graph, ReclusterResult, build_graph, radius_neighbours
 from .store import Store
 
 __all__ = ["IdentityService", "service_for", "load_constraints", "history_marker"]
@@ -87,8 +86,7 @@ class IdentityService:
         self._fid = np.zeros(0, np.int64)
         self._fimg = np.zeros(0, np.int64)
         self._fident = np.zeros(0, np.int64)
-        self._sq_key: Optional[int] = None
-        self._sq = np.zeros(0, np.float32)
+        self._search = SearchCache()            # norms and identity bounds of the store's rows
         self._since_recluster = 0
         self._last_recluster = time.monotonic()
         self.last_counts: Optional[dict] = None
@@ -204,6 +202,12 @@ class IdentityService:
                 self._add_edges(back)
 
     def _ensure_loaded(self) -> None:
+        """Read the labels at the first use, and again when a correction landed since."""
+        if self._marker is not None:
+            with self.store.read() as conn:
+                if history_marker(conn) != self._marker:
+                    self._reload()
+            return
         if self._marker is None:
             with self.store.transaction() as conn:
                 # a new store: the (empty) graph is complete, and grows with each assignment
@@ -228,20 +232,14 @@ class IdentityService:
 
     def _labels_for(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(image id, identity) for face ids; faces unknown to the cache get image -1, identity -1."""
+        n = len(ids)
+        if n <= len(self._fid) and np.array_equal(self._fid[:n], ids):
+            return self._fimg[:n].copy(), self._fident[:n].copy()   # the store's rows in id order
         pos = np.searchsorted(self._fid, ids)
         pos = np.minimum(pos, max(len(self._fid) - 1, 0))
         ok = (self._fid[pos] == ids) if len(self._fid) else np.zeros(len(ids), bool)
         return np.where(ok, self._fimg[pos] if len(self._fid) else -1, -1), \
             np.where(ok, self._fident[pos] if len(self._fid) else -1, -1)
-
-    def _sqnorms(self, matrix: np.ndarray) -> np.ndarray:
-        """Squared norms of the store's rows, extended as it grows (rows never change in place)."""
-        key = matrix.__array_interface__["data"][0] if len(matrix) else 0
-        if key != self._sq_key or len(self._sq) > len(matrix):
-            self._sq, self._sq_key = _sqnorms(matrix), key
-        elif len(self._sq) < len(matrix):
-            self._sq = np.concatenate([self._sq, _sqnorms(matrix[len(self._sq):])])
-        return self._sq[: len(matrix)]
 
     # ---- incremental assignment ---------------------------------------------------------------
 
@@ -271,26 +269,24 @@ class IdentityService:
             marks = ",".join("?" * len(new))
             img_of = dict(conn.execute(f"SELECT id, image_id FROM faces WHERE id IN ({marks})",
                                        new.tolist())) if len(new) else {}
-        order = np.argsort(ids, kind="stable") if len(ids) else np.zeros(0, np.int64)
-        pos = np.searchsorted(ids[order], new) if len(ids) else np.zeros(len(new), np.int64)
-        pos = np.minimum(pos, max(len(ids) - 1, 0))
-        present = (ids[order][pos] == new) if len(ids) else np.zeros(len(new), bool)
-        new, rows = new[present], order[pos[present]]
+        present, rows = _rows_of(ids, new)
+        new, rows = new[present], rows[present]
         if not len(new):
             return None
         rows_sorted = np.sort(rows)
         lo, hi = int(rows_sorted[0]), int(rows_sorted[-1]) + 1
-        sq = self._sqnorms(matrix)
+        img, ident = self._labels_for(ids)
+        self._search.sync(ids, matrix, ident)
+        sq, tails = self._search.sq, self._search.tails
         if hi - lo == len(rows):
             # the usual case: the batch is one block; faces after it arrived later and are
             # placed in the next round (with this batch in the index)
-            keep = slice(0, lo)
-            idx_ids, idx_vec, idx_sq = ids[keep], matrix[keep], sq[keep]
+            keep: "slice | np.ndarray" = slice(0, lo)
         else:   # a face came back into the matrix out of order: copy the rest
-            mask = np.ones(len(ids), bool); mask[rows] = False
-            idx_ids, idx_vec, idx_sq = ids[mask], matrix[mask], sq[mask]
-        img, ident = self._labels_for(idx_ids)
-        index = FaceIndex(idx_ids, idx_vec, ident, img, idx_sq)
+            keep = np.ones(len(ids), bool); keep[rows] = False
+        # the bounds cover every row of the matrix, so they cover the index's rows too
+        index = FaceIndex(ids[keep], matrix[keep], ident[keep], img[keep], sq[keep], tails[keep],
+                          self._search.bounds)
         new_img = np.array([img_of[int(f)] for f in new], np.int64)
         result = assign_incremental(index, new, matrix[rows], new_img, self.params, constraints)
         return result, marker, new_img
@@ -319,6 +315,9 @@ class IdentityService:
                     edges = Graph(ids[graph.i], ids[graph.j], graph.d)
                 if self._apply(result, marker, graph=edges, replace_graph=fresh,
                                previous=prev, upto=int(ids.max()) if len(ids) else 0):
+                    # tight bounds again (moved faces only ever widen them)
+                    self._search.invalidate()
+                    self._search.sync(ids, matrix, self._labels_for(ids)[1])
                     self._since_recluster = 0
                     self._last_recluster = time.monotonic()
                     counts = result.counts()
@@ -422,8 +421,9 @@ class IdentityService:
             self._fid = np.concatenate([self._fid, ids[:n_new]])
             self._fimg = np.concatenate([self._fimg, new_faces[1]])
             self._fident = np.concatenate([self._fident, np.full(n_new, -1, np.int64)])
-            order = np.argsort(self._fid, kind="stable")
-            self._fid, self._fimg, self._fident = self._fid[order], self._fimg[order], self._fident[order]
+            if len(self._fid) > n_new and self._fid[-n_new] < self._fid[-n_new - 1]:
+                order = np.argsort(self._fid, kind="stable")
+                self._fid, self._fimg, self._fident = self._fid[order], self._fimg[order], self._fident[order]
         pos = np.searchsorted(self._fid, ids)
         ok = pos < len(self._fid)
         ok[ok] = self._fid[pos[ok]] == ids[ok]
@@ -456,6 +456,17 @@ class IdentityService:
                          (a, b, float(distance)))
         elif row[1] == "open":
             conn.execute("UPDATE suggestions SET distance = ? WHERE id = ?", (float(distance), row[0]))
+
+
+def _rows_of(ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(present, row in ``ids``) per wanted id; without a sort when ids are ascending (usual)."""
+    if not len(ids):
+        return np.zeros(len(wanted), bool), np.zeros(len(wanted), np.int64)
+    order = None if bool(np.all(ids[1:] > ids[:-1])) else np.argsort(ids, kind="stable")
+    look = ids if order is None else ids[order]
+    pos = np.minimum(np.searchsorted(look, wanted), len(ids) - 1)
+    present = look[pos] == wanted
+    return present, (pos if order is None else order[pos])
 
 
 def load_pinned_ids(store: Store, face_ids: np.ndarray) -> list[int]:

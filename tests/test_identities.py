@@ -138,6 +138,24 @@ def test_two_faces_of_one_photo_never_share_an_identity(tmp_path):
             service.recluster()
 
 
+def test_a_face_moved_to_a_far_person_is_still_found_by_the_next_new_face(tmp_path):
+    # the search skips people whose centre is far from a new face: a face moved by hand into a
+    # person far away must widen that person's bound, or its neighbours would be missed
+    with line_store(tmp_path) as store:
+        service = IdentityService(store, P)
+        a, b = add(store, [0.0, 0.3]), add(store, [5.0, 5.3])
+        service.assign(a); service.assign(b)
+        service.assign(add(store, [9.0]))         # b's bound is in place after this search
+        ib = identity_of(store, b)[0]
+        corrections.move_faces(store, [a[1]], ib)
+        new = add(store, [0.75])                  # within eps of 0.3 only
+        service.assign(new)
+        with store.read() as conn:
+            edges = conn.execute("SELECT a, b FROM face_edges WHERE b = ?", (new[0],)).fetchall()
+        assert edges == [(a[1], new[0])]
+        assert identity_of(store, new) == [ib]    # 0.3 is a core face of b now (pinned there)
+
+
 def test_service_thread_assigns_and_reclusters_after_n_faces_and_sees_outside_corrections(tmp_path):
     changed = threading.Event()
     with line_store(tmp_path) as store:
