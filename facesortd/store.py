@@ -264,6 +264,20 @@ class Store:
                 (sha256,)).fetchone()
         return _image_row(row) if row else None
 
+    def find_originals(self, shas: Sequence[str]) -> dict[str, int]:
+        """``find_image_by_sha`` for many hashes in one query: sha256 -> the original's image id."""
+        found: dict[str, int] = {}
+        shas = list(dict.fromkeys(shas))
+        with self._lock:
+            for start in range(0, len(shas), 900):
+                part = shas[start:start + 900]
+                for sha, image_id in self._conn.execute(
+                        f"SELECT sha256, MIN(id) FROM images WHERE sha256 IN "
+                        f"({','.join('?' * len(part))}) AND status IN ('done', 'noface') "
+                        "GROUP BY sha256", part):
+                    found[sha] = image_id
+        return found
+
     def images_with_status(self, *statuses: str) -> list[ImageRow]:
         """Every image in one of ``statuses``, oldest first."""
         marks = ", ".join("?" * len(statuses))
@@ -342,6 +356,67 @@ class Store:
                     for (box, score, _), vector in zip(faces, vectors)]
             return self._insert_faces(image_id, rows, "done" if faces else "noface",
                                       vectors, rejected=[0] * len(rows))
+
+    def add_ingested(self, items: Sequence[tuple[PathLike, PathLike, str, int, int,
+                                                 Sequence[FaceIn]]]) -> list[tuple[int, list[int]]]:
+        """Record ingested files, each (path, inbox, sha256, size, mtime_ns, faces), as
+        ``add_image`` then ``add_faces`` would, in one transaction and one statement per table for
+        new paths (the pipeline's micro-batches: per-row statements cost its model thread more
+        than the model on a GPU). Returns (image id, face ids) per item."""
+        if not items:
+            return []
+        out: list[Optional[tuple[int, list[int]]]] = [None] * len(items)
+        with self._tx() as conn:
+            paths = [encode_path(it[0]) for it in items]
+            known = self._ids_by_path(paths)
+            fresh = [i for i, p in enumerate(paths) if p not in known]
+            vectors = self._check_vectors([v for i in fresh for _, _, v in items[i][5]])
+            for i, p in enumerate(paths):   # a file replaced at a known path: the full path
+                if p in known:
+                    path, inbox, sha, size, mtime_ns, faces = items[i]
+                    image_id = self.add_image(path, inbox, sha, size, mtime_ns)
+                    out[i] = (image_id, self.add_faces(image_id, faces))
+            model_id, now = self._require_model(), time.time()
+            conn.executemany(
+                "INSERT INTO images (path, inbox, sha256, size, mtime_ns, status, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(paths[i], encode_path(items[i][1]), items[i][2], items[i][3], items[i][4],
+                  "done" if items[i][5] else "noface", now, now) for i in fresh])
+            image_ids = self._ids_by_path([paths[i] for i in fresh])
+            conn.executemany(
+                "INSERT INTO faces (image_id, box_x1, box_y1, box_x2, box_y2, score, vector, "
+                "model_id, rejected, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                [(image_ids[paths[i]], *map(float, box), float(score), vector.tobytes(),
+                  model_id, now)
+                 for i, (box, score, _), vector in zip(
+                     (i for i in fresh for _ in items[i][5]),
+                     (f for i in fresh for f in items[i][5]), vectors)])
+            faces_of: dict[int, list[int]] = {}
+            new_ids = [image_ids[paths[i]] for i in fresh]
+            for start in range(0, len(new_ids), 900):
+                part = new_ids[start:start + 900]
+                for image_id, face_id in conn.execute(
+                        f"SELECT image_id, id FROM faces WHERE image_id IN "
+                        f"({','.join('?' * len(part))}) ORDER BY id", part):
+                    faces_of.setdefault(image_id, []).append(face_id)
+            for i in fresh:
+                image_id = image_ids[paths[i]]
+                out[i] = (image_id, faces_of.get(image_id, []))
+            live = [f for i in fresh for f in out[i][1]]   # type: ignore[index]
+            if len(live) != len(vectors):
+                raise RuntimeError(f"recorded {len(live)} faces for {len(vectors)} vectors")
+            if live and self._vectors_loaded:
+                self._on_commit.append(lambda: self._vectors.append(live, vectors))
+        return out  # type: ignore[return-value]
+
+    def _ids_by_path(self, paths: Sequence[Union[str, bytes]]) -> dict[Union[str, bytes], int]:
+        """Inside a transaction: image id by encoded path, for the paths that have a row."""
+        found: dict[Union[str, bytes], int] = {}
+        for start in range(0, len(paths), 900):
+            part = list(paths[start:start + 900])
+            found.update((p, i) for i, p in self._conn.execute(
+                f"SELECT id, path FROM images WHERE path IN ({','.join('?' * len(part))})", part))
+        return found
 
     def mark_duplicate(self, image_id: int, original_id: int) -> None:
         """Record that ``image_id`` has the same content as ``original_id`` (not embedded again).
