@@ -58,6 +58,16 @@ class EmbedderConfig(_Model):
     batch_size: int = Field(64, ge=1, le=4096)
     max_wait_ms: int = Field(200, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    #: auto: worker processes on an accelerator, threads on a CPU; 0: threads; N: N processes
+    decode_processes: Union[Literal["auto"], int] = "auto"
+
+    @field_validator("decode_processes", mode="before")
+    @classmethod
+    def _decode_processes(cls, value: Any) -> Any:
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int)
+                                or not 0 <= value <= 64):
+            raise ValueError(f"must be 'auto' or a number of processes from 0 to 64, not {value!r}")
+        return value
 
     @field_validator("device")
     @classmethod

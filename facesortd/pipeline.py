@@ -2,7 +2,9 @@
 
 Stages, in order (each a small method below):
   1. ``submit``      intake: drop a path already in flight or already ingested unchanged
-  2. ``_prepare``    worker threads: hash, find duplicates, decode (and for aligned mode, cut the face)
+  2. ``_prepare``    worker threads: hash, find duplicates, decode (and for aligned mode, cut the face);
+                     or, with decoding processes (decode_pool.py), hash and decode there, then
+                     ``_decoded`` finds duplicates on the thread that drives the process
   3. ``_model_loop`` the one model thread: detect faces in batches, embed micro-batches of up to
                      ``batch_size`` faces or ``max_wait_ms``, record every image with its faces
                      (one store transaction per micro-batch: little model-thread time between
@@ -14,6 +16,9 @@ workers decode only while no forward pass runs ("gated"): the next batch is deco
 between two forward passes, which costs the model less than sharing cores during them.
 A file that cannot be decoded is recorded with its reason and moved to the quarantine folder.
 All torch work (detector and embedder) happens on the model thread: one torch thread pool only.
+On an accelerator the model thread feeds the device from Python and needs the GIL, which decode
+threads hold for much of their work; there hashing and decoding run in worker processes instead
+(``embedder.decode_processes``: auto = processes on an accelerator, threads on a CPU).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from .config import Config
 from .embedders.base import Box, Embedder
 from .errors import BadImage
 from .fsops import move_no_overwrite, write_new_text
-from .imageio import decode, decode_face_crop, sha256_file
+from .decode_pool import DecodePool, Request, Result, decode_request
+from .imageio import sha256_file
 from .jobs import Job
 from .store import Store
 
@@ -84,7 +90,8 @@ class Pipeline:
     def __init__(self, config: Config, store: Store, embedder: Embedder, detector: Any = None,
                  workers: Optional[int] = None, queue_size: int = 1024,
                  on_finished: Optional[Callable[[Job, str, Optional[str]], None]] = None,
-                 on_faces: Optional[Callable[[list[int]], None]] = None, dry_run: bool = False):
+                 on_faces: Optional[Callable[[list[int]], None]] = None, dry_run: bool = False,
+                 decode_processes: Optional[int] = None):
         self.config = config
         self.store = store
         self.embedder = embedder
@@ -96,6 +103,10 @@ class Pipeline:
         self._intake: queue.Queue = queue.Queue(maxsize=queue_size)
         self._prepared: queue.Queue = queue.Queue(maxsize=max(8, 2 * config.embedder.batch_size))
         self._workers_n = workers   # None: chosen at start() for the device
+        # None: embedder.decode_processes; 0: decode in threads; N: in N processes
+        self._processes_n = decode_processes
+        self._pool: Optional[DecodePool] = None
+        self._processes_started = 0
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -110,8 +121,16 @@ class Pipeline:
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         self._gated = _runs_on_cpu(self.embedder)
-        self._accepting = True
-        if self._workers_n is None:
+        processes = self._processes_n
+        if processes is None:
+            processes = decode_processes_for(self.config.embedder.decode_processes, self._gated)
+        if processes:
+            self._gated = False   # processes never wait for the model (asked for, or a GPU)
+            self._pool = DecodePool(processes, self._intake, _STOP, self._request, self._decoded,
+                                    self._add_prepare_seconds)
+            self._pool.start()
+            self._processes_started, self._workers_n = processes, 0
+        elif self._workers_n is None:
             # CPU: the gated workers decode between forward passes, two cover both cores. GPU:
             # more threads decode, but past ~4 they fight the model thread for the GIL (measured on
             # an H200, 16 cores: 4 threads 1,010 images/s, 8 threads 775, 12 threads 787).
@@ -120,6 +139,7 @@ class Pipeline:
             # The model thread feeds the GPU from Python, one GIL acquisition per layer; with the
             # default 5 ms switch interval it waits behind busy decoding threads at every layer.
             sys.setswitchinterval(_GPU_SWITCH_INTERVAL_S)
+        self._accepting = True
         for i in range(self._workers_n):
             t = threading.Thread(target=self._worker_loop, name=f"facesortd-prep-{i}")
             t.start()
@@ -133,8 +153,11 @@ class Pipeline:
         self._accepting = False
         if not self._threads:
             return
-        for _ in range(self._workers_n):
+        for _ in range(self._pool.processes if self._pool else self._workers_n):
             self._intake.put(_STOP)
+        if self._pool is not None:
+            self._pool.join(timeout)
+            self._pool = None
         for t in self._threads[:-1]:
             t.join(timeout)
         self._prepared.put(_STOP)
@@ -151,6 +174,12 @@ class Pipeline:
                     return False
                 self._idle.wait(left if left is not None else 1.0)
         return True
+
+    def workers_description(self) -> str:
+        """How decoding runs once started (benchmarks, status): N threads or N processes."""
+        if self._processes_started:
+            return f"{self._processes_started} processes"
+        return f"{self._workers_n} threads" + (" (gated)" if self._gated else "")
 
     @property
     def queue_depth(self) -> int:
@@ -183,7 +212,8 @@ class Pipeline:
         """A file is through: ``on_finished(job, outcome, reason)`` (reason for errors only)."""
         with self._idle:
             self._in_flight.discard(job.path)
-            self._idle.notify_all()
+            if not self._in_flight:     # drain() waits for this; waking it per file costs GIL
+                self._idle.notify_all()
         if outcome and self.on_finished:
             self.on_finished(job, outcome, reason)
 
@@ -207,50 +237,99 @@ class Pipeline:
             finally:
                 self.stats.prepare_seconds += time.perf_counter() - t0
             if work is not None:
-                self._prepared.put(work)
+                self._prepared.put([work])
 
     def _prepare(self, job: Job) -> Optional[_Work]:
         """Hash and decode one file; None when it needs no model work (a duplicate)."""
         sha, size = sha256_file(job.path)
         if size == 0:
             raise BadImage("the file is empty (0 bytes)")
-        original = self.store.find_image_by_sha(sha)
-        if original is None:
-            with self._lock:
-                owner = self._sha_owner.setdefault(sha, job.path)
-                if owner != job.path:
-                    self._sha_waiters.setdefault(sha, []).append(job)
-                    return None
-        if original is not None:
-            self._record_duplicate(job, sha, size, original.id)
+        work = self._claim(job, sha, size)
+        if work is None:
             return None
         try:
-            return self._decode(_Work(job=job, sha256=sha, size=size))
+            return self._fill(work, *decode_request(*self._request(job)))
         except BaseException:
             self._release_sha(sha, None)
             raise
 
-    def _decode(self, work: _Work) -> _Work:
-        """Aligned mode: the whole image is the face. Detect mode: decode for the detector."""
-        job = work.job
+    def _claim(self, job: Job, sha: str, size: int,
+               originals: Optional[dict[str, int]] = None) -> Optional[_Work]:
+        """Known content is recorded as a duplicate and a copy of content in flight waits for
+        it (None); the first copy gets its _Work. ``originals``: looked up for a whole chunk."""
+        if originals is None:
+            row = self.store.find_image_by_sha(sha)
+            original = row.id if row is not None else None
+        else:
+            original = originals.get(sha)
+        if original is not None:
+            self._record_duplicate(job, sha, size, original)
+            return None
+        with self._lock:
+            owner = self._sha_owner.setdefault(sha, job.path)
+            if owner != job.path:
+                self._sha_waiters.setdefault(sha, []).append(job)
+                return None
+        return _Work(job=job, sha256=sha, size=size)
+
+    def _request(self, job: Job) -> Request:
+        """How to decode a job. Aligned mode: the whole image is the face (resized straight to
+        the embedder's crop size when it has one). Detect mode: downscaled for the detector."""
         if job.mode == "aligned":
             crop_size = getattr(self.embedder, "crop_size", None)
-            if crop_size:
-                rgb = decode_face_crop(job.path, crop_size)
-                h, w = rgb.shape[:2]
-                work.faces.append(rgb)
-            else:
-                decoded = decode(job.path)
-                rgb = decoded.rgb
-                h, w = rgb.shape[:2]
-                work.faces.append(self.embedder.prepare(rgb, (0.0, 0.0, float(w), float(h))))
-                w, h = decoded.original_size
-            work.boxes.append((0.0, 0.0, float(w), float(h)))
-            work.scores.append(1.0)
+            return (job.path, "crop", crop_size) if crop_size else (job.path, "full", None)
+        return job.path, "full", self.config.detector.max_side_px
+
+    def _fill(self, work: _Work, rgb: np.ndarray, scale: float,
+              original: tuple[int, int]) -> _Work:
+        """Put decoded pixels into ``work``: the face itself (aligned) or the detector's input."""
+        if work.job.mode != "aligned":
+            work.rgb, work.scale = rgb, scale
+            return work
+        h, w = rgb.shape[:2]
+        if getattr(self.embedder, "crop_size", None):
+            work.faces.append(rgb)
         else:
-            decoded = decode(job.path, max_side=self.config.detector.max_side_px)
-            work.rgb, work.scale = decoded.rgb, decoded.scale
+            work.faces.append(self.embedder.prepare(rgb, (0.0, 0.0, float(w), float(h))))
+            w, h = original
+        work.boxes.append((0.0, 0.0, float(w), float(h)))
+        work.scores.append(1.0)
         return work
+
+    # -- stage 2, with decoding processes: on the thread that drives one process ---------------
+    def _decoded(self, jobs: list[Job], results: list[Result]) -> None:
+        """A decoding process's answers for a chunk of jobs: broken files are set aside, the
+        rest go on toward the model together (one duplicate lookup, one hand-over)."""
+        try:
+            originals = self.store.find_originals(
+                [r[0] for r in results if not isinstance(r, BadImage)])
+        except Exception:
+            log.exception("could not look up duplicates for %d files; one by one", len(jobs))
+            originals = None
+        works = []
+        for job, result in zip(jobs, results):
+            try:
+                if isinstance(result, BadImage):
+                    self._quarantine(job, result.reason)
+                    continue
+                sha, size, rgb, scale, original = result
+                work = self._claim(job, sha, size, originals)
+                if work is None:
+                    continue
+                try:
+                    works.append(self._fill(work, rgb, scale, original))
+                except BaseException:
+                    self._release_sha(sha, None)
+                    raise
+            except Exception as exc:  # never let one file stop a decoding link
+                log.exception("unexpected error preparing %s", job.path)
+                self._quarantine(job, f"unexpected error: {type(exc).__name__}: {exc}")
+        if works:
+            self._prepared.put(works)
+
+    def _add_prepare_seconds(self, seconds: float) -> None:
+        with self._lock:
+            self.stats.prepare_seconds += seconds
 
     def _quarantine(self, job: Job, reason: str) -> None:
         """Record a broken file and move it, with a reason file, into the quarantine folder."""
@@ -305,17 +384,20 @@ class Pipeline:
         stopping = False
         while not stopping or pending:
             timeout = 0.05 if deadline is None else max(0.0, deadline - time.monotonic())
-            items = []
+            items: list[_Work] = []
             if not stopping:
                 try:
-                    items.append(self._prepared.get(timeout=timeout))
-                    while len(items) < batch_size:
-                        items.append(self._prepared.get_nowait())
+                    got = self._prepared.get(timeout=timeout)
+                    while True:
+                        if got is _STOP:
+                            stopping = True
+                            break
+                        items.extend(got)
+                        if len(items) >= batch_size:
+                            break
+                        got = self._prepared.get_nowait()
                 except queue.Empty:
                     pass
-            if _STOP in items:
-                items.remove(_STOP)
-                stopping = True
             detect = [w for w in items if w.rgb is not None]
             if detect:
                 self._detect(detect)
@@ -420,16 +502,16 @@ class Pipeline:
         t0 = time.perf_counter()
         recorded: list[tuple[_Work, int, list[int]]] = []
         try:
-            with self.store.transaction():
-                recorded = [(w, *self._write(w)) for w in works]
+            results = self.store.add_ingested([self._row(w) for w in works])
+            recorded = [(w, image_id, ids) for w, (image_id, ids) in zip(works, results)]
         except Exception:
             log.warning("recording %d images in one transaction failed; one by one now",
                         len(works), exc_info=True)
             recorded = []
             for work in works:
                 try:
-                    with self.store.transaction():
-                        recorded.append((work, *self._write(work)))
+                    ((image_id, ids),) = self.store.add_ingested([self._row(work)])
+                    recorded.append((work, image_id, ids))
                 except Exception as exc:
                     log.exception("could not record %s", work.job.path)
                     self._fail(work, f"could not record in the store: {exc}")
@@ -440,13 +522,12 @@ class Pipeline:
             face_ids.extend(ids)
         return face_ids
 
-    def _write(self, work: _Work) -> tuple[int, list[int]]:
-        """Inside a transaction: the image row and its faces; (image id, face ids)."""
+    @staticmethod
+    def _row(work: _Work) -> tuple:
+        """The image and its faces, as ``Store.add_ingested`` takes them."""
         job = work.job
-        image_id = self.store.add_image(job.path, job.inbox, work.sha256, work.size,
-                                        job.mtime_ns, status="pending")
-        face_ids = self.store.add_faces(image_id, list(zip(work.boxes, work.scores, work.vectors)))
-        return image_id, face_ids
+        return (job.path, job.inbox, work.sha256, work.size, job.mtime_ns,
+                list(zip(work.boxes, work.scores, work.vectors)))
 
     def _recorded(self, work: _Work, image_id: int) -> None:
         """After the commit: count, log, and let the file (and copies waiting on it) go."""
@@ -474,6 +555,16 @@ class Pipeline:
                 self._finish(job, None)
                 if not self.submit(job):
                     log.warning("could not requeue %s; the next rescan will take it", job.path)
+
+
+def decode_processes_for(setting: object, on_cpu: bool) -> int:
+    """``embedder.decode_processes`` as a number: auto is threads (0) on a CPU, where the model
+    already uses every core, and on an accelerator half the cores, 2 to 8."""
+    if setting != "auto":
+        return int(setting)  # type: ignore[call-overload]
+    if on_cpu:
+        return 0
+    return max(2, min(8, (os.cpu_count() or 2) // 2))
 
 
 def _runs_on_cpu(embedder: Embedder) -> bool:

@@ -1,0 +1,242 @@
+"""Hashing and decoding in worker processes, for devices where the model needs the GIL to itself.
+
+On a GPU the model is fast enough that the pipeline's Python work becomes the limit, and decode
+threads compete with the model thread for the GIL. Here each decoding process is a fresh Python
+(``python -m facesortd.decode_pool FD``: never forked from a process that holds CUDA, never
+importing torch, so no second torch thread pool) that reads chunks of requests from a socket, and
+answers with each file's SHA-256, size and decoded uint8 pixels, or the reason it is broken. One
+thread in this process drives each worker process, with up to two chunks in flight so the process
+never waits for it; it hands each chunk's answers to ``deliver`` in the order the jobs were taken.
+
+A file that crashes its decoding process (a decoder bug, an out-of-memory kill) costs only that
+file: the process is replaced, the files of the lost chunks are decoded again one per request,
+and the one that crashes a process alone is reported broken.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+
+from .errors import BadImage
+from .imageio import decode, decode_face_crop, sha256_file
+
+log = logging.getLogger("facesortd.decode_pool")
+
+#: ("crop", side): aligned mode, the whole image resized to side x side;
+#: ("full", max_side or None): decoded upright, no side longer than max_side.
+Request = tuple[Path, str, Optional[int]]
+#: (sha256, size, rgb, scale, original (w, h)) for a decoded file, or a BadImage for a broken one.
+Result = Union[tuple[str, int, np.ndarray, float, tuple[int, int]], BadImage]
+
+CHUNK = 16            # files per request: amortizes the round trip, keeps latency low
+_IN_FLIGHT = 2        # chunks sent to one process before its first answer is read
+
+
+def decode_request(path: Path, kind: str, param: Optional[int]) -> tuple[np.ndarray, float,
+                                                                      tuple[int, int]]:
+    """Decode one file as a request asks: (rgb uint8 HxWx3, scale, original (w, h)).
+
+    Shared by the decoding threads and processes, so both paths give the same pixels.
+    """
+    if kind == "crop":
+        rgb = decode_face_crop(path, int(param or 0))
+        return rgb, 1.0, (rgb.shape[1], rgb.shape[0])
+    decoded = decode(path, max_side=param)
+    return decoded.rgb, decoded.scale, decoded.original_size
+
+
+def hash_and_decode(request: Request) -> Result:
+    """What one decoding process does for one file; never raises."""
+    path, kind, param = request
+    try:
+        sha, size = sha256_file(path)
+        if size == 0:
+            raise BadImage("the file is empty (0 bytes)")
+        rgb, scale, original = decode_request(path, kind, param)
+        return sha, size, rgb, scale, original
+    except BadImage as exc:
+        return exc
+    except Exception as exc:  # never let one file stop a worker
+        return BadImage(f"unexpected error: {type(exc).__name__}: {exc}")
+
+
+def _serve(conn: Connection) -> None:
+    """The decoding process's loop: a list of requests in, (results, seconds spent) out."""
+    while True:
+        try:
+            requests = conn.recv()
+        except (EOFError, OSError):
+            return              # the pipeline went away
+        if requests is None:
+            return
+        t0 = time.perf_counter()
+        results = [hash_and_decode(r) for r in requests]
+        conn.send((results, time.perf_counter() - t0))
+
+
+class _Worker:
+    """One decoding process and the socket to it."""
+
+    def __init__(self, index: int):
+        self.index = index
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "facesortd.decode_pool", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.conn = Connection(ours.detach())
+
+    def close(self, timeout: float) -> Optional[int]:
+        """Ask the process to exit, wait for it (kill it past ``timeout``); its exit code."""
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.conn.close()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+class DecodePool:
+    """``processes`` decoding processes fed from ``intake``; each link thread stops after it
+    takes one ``stop`` item. ``request(job)`` says how to decode a job, ``deliver(jobs, results)``
+    takes the answers for a chunk, ``spent(seconds)`` the processes' busy time."""
+
+    def __init__(self, processes: int, intake: queue.Queue, stop: object,
+                 request: Callable[[Any], Request],
+                 deliver: Callable[[list[Any], list[Result]], None],
+                 spent: Callable[[float], None], chunk: int = CHUNK):
+        if processes < 1:
+            raise ValueError(f"processes must be at least 1, not {processes}")
+        self.processes = processes
+        self._intake, self._stop = intake, stop
+        self._request, self._deliver, self._spent = request, deliver, spent
+        self._chunk = chunk
+        self._workers: list[_Worker] = []
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Start the processes (in parallel: each takes ~0.2 s to import numpy and Pillow)."""
+        try:
+            for i in range(self.processes):
+                self._workers.append(_Worker(i))
+        except BaseException:
+            self._close_workers(5.0)
+            raise
+        for i in range(self.processes):
+            t = threading.Thread(target=self._link, args=(i,), name=f"facesortd-decode-{i}")
+            t.start()
+            self._threads.append(t)
+
+    def join(self, timeout: float = 60.0) -> None:
+        """Wait for the link threads (after one ``stop`` item each), then end the processes."""
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()
+        self._close_workers(timeout)
+
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers]
+
+    def _close_workers(self, timeout: float) -> None:
+        for w in self._workers:
+            code = w.close(timeout)
+            if code:
+                log.warning("decoding process %d exited with code %s", w.proc.pid, code)
+        self._workers.clear()
+
+    # -- one link thread per process ------------------------------------------------------------
+    def _link(self, index: int) -> None:
+        sent: deque[list[Any]] = deque()
+        stopping = False
+        while True:
+            while not stopping and len(sent) < _IN_FLIGHT:
+                jobs, stopping = self._take(block=not sent)
+                if not jobs:
+                    break
+                if not self._send(index, jobs):
+                    sent.append(jobs)
+                    break
+                sent.append(jobs)
+            if not sent:
+                if stopping:
+                    return
+                continue
+            jobs = sent.popleft()
+            try:
+                results, seconds = self._workers[index].conn.recv()
+            except (EOFError, OSError):
+                lost = [jobs, *sent]
+                sent.clear()
+                self._recover(index, [j for chunk in lost for j in chunk])
+                continue
+            self._spent(seconds)
+            self._deliver(jobs, results)
+
+    def _take(self, block: bool) -> tuple[list[Any], bool]:
+        """Up to one chunk of jobs: waits for the first only when ``block``."""
+        jobs: list[Any] = []
+        try:
+            item = self._intake.get() if block else self._intake.get_nowait()
+            while item is not self._stop:
+                jobs.append(item)
+                if len(jobs) >= self._chunk:
+                    return jobs, False
+                item = self._intake.get_nowait()
+            return jobs, True
+        except queue.Empty:
+            return jobs, False
+
+    def _send(self, index: int, jobs: list[Any]) -> bool:
+        try:
+            self._workers[index].conn.send([self._request(job) for job in jobs])
+            return True
+        except OSError:
+            return False   # the process is gone: the receive that follows finds out
+
+    def _recover(self, index: int, jobs: list[Any]) -> None:
+        """The process died with ``jobs`` in flight: replace it and decode them one at a time."""
+        dead = self._workers[index]
+        code = dead.close(5.0)
+        log.error("decoding process %d died (exit code %s) with %d file(s) in flight; "
+                  "decoding them again one by one", dead.proc.pid, code, len(jobs))
+        self._workers[index] = _Worker(index)
+        for job in jobs:
+            worker = self._workers[index]
+            try:
+                worker.conn.send([self._request(job)])
+                (result,), seconds = worker.conn.recv()
+                self._spent(seconds)
+            except (EOFError, OSError):
+                code = worker.close(5.0)
+                self._workers[index] = _Worker(index)
+                result = BadImage(f"decoding it crashed the decoding process (exit code {code})")
+            self._deliver([job], [result])
+
+
+if __name__ == "__main__":
+    _serve(Connection(int(sys.argv[1])))

@@ -1,0 +1,203 @@
+"""Decoding in worker processes (embedder.decode_processes) gives what decoding in threads gives:
+the same faces and vectors, the same quarantine, and no process or thread left behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facesortd.config import parse_config
+from facesortd.errors import ConfigError
+from facesortd.jobs import Job
+from facesortd.pipeline import Pipeline, decode_processes_for
+from facesortd.store import Store
+
+from test_pipeline import _bad_inputs, images, make_config, run_once
+
+pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
+
+
+def _faces_by_file(config) -> dict[str, list[tuple]]:
+    """file name -> [(box, vector)] in face order, from the store after a run."""
+    with Store.open(config.state_dir) as store:
+        rows = store._conn.execute(
+            "SELECT i.path, f.box_x1, f.box_y1, f.box_x2, f.box_y2, f.vector FROM faces f "
+            "JOIN images i ON i.id = f.image_id ORDER BY f.id").fetchall()
+    out: dict[str, list[tuple]] = {}
+    for path, x1, y1, x2, y2, vector in rows:
+        out.setdefault(Path(os.fsdecode(path)).name, []).append(
+            ((x1, y1, x2, y2), np.frombuffer(vector, np.float32)))
+    return out
+
+
+def _statuses(config) -> dict[str, tuple]:
+    with Store.open(config.state_dir) as store:
+        return {name: (r[1], r[2]) for name, r in images(store).items()}
+
+
+def _twice(tmp_path: Path, fill, mode: str, embedder: str = "dlib", extra: str = ""):
+    """Run the same inbox once with decoding threads and once with two decoding processes."""
+    configs = []
+    for processes in (0, 2):
+        root = tmp_path / f"procs{processes}"
+        root.mkdir()
+        make_config(root, mode=mode, embedder=embedder)
+        name = f"  name: {embedder}\n"
+        text = (root / "facesortd.yaml").read_text().replace(
+            name, f"{name}  decode_processes: {processes}\n{extra}")
+        (root / "facesortd.yaml").write_text(text)
+        config = parse_config(text, root / "facesortd.yaml")
+        assert config.embedder.decode_processes == processes
+        fill(root / "inbox")
+        run_once(config)
+        configs.append(config)
+    return configs
+
+
+def test_aligned_crops_same_vectors_with_processes(tmp_path, data_dir):
+    """dlib: whole decoded crops, cut by prepare() on the thread that drives the process."""
+    crops = sorted((data_dir / "faces_cropped").rglob("*.jp*g"))[:10]
+
+    def fill(inbox: Path) -> None:
+        for p in crops:
+            shutil.copy(p, inbox / f"{p.parent.name}_{p.name}")
+        shutil.copy(crops[0], inbox / "same_content_again.jpg")
+
+    threads, procs = _twice(tmp_path, fill, "aligned")
+    assert _statuses(procs) == _statuses(threads)
+    assert sorted(s for s, _ in _statuses(procs).values()).count("duplicate") == 1
+    a, b = _faces_by_file(threads), _faces_by_file(procs)
+    assert sorted(a) == sorted(b) and len(a) == len(crops)
+    for name in a:
+        for (box_a, vec_a), (box_b, vec_b) in zip(a[name], b[name], strict=True):
+            assert box_a == box_b
+            np.testing.assert_array_equal(vec_a, vec_b)
+
+
+def test_detect_mode_same_faces_and_same_quarantine_with_processes(tmp_path, data_dir):
+    def fill(inbox: Path) -> None:
+        for p in sorted((data_dir / "scenes").iterdir())[:3]:
+            shutil.copy(p, inbox / p.name)
+        shutil.copy(next((data_dir / "nonfaces").iterdir()), inbox / "nothing.jpg")
+        _bad_inputs(inbox, data_dir)
+
+    threads, procs = _twice(tmp_path, fill, "detect")
+    expected = _statuses(threads)
+    assert _statuses(procs) == expected          # same outcome and the same reason per file
+    assert sum(1 for s, _ in expected.values() if s == "error") == 5
+    for config in (threads, procs):
+        quarantine = config.library / "_quarantine"
+        assert sorted(p.name for p in quarantine.iterdir() if not p.name.endswith(".txt")) == \
+            sorted(n for n, (s, _) in expected.items() if s == "error")
+    a, b = _faces_by_file(threads), _faces_by_file(procs)
+    assert sorted(a) == sorted(b) and sum(len(v) for v in a.values()) >= 3
+    for name in a:
+        for (box_a, vec_a), (box_b, vec_b) in zip(a[name], b[name], strict=True):
+            assert box_a == pytest.approx(box_b)
+            np.testing.assert_allclose(vec_a, vec_b, atol=1e-5)
+
+
+def test_facenet_crops_same_vectors_with_processes(tmp_path, data_dir):
+    """facenet: crops resized straight to 160x160 in the process (the GPU's hot path)."""
+    torch = pytest.importorskip("torch")
+    irv1 = pytest.importorskip("facenet_pytorch").InceptionResnetV1
+    torch.manual_seed(0)
+    torch.save(irv1(pretrained=None, classify=False).state_dict(), tmp_path / "w.pt")
+    crops = sorted((data_dir / "faces_cropped").rglob("*.jp*g"))[:6]
+
+    def fill(inbox: Path) -> None:
+        for p in crops:
+            shutil.copy(p, inbox / f"{p.parent.name}_{p.name}")
+
+    threads, procs = _twice(tmp_path, fill, "aligned", embedder="facenet",
+                            extra=f"  weights: {tmp_path / 'w.pt'}\n  precision: fp32\n")
+    a, b = _faces_by_file(threads), _faces_by_file(procs)
+    assert sorted(a) == sorted(b) and len(a) == len(crops)
+    for name in a:
+        (box_a, vec_a), = a[name]
+        (box_b, vec_b), = b[name]
+        assert box_a == box_b == (0.0, 0.0, 160.0, 160.0)
+        np.testing.assert_allclose(vec_a, vec_b, atol=1e-5)
+
+
+def _pipeline(tmp_path: Path, processes: int):
+    from facesortd.embedders import create_embedder
+
+    config = make_config(tmp_path, mode="aligned")
+    store = Store.open(config.state_dir)
+    embedder = create_embedder(config.embedder)
+    embedder.load()
+    store.bind_model(embedder.model_id, embedder.dim)
+    return config, store, Pipeline(config, store, embedder, decode_processes=processes)
+
+
+def _jobs(inbox: Path) -> list[Job]:
+    return [Job(p, inbox, "aligned", p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(inbox.iterdir())]
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc")
+def test_processes_load_no_torch_and_end_with_the_pipeline(tmp_path, data_dir):
+    import torch  # noqa: F401  (this process has torch; its decoding processes must not)
+
+    config, store, pipe = _pipeline(tmp_path, 2)
+    for p in sorted((data_dir / "faces_cropped").rglob("*.jp*g"))[:4]:
+        shutil.copy(p, tmp_path / "inbox" / f"{p.parent.name}_{p.name}")
+    try:
+        pipe.start()
+        pids = pipe._pool.pids()
+        assert len(pids) == 2 and pipe.workers_description() == "2 processes"
+        for job in _jobs(tmp_path / "inbox"):
+            assert pipe.submit(job)
+        assert pipe.drain(60)
+        for pid in pids:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert "libtorch" not in maps and "libgomp" not in maps, pid
+    finally:
+        pipe.stop()
+        store.close()
+    assert pipe.stats.files_done == 4
+    assert all(_gone(pid) for pid in pids)
+
+
+def test_a_killed_decoding_process_is_replaced_and_no_file_is_lost(tmp_path, data_dir):
+    config, store, pipe = _pipeline(tmp_path, 1)
+    crops = sorted((data_dir / "faces_cropped").rglob("*.jp*g"))[:8]
+    for p in crops:
+        shutil.copy(p, tmp_path / "inbox" / f"{p.parent.name}_{p.name}")
+    try:
+        pipe.start()
+        (first,) = pipe._pool.pids()
+        os.kill(first, signal.SIGKILL)
+        assert pipe._pool._workers[0].proc.wait(10) == -signal.SIGKILL
+        for job in _jobs(tmp_path / "inbox"):
+            assert pipe.submit(job)
+        assert pipe.drain(60)
+        (second,) = pipe._pool.pids()
+        assert second != first
+        statuses = {name: r[1] for name, r in images(store).items()}
+    finally:
+        pipe.stop()
+        store.close()
+    assert statuses == {f"{p.parent.name}_{p.name}": "done" for p in crops}
+    assert _gone(second)
+
+
+def test_decode_processes_setting(tmp_path):
+    assert decode_processes_for("auto", on_cpu=True) == 0
+    assert 2 <= decode_processes_for("auto", on_cpu=False) <= 8
+    assert decode_processes_for(3, on_cpu=True) == 3
+    for bad in ("-1", "65", "many", "true", "2.5"):
+        with pytest.raises(ConfigError, match="embedder.decode_processes"):
+            parse_config(f"embedder:\n  decode_processes: {bad}\n", tmp_path / "f.yaml")
+    assert parse_config("embedder:\n  decode_processes: 4\n",
+                        tmp_path / "f.yaml").embedder.decode_processes == 4
