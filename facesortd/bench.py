@@ -80,27 +80,35 @@ def _jobs(files: list[Path], inbox: Path, mode: str) -> list[Job]:
 
 
 def _run_pipeline(cfg: Config, model, detector, jobs: list[Job],
-                  workers: Optional[int] = None) -> dict:
+                  workers: Optional[int] = None, decode_processes: Optional[int] = None) -> dict:
     """Ingest ``jobs`` through a fresh store and the real Pipeline; wall time and stage times."""
     from .pipeline import Pipeline
     from .store import Store
 
     store = Store.open(cfg.state_dir)
     store.bind_model(model.model_id, model.dim)
-    pipeline = Pipeline(cfg, store, model, detector, workers=workers, queue_size=len(jobs) + 1)
+    pipeline = Pipeline(cfg, store, model, detector, workers=workers, queue_size=len(jobs) + 1,
+                        decode_processes=decode_processes)
     pipeline.start()
     try:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         for job in jobs:
             pipeline.submit(job)
         pipeline.drain()
         wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
     finally:
         pipeline.stop()
         counts = store.counts()
         store.close()
     st = pipeline.stats
+    per_image = 1e6 / len(jobs)
     return {"seconds": wall, "images_per_s": len(jobs) / wall, "faces": st.faces,
+            "workers": pipeline.workers_description(),
+            "us_per_image": {"cpu_this_process": cpu * per_image,
+                             "embed": st.model_seconds * per_image,
+                             "store": st.store_seconds * per_image,
+                             "prepare_all_workers": st.prepare_seconds * per_image},
             "batches": st.batches, "model_busy_fraction": st.model_seconds / wall,
             "embed_seconds": st.model_seconds, "detect_seconds": st.detect_seconds,
             "store_seconds": st.store_seconds, "prepare_seconds_all_workers": st.prepare_seconds,
@@ -135,13 +143,15 @@ def _machine() -> dict:
 
 
 def _rounded(run: dict) -> dict:
-    return {k: round(v, 3) if isinstance(v, float) else v for k, v in run.items() if k != "counts"}
+    return {k: round(v, 3) if isinstance(v, float) else _rounded(v) if isinstance(v, dict) else v
+            for k, v in run.items() if k != "counts"}
 
 
 def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optional[Path] = None,
                  count: int = 1000, batch_size: int = 64, device: str = "auto",
                  precision: str = "auto", repeats: int = 3, old_tool: bool = True,
-                 bare_seconds: float = 2.0, workers: Optional[int] = None) -> dict:
+                 bare_seconds: float = 2.0, workers: Optional[int] = None,
+                 decode_processes: Optional[int] = None, ceiling: bool = False) -> dict:
     """Ingest ``count`` files through the real pipeline ``repeats`` times (fresh store each time),
     each run between two measurements of the bare model at the same settings in the same process,
     and (facenet, aligned) followed by the old tool's way on the same files.
@@ -152,6 +162,13 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
     (total images ÷ total time, measured like the pipeline's). ``vs_old_tool`` is the median of
     pipeline images/s ÷ the old tool's images/s of the same run. ``model_busy_fraction`` is the
     share of the pipeline's wall time the model spent embedding (1.0 = the model never waited).
+
+    ``ceiling``: the benchmark-only ``CeilingEmbedder`` (a forward pass that costs ~nothing)
+    replaces the model, so images/s is the pipeline's own limit; no bare model, no old tool.
+    ``us_per_image.cpu_this_process`` is the CPU time of this process (every thread, not the
+    decoding processes) per image: with decoding processes, most of it needs the GIL, so
+    1e6 / it bounds what the pipeline can feed a model however many cores the machine has.
+    ``decode_processes``: 0 decodes in threads, N in N worker processes, None as the device wants.
     """
     from .embedders import create_embedder
 
@@ -160,19 +177,23 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
         inbox = tmp / "inbox"
         inbox.mkdir()
         files = (_replicated(inbox, images, count) if images else _synthetic_faces(inbox, count))
-        weights = _untrained_weights(tmp) if embedder == "facenet" else None
+        weights = _untrained_weights(tmp) if embedder == "facenet" and not ceiling else None
         emb_cfg = EmbedderConfig(name=embedder, weights=weights, device=device,
                                  batch_size=batch_size, precision=precision)
-        model = create_embedder(emb_cfg)
+        if ceiling:
+            from .bench_ceiling import CeilingEmbedder
+            model = CeilingEmbedder()
+        else:
+            model = create_embedder(emb_cfg)
         model.load()
         detector = None
         if mode == "detect":
             from .daemon import make_detector
             from .embedders import resolve_device
         bare = None
-        if embedder == "facenet":
+        if embedder == "facenet" and not ceiling:
             from .embedders.facenet import bare_model_throughput as bare
-        old = old_tool and embedder == "facenet" and mode == "aligned" \
+        old = old_tool and embedder == "facenet" and mode == "aligned" and not ceiling \
             and str(model.describe().get("device", "cpu")).startswith("cpu")
         runs = []
         for r in range(repeats):
@@ -184,7 +205,8 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
             # The bare model right before and right after each pipeline run: on a shared, noisy
             # machine a ratio is only meaningful between measurements taken close together.
             before = bare(model, batch_size, seconds=bare_seconds) if bare else None
-            run = _run_pipeline(cfg, model, detector, _jobs(files, inbox, mode), workers)
+            run = _run_pipeline(cfg, model, detector, _jobs(files, inbox, mode), workers,
+                                decode_processes)
             counts = run.pop("counts")
             if bare:
                 after = bare(model, batch_size, seconds=bare_seconds)
@@ -199,7 +221,7 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
             runs.append(run)
         median = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
         out = {
-            "bench": "ingest", "mode": mode, "embedder": embedder, "files": len(files),
+            "bench": "ingest", "mode": mode, "embedder": model.name, "files": len(files),
             "source": str(images) if images else "synthetic 250x250 JPEG",
             "batch_size": batch_size, "repeats": repeats, "model": model.describe(),
             "pipeline_images_per_s": round(median("images_per_s"), 1),
@@ -207,6 +229,9 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
             "ratio": round(median("ratio"), 3) if bare else None,
             "ratio_vs_bare_mean": round(median("ratio_vs_bare_mean"), 3) if bare else None,
             "model_busy_fraction": round(median("model_busy_fraction"), 3),
+            "workers": runs[-1]["workers"],
+            "us_per_image": {k: round(statistics.median(r["us_per_image"][k] for r in runs), 1)
+                             for k in runs[0]["us_per_image"]},
         }
         if old:
             out.update(old_tool={"what": "fp32, batch 64, contiguous NCHW, decode all then embed",
