@@ -35,9 +35,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Optional
 
 import numpy as np
-import scipy.sparse as sp
 from scipy.cluster.hierarchy import linkage
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import pdist
 
 __all__ = [
@@ -127,8 +125,8 @@ class ReclusterResult:
 class Graph:
     """Undirected eps-neighbour edges by position (each pair once, i < j), with distances."""
 
-    i: np.ndarray   # int64
-    j: np.ndarray   # int64
+    i: np.ndarray   # int32 (int64 past 2^31 rows)
+    j: np.ndarray   # same
     d: np.ndarray   # float32
 
     @staticmethod
@@ -185,7 +183,8 @@ def build_graph(matrix: np.ndarray, radius: float, block: int = 4096) -> Graph:
             parts_i.append(qi[keep]); parts_j.append(bi[keep]); parts_d.append(d[keep].astype(np.float32))
     if not parts_i:
         return Graph.empty()
-    return Graph(np.concatenate(parts_i).astype(np.int64), np.concatenate(parts_j).astype(np.int64),
+    index_type = np.int32 if len(matrix) < 2**31 else np.int64
+    return Graph(np.concatenate(parts_i).astype(index_type), np.concatenate(parts_j).astype(index_type),
                  np.concatenate(parts_d))
 
 
@@ -202,11 +201,7 @@ def cluster_labels(matrix: np.ndarray, image_ids: np.ndarray, params: ClusterPar
     pin = np.full(n, -1, np.int64) if pin is None else np.asarray(pin, np.int64)
     if graph is None:
         graph = build_graph(matrix, params.eps)
-    keep = (graph.d <= params.eps) & (graph.i != graph.j)
-    gi, gj, gd = graph.i[keep], graph.j[keep], graph.d[keep]
-    ok = image_ids[gi] != image_ids[gj]
-    ok &= ~((pin[gi] >= 0) & (pin[gj] >= 0) & (pin[gi] != pin[gj]))
-    gi, gj, gd = gi[ok], gj[ok], gd[ok]
+    gi, gj, gd = _usable_edges(graph, image_ids, pin, params.eps)
     labels = np.full(n, -1, np.int64)
     next_label = 0
     for members in _dbscan_components(n, gi, gj, gd, params.min_samples):
@@ -217,21 +212,67 @@ def cluster_labels(matrix: np.ndarray, image_ids: np.ndarray, params: ClusterPar
     return labels
 
 
+def _components(n: int, gi: np.ndarray, gj: np.ndarray, use: Optional[np.ndarray] = None,
+                chunk: int = 1 << 20) -> np.ndarray:
+    """Connected components of the edges (gi[use], gj[use]): each row's label is the smallest row
+    of its component. Union by hooking roots to the smaller root, then path halving to the root,
+    repeated until no edge joins two roots; edge chunks keep it to a few MB where scipy's
+    ``connected_components`` copies the graph to float64 CSR and its transpose."""
+    parent = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+    while True:
+        hooked = False
+        for s in range(0, len(gi), chunk):
+            a, b = parent[gi[s:s + chunk]], parent[gj[s:s + chunk]]
+            differ = a != b
+            if use is not None:
+                differ &= use[s:s + chunk]
+            if differ.any():
+                a, b = a[differ], b[differ]
+                np.minimum.at(parent, np.maximum(a, b), np.minimum(a, b))
+                hooked = True
+        while True:                       # every row straight to its root
+            up = parent[parent]
+            if np.array_equal(up, parent):
+                break
+            parent = up
+        if not hooked:
+            return parent
+
+
+def _usable_edges(graph: Graph, image_ids: np.ndarray, pin: np.ndarray, eps: float):
+    """The graph's edges within eps, minus those within one photo or between two pins; one
+    selection (no copy when nothing is dropped), rows as int32 where they fit (half the memory
+    at millions of edges)."""
+    gi, gj, gd = graph.i, graph.j, graph.d
+    keep = gd <= eps
+    keep &= gi != gj
+    for s in range(0, len(gi), 1 << 20):       # chunked: no full-length int64 temporaries
+        a, b = gi[s:s + (1 << 20)], gj[s:s + (1 << 20)]
+        k = keep[s:s + (1 << 20)]
+        k &= image_ids[a] != image_ids[b]
+        pa, pb = pin[a], pin[b]
+        k &= ~((pa >= 0) & (pb >= 0) & (pa != pb))
+    index_type = np.int32 if len(image_ids) < 2**31 else np.int64
+    if keep.all():
+        return gi.astype(index_type, copy=False), gj.astype(index_type, copy=False), gd
+    return gi[keep].astype(index_type, copy=False), gj[keep].astype(index_type, copy=False), gd[keep]
+
+
 def _dbscan_components(n: int, gi: np.ndarray, gj: np.ndarray, gd: np.ndarray,
                        min_samples: int) -> list[np.ndarray]:
     """DBSCAN's clusters as arrays of rows: components of core points plus their border points."""
     degree = np.bincount(gi, minlength=n) + np.bincount(gj, minlength=n)
     core = degree + 1 >= min_samples
     cc = core[gi] & core[gj]
-    adj = sp.coo_matrix((np.ones(int(cc.sum()), np.int8), (gi[cc], gj[cc])), shape=(n, n))
-    _, comp = connected_components(adj, directed=False)
-    comp = np.where(core, comp, -1)
+    comp = np.where(core, _components(n, gi, gj, None if cc.all() else cc), -1)
     # border point: non-core with a core neighbour -> that neighbour's component (nearest wins)
-    bi = np.concatenate([gi, gj]); bj = np.concatenate([gj, gi]); bd = np.concatenate([gd, gd])
-    sel = ~core[bi] & core[bj]
-    if sel.any():
-        order = np.lexsort((bd[sel], bi[sel]))
-        b, c = bi[sel][order], bj[sel][order]
+    s1 = ~core[gi] & core[gj]        # gi is the border point
+    s2 = core[gi] & ~core[gj]        # gj is
+    if s1.any() or s2.any():
+        bi = np.concatenate([gi[s1], gj[s2]]); bj = np.concatenate([gj[s1], gi[s2]])
+        bd = np.concatenate([gd[s1], gd[s2]])
+        order = np.lexsort((bd, bi))
+        b, c = bi[order], bj[order]
         first = np.r_[True, b[1:] != b[:-1]]
         comp[b[first]] = comp[c[first]]
     rows = np.flatnonzero(comp >= 0)

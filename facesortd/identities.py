@@ -345,18 +345,11 @@ class IdentityService:
             complete = (radius is not None and abs(float(radius) - self.params.eps) < 1e-9
                         and upto is not None and (not len(ids) or int(upto) >= int(ids.max())))
             if complete:
-                edges = np.array(conn.execute("SELECT a, b, d FROM face_edges").fetchall(),
-                                 np.float64).reshape(-1, 3)
+                graph = _read_graph(conn, ids, self.params.eps)
         if not complete:
             log.info("building the neighbour graph of %d faces (eps %.3f)", len(ids), self.params.eps)
             return build_graph(matrix, self.params.eps), True
-        order = np.argsort(ids, kind="stable")
-        a, b = edges[:, 0].astype(np.int64), edges[:, 1].astype(np.int64)
-        pa = np.searchsorted(ids[order], a); pb = np.searchsorted(ids[order], b)
-        pa = np.minimum(pa, len(ids) - 1); pb = np.minimum(pb, len(ids) - 1)
-        ok = (ids[order][pa] == a) & (ids[order][pb] == b) & (edges[:, 2] <= self.params.eps)
-        ra, rb = order[pa[ok]], order[pb[ok]]
-        return Graph(np.minimum(ra, rb), np.maximum(ra, rb), edges[ok, 2].astype(np.float32)), False
+        return graph, False
 
     def _add_edges(self, face_ids: np.ndarray) -> None:
         """Edges of faces that came back to the matrix, against every face in it."""
@@ -458,15 +451,43 @@ class IdentityService:
             conn.execute("UPDATE suggestions SET distance = ? WHERE id = ?", (float(distance), row[0]))
 
 
-def _rows_of(ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(present, row in ``ids``) per wanted id; without a sort when ids are ascending (usual)."""
+def _lookup(ids: np.ndarray):
+    """A function: wanted ids -> (present, row in ``ids``); no sort when ids ascend (usual)."""
     if not len(ids):
-        return np.zeros(len(wanted), bool), np.zeros(len(wanted), np.int64)
+        return lambda wanted: (np.zeros(len(wanted), bool), np.zeros(len(wanted), np.int64))
     order = None if bool(np.all(ids[1:] > ids[:-1])) else np.argsort(ids, kind="stable")
     look = ids if order is None else ids[order]
-    pos = np.minimum(np.searchsorted(look, wanted), len(ids) - 1)
-    present = look[pos] == wanted
-    return present, (pos if order is None else order[pos])
+
+    def find(wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.minimum(np.searchsorted(look, wanted), len(ids) - 1)
+        return look[pos] == wanted, (pos if order is None else order[pos])
+    return find
+
+
+def _rows_of(ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(present, row in ``ids``) per wanted id."""
+    return _lookup(ids)(wanted)
+
+
+def _read_graph(conn, ids: np.ndarray, eps: float, chunk: int = 1 << 16) -> Graph:
+    """The stored edges within eps between faces in ``ids``, by row position (int32), read in
+    chunks straight into arrays: millions of edges never become millions of Python tuples."""
+    total = conn.execute("SELECT COUNT(*) FROM face_edges").fetchone()[0]
+    index_type = np.int32 if len(ids) < 2**31 else np.int64
+    gi, gj = np.empty(total, index_type), np.empty(total, index_type)
+    gd = np.empty(total, np.float32)
+    k, find = 0, _lookup(ids)
+    cursor = conn.execute("SELECT a, b, d FROM face_edges")
+    while rows := cursor.fetchmany(chunk):
+        e = np.array(rows, np.float64).reshape(-1, 3)
+        ok_a, ra = find(e[:, 0].astype(np.int64))
+        ok_b, rb = find(e[:, 1].astype(np.int64))
+        ok = ok_a & ok_b & (e[:, 2] <= eps)
+        m = int(ok.sum())
+        gi[k:k + m], gj[k:k + m] = np.minimum(ra[ok], rb[ok]), np.maximum(ra[ok], rb[ok])
+        gd[k:k + m] = e[ok, 2]
+        k += m
+    return Graph(gi[:k], gj[:k], gd[:k])
 
 
 def load_pinned_ids(store: Store, face_ids: np.ndarray) -> list[int]:

@@ -221,3 +221,22 @@ def test_bench_runs_small_and_clusters_synthetic_people_exactly():
     row = figures["recluster"][3000]
     assert row["bcubed_f1"] > 0.99 and row["cross_person_edges_in_sample"] == 0
     assert figures["assign"][3000]["joined"] > 0
+
+
+def test_components_match_scipy_on_random_graphs():
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    from facesortd.clustering import _components
+
+    rng = np.random.default_rng(0)
+    for trial in range(100):
+        n, m = int(rng.integers(1, 300)), int(rng.integers(0, 400))
+        gi, gj = rng.integers(0, n, m), rng.integers(0, n, m)
+        use = rng.random(m) < 0.7 if trial % 2 else None
+        a, b = (gi, gj) if use is None else (gi[use], gj[use])
+        _, ref = connected_components(sp.coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
+        got = _components(n, gi.astype(np.int32), gj.astype(np.int32), use, chunk=int(rng.integers(1, 50)))
+        for c in np.unique(ref):          # the same partition, labelled by its smallest row
+            rows = np.flatnonzero(ref == c)
+            assert (got[rows] == rows.min()).all()
