@@ -35,7 +35,7 @@ class FaceIndex:
     identity: np.ndarray    # int64[N] identity id, -1 = none
     image_ids: np.ndarray   # int64[N]
     sqnorms: Optional[np.ndarray] = None   # float32[N] squared row norms, cached (saves a pass)
-    tails: Optional[np.ndarray] = None     # float32[N] ``cluster_index.tailnorms``
+    tails: Optional[np.ndarray] = None     # float32[N, cuts] ``cluster_index.tailnorms``
     bounds: Optional[IdentityBounds] = None  # covering ``identity``; None: brute-force search
 
     @classmethod

@@ -6,10 +6,11 @@ A 64×N float32 product over 10^6 × 512 stored faces alone takes well over a se
 - ``IdentityBounds``: each identity keeps a centre and a radius covering all of its faces, so a new
   face farther than radius + eps from the centre has no neighbour among them. One product against
   the centres (one row per identity) leaves the few identities whose faces are compared at all.
-- faces with no identity (or none with bounds) are first compared on the leading half of the
-  dimensions: by Cauchy-Schwarz q·x <= q_head·x_head + |q_tail|·|x_tail|, so a pair is finished on
-  the other half only when that bound reaches the eps threshold; for faces in general position
-  (pairs far apart, energy spread over the dimensions) almost none does.
+- faces with no identity (or none with bounds) are first compared on the leading dimensions
+  (a quarter to three quarters of them, fewer for a smaller eps; in full for a large one): by
+  Cauchy-Schwarz q·x <= q_head·x_head + |q_tail|·|x_tail|, so a pair is finished on the rest only
+  when that bound reaches the eps threshold; for faces in general position (pairs far apart,
+  energy spread over the dimensions) almost none does.
 
 Bounds only need to *cover*: a face that joins an identity widens its radius, a face that leaves
 changes nothing, so the service keeps them up to date face by face and rebuilds them now and then.
@@ -33,20 +34,31 @@ def sqnorms(x: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", x, x, dtype=np.float32)
 
 
-def head_dims(dim: int) -> int:
-    """How many leading dimensions the first pass over faces with no identity uses."""
-    return dim // 2
+#: where the first pass over faces with no identity may cut the dimensions, in eighths
+_CUTS = (2, 3, 4, 5, 6)
+
+
+def head_dims(dim: int, radius: float, scale: float) -> Optional[int]:
+    """Leading dimensions for the first pass: the fewest whose tail bound (for vectors spread over
+    all dimensions, |x_tail||q_tail| ~ (1 - k/d)|x||q|) stays clear of the threshold
+    q·x >= (|x|²+|q|²-r²)/2 ~ (1 - r²/2s) s; None when none does (large eps: compare in full)."""
+    room = 1 - radius * radius / (2 * scale) - 0.12
+    for c, cut in enumerate(_CUTS):
+        if 1 - cut / 8 <= room:
+            return c
+    return None
 
 
 def tailnorms(x: np.ndarray) -> np.ndarray:
-    """Norm of each row past ``head_dims``, rounded up a little so that it stays an upper bound."""
-    k = head_dims(x.shape[1])
-    out = np.empty(len(x), np.float32)
-    step = max(1, _CHUNK_BYTES // (4 * max(1, x.shape[1])))
+    """float32[N, len(_CUTS)]: each row's norm past each cut, rounded up to stay an upper bound."""
+    d = x.shape[1]
+    out = np.empty((len(x), len(_CUTS)), np.float32)
+    step = max(1, _CHUNK_BYTES // (4 * max(1, d)))
     for s in range(0, len(x), step):
-        t = x[s:s + step, k:]
-        out[s:s + step] = np.sqrt(np.einsum("ij,ij->i", t, t, dtype=np.float32))
-    out *= np.float32(1 + 1e-5)
+        sq = np.einsum("ij,ij->ij", x[s:s + step], x[s:s + step], dtype=np.float32)
+        tail = np.cumsum(sq[:, ::-1], axis=1, dtype=np.float32)[:, ::-1]   # tail[:, k] = sum k..d
+        out[s:s + step] = np.sqrt(tail[:, [c * d // 8 for c in _CUTS]])
+    out *= np.float32(1 + 1e-4)
     out += np.float32(1e-6)
     return out
 
@@ -60,6 +72,7 @@ class IdentityBounds:
         self.labels = np.empty(capacity, np.int64)
         self.centres = np.empty((capacity, dim), np.float32)
         self.csq = np.empty(capacity, np.float32)
+        self.ctail = np.empty((capacity, len(_CUTS)), np.float32)   # tailnorms of the centres
         self.radius = np.empty(capacity, np.float32)
         self._slot = np.full(0, -1, np.int64)          # identity id -> slot, -1 = none
 
@@ -91,6 +104,7 @@ class IdentityBounds:
             b.centres[g] += member @ vectors[rows[s:s + step]]
         b.centres[: b.n] /= np.bincount(inv, minlength=b.n).astype(np.float32)[:, None]
         b.csq[: b.n] = sqnorms(b.centres[: b.n])
+        b.ctail[: b.n] = tailnorms(b.centres[: b.n])
         for s in range(0, len(rows), step):     # radii
             g, starts = np.unique(inv[s:s + step], return_index=True)
             block = vectors[rows[s:s + step]]
@@ -124,15 +138,16 @@ class IdentityBounds:
         m = len(labels)
         if self.n + m > len(self.labels):
             cap = max(self.n + m, len(self.labels) + len(self.labels) // 4, 64)
-            for name in ("labels", "csq", "radius"):
+            for name in ("labels", "csq", "radius", "ctail"):
                 old = getattr(self, name)
-                new = np.empty(cap, old.dtype); new[: self.n] = old[: self.n]
+                new = np.empty((cap,) + old.shape[1:], old.dtype); new[: self.n] = old[: self.n]
                 setattr(self, name, new)
             c = np.empty((cap, self.dim), np.float32); c[: self.n] = self.centres[: self.n]
             self.centres = c
         sl = slice(self.n, self.n + m)
         self.labels[sl], self.centres[sl], self.radius[sl] = labels, centres, radius
         self.csq[sl] = sqnorms(self.centres[sl])
+        self.ctail[sl] = tailnorms(self.centres[sl])
         top = int(labels.max()) + 1 if m else 0
         if top > len(self._slot):
             grown = np.full(max(top, 2 * len(self._slot)), -1, np.int64)
@@ -143,19 +158,32 @@ class IdentityBounds:
 
     def candidates(self, queries: np.ndarray, q_sq: np.ndarray, radius: float) -> np.ndarray:
         """bool[n]: identities that may hold a face within ``radius`` of some query."""
-        # |q-c|² <= (R+eps)² + slack, rearranged so that only one term couples c and q:
-        # min over q of (q_sq(1-rel) - 2q·c) <= (R+eps)² + rel(|c|²+1) - |c|²(1-rel)
-        out = np.empty(self.n, bool)
-        q_term = q_sq * (1 - _REL)
+        # keep c iff |q-c|² <= (R+eps)² + rel(|c|²+|q|²+1) for some q, i.e. iff
+        #   max_q(q·c - q_term) >= need_c,  q_term = |q|²(1-rel)/2,
+        #   need_c = |c|²(1-rel)/2 - (R+eps)²/2 - rel/2;
+        # first with q·c <= head + |c_tail| max|q_tail| (as for faces, see index_neighbours)
+        out = np.zeros(self.n, bool)
+        if not self.n:
+            return out
+        cut = head_dims(self.dim, float(np.median(self.radius[: self.n])) + radius, float(q_sq.mean()))
+        k = self.dim if cut is None else _CUTS[cut] * self.dim // 8
+        q_head, q_tail = queries[:, :k], queries[:, k:]
+        q_tn = np.float32(np.sqrt(sqnorms(q_tail).max(initial=0)) * (1 + 1e-5))
+        q_term = q_sq * ((1 - _REL) / 2)
         step = max(1, _CHUNK_BYTES // (4 * max(1, len(queries))))
         for s in range(0, self.n, step):
             e = min(self.n, s + step)
-            dot = self.centres[s:e] @ queries.T
-            dot *= -2
-            dot += q_term
+            dot = self.centres[s:e, :k] @ q_head.T
+            dot -= q_term
             reach = self.radius[s:e] + np.float32(radius)
-            c_sq = self.csq[s:e]
-            out[s:e] = dot.min(axis=1) <= reach * reach + _REL * (c_sq + 1) - c_sq * (1 - _REL)
+            need = self.csq[s:e] * ((1 - _REL) / 2) - reach * reach / 2 - _REL / 2
+            if cut is None:
+                out[s:e] = dot.max(axis=1) >= need
+                continue
+            maybe = np.flatnonzero(dot.max(axis=1) + self.ctail[s:e, cut] * q_tn >= need)
+            if len(maybe):
+                full = dot[maybe] + self.centres[s + maybe, k:] @ q_tail.T
+                out[s + maybe] = full.max(axis=1) >= need[maybe]
         return out
 
 
@@ -192,9 +220,16 @@ def index_neighbours(vectors: np.ndarray, sq: np.ndarray, identity: np.ndarray,
         rows = near[s:s + step]
         qi, bi, d = _pairs_within(vectors[rows], sq[rows], queries, q_sq, r2)
         yield qi, rows[bi], d
-    # faces without bounds: the leading half first, the rest only where the bound allows
+    # faces without bounds: the leading dimensions first, the rest only where the bound allows
     loose = np.flatnonzero(slot < 0)
-    k = head_dims(vectors.shape[1])
+    cut = head_dims(vectors.shape[1], radius, float(q_sq.mean()))
+    if cut is None:
+        for s in range(0, len(loose), step):
+            rows = loose[s:s + step]
+            qi, bi, d = _pairs_within(vectors[rows], sq[rows], queries, q_sq, r2)
+            yield qi, rows[bi], d
+        return
+    k = _CUTS[cut] * vectors.shape[1] // 8
     q_head, q_tail = queries[:, :k], queries[:, k:]
     q_tn = np.float32(np.sqrt(sqnorms(np.ascontiguousarray(q_tail)).max()) * (1 + 1e-5))
     # keep a row if for some q: head·q_head + |x_tail||q_tail| >= (|x|²+|q|²-r²)/2 - slack; with
@@ -206,7 +241,7 @@ def index_neighbours(vectors: np.ndarray, sq: np.ndarray, identity: np.ndarray,
         rows = loose[s:s + step]
         head = vectors[rows, :k] @ q_head.T
         b_sq = sq[rows]
-        t = tails[rows] if tails is not None else tailnorms(vectors[rows])
+        t = (tails[rows] if tails is not None else tailnorms(vectors[rows]))[:, cut]
         best = (head - q_need).max(axis=1)
         maybe = np.flatnonzero(best >= half * b_sq - t * q_tn)
         if len(maybe):
@@ -228,7 +263,7 @@ class SearchCache:
         self._ids: Optional[np.ndarray] = None
         self._ident = np.zeros(0, np.int64)
         self.sq = np.zeros(0, np.float32)
-        self.tails = np.zeros(0, np.float32)
+        self.tails = np.zeros((0, len(_CUTS)), np.float32)
         self.bounds: Optional[IdentityBounds] = None
 
     def invalidate(self) -> None:

@@ -77,3 +77,22 @@ def test_search_cache_follows_appends_and_relabelled_faces():
     keep = np.r_[0:10, 11:len(x)]
     cache.sync(ids[keep], x[keep], identity[keep])
     assert cache.bounds is not first and covered(cache.bounds, x[keep], identity[keep])
+
+
+@pytest.mark.parametrize("radius", [0.2, 0.6, 1.0])
+def test_identity_bounds_keep_every_identity_a_query_can_reach(radius):
+    rng = np.random.default_rng(5)
+    x, who = people(25, 10, 64, rng, spread=0.4, loose=0)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    b = IdentityBounds.build(x, who)
+    # each query sits just inside radius + eps of one centre, off towards the last dimensions,
+    # where only the tail bound of the first pass can see it
+    u = rng.normal(size=(b.n, 64)) * np.linspace(0.05, 1.0, 64)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    q = (b.centres[: b.n] + (b.radius[: b.n, None] + radius - 1e-3) * u).astype(np.float32)
+    for k in range(b.n):
+        keep = b.candidates(q[k:k + 1], sqnorms(q[k:k + 1]), radius)
+        assert keep[k]
+        d = np.linalg.norm(b.centres[: b.n] - q[k], axis=1)
+        far = d > b.radius[: b.n] + radius + 0.05
+        assert not keep[far].any()          # and the far ones are left out
