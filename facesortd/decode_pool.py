@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -74,17 +75,24 @@ def hash_and_decode(request: Request) -> Result:
 
 
 def _serve(conn: Connection) -> None:
-    """The decoding process's loop: a list of requests in, (results, seconds spent) out."""
+    """The decoding process's loop: a list of requests in, (results, seconds spent) out.
+
+    SIGTERM and SIGINT are the daemon's to handle (systemd signals the whole cgroup, Ctrl-C the
+    whole process group): the process ends when the daemon closes the socket, never before.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn.send("ready")
     while True:
         try:
             requests = conn.recv()
+            if requests is None:
+                return
+            t0 = time.perf_counter()
+            results = [hash_and_decode(r) for r in requests]
+            conn.send((results, time.perf_counter() - t0))
         except (EOFError, OSError):
             return              # the pipeline went away
-        if requests is None:
-            return
-        t0 = time.perf_counter()
-        results = [hash_and_decode(r) for r in requests]
-        conn.send((results, time.perf_counter() - t0))
 
 
 class _Worker:
@@ -106,6 +114,17 @@ class _Worker:
         finally:
             theirs.close()
         self.conn = Connection(ours.detach())
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait for the process to say it is ready (imports done, signals set)."""
+        try:
+            if self.conn.poll(timeout) and self.conn.recv() == "ready":
+                return
+        except (EOFError, OSError):
+            pass
+        code = self.close(1.0)
+        raise RuntimeError(f"a decoding process did not start (exit code {code}); see its "
+                           "error above")
 
     def close(self, timeout: float) -> Optional[int]:
         """Ask the process to exit, wait for it (kill it past ``timeout``); its exit code."""
@@ -144,6 +163,8 @@ class DecodePool:
         try:
             for i in range(self.processes):
                 self._workers.append(_Worker(i))
+            for w in self._workers:
+                w.wait_ready()
         except BaseException:
             self._close_workers(5.0)
             raise
@@ -224,7 +245,7 @@ class DecodePool:
         code = dead.close(5.0)
         log.error("decoding process %d died (exit code %s) with %d file(s) in flight; "
                   "decoding them again one by one", dead.proc.pid, code, len(jobs))
-        self._workers[index] = _Worker(index)
+        self._workers[index] = self._fresh(index)
         for job in jobs:
             worker = self._workers[index]
             try:
@@ -233,9 +254,15 @@ class DecodePool:
                 self._spent(seconds)
             except (EOFError, OSError):
                 code = worker.close(5.0)
-                self._workers[index] = _Worker(index)
+                self._workers[index] = self._fresh(index)
                 result = BadImage(f"decoding it crashed the decoding process (exit code {code})")
             self._deliver([job], [result])
+
+    @staticmethod
+    def _fresh(index: int) -> _Worker:
+        worker = _Worker(index)
+        worker.wait_ready()
+        return worker
 
 
 if __name__ == "__main__":

@@ -201,3 +201,25 @@ def test_decode_processes_setting(tmp_path):
             parse_config(f"embedder:\n  decode_processes: {bad}\n", tmp_path / "f.yaml")
     assert parse_config("embedder:\n  decode_processes: 4\n",
                         tmp_path / "f.yaml").embedder.decode_processes == 4
+
+
+def test_decoding_processes_outlive_sigterm_so_the_daemon_can_drain(tmp_path, data_dir):
+    """systemd sends SIGTERM to the whole cgroup: the decoding processes leave it to the daemon,
+    which drains (with their help) and then ends them."""
+    config, store, pipe = _pipeline(tmp_path, 1)
+    crops = sorted((data_dir / "faces_cropped").rglob("*.jp*g"))[:3]
+    for p in crops:
+        shutil.copy(p, tmp_path / "inbox" / f"{p.parent.name}_{p.name}")
+    try:
+        pipe.start()
+        (pid,) = pipe._pool.pids()
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGINT)
+        for job in _jobs(tmp_path / "inbox"):
+            assert pipe.submit(job)
+        assert pipe.drain(60)
+        assert pipe._pool.pids() == [pid] and pipe._pool._workers[0].proc.poll() is None
+    finally:
+        pipe.stop()
+        store.close()
+    assert pipe.stats.files_done == 3 and _gone(pid)
