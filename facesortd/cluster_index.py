@@ -25,7 +25,8 @@ import scipy.sparse as sp
 
 __all__ = ["IdentityBounds", "SearchCache", "index_neighbours", "sqnorms", "tailnorms"]
 
-_CHUNK_BYTES = 64 << 20
+_CHUNK_BYTES = 64 << 20     # search temporaries (per query batch)
+_PASS_BYTES = 16 << 20      # one-off passes over the whole matrix: small blocks, small peak
 _REL = np.float32(1e-4)     # float32 slack, relative to the squared norms involved
 
 
@@ -53,7 +54,7 @@ def tailnorms(x: np.ndarray) -> np.ndarray:
     """float32[N, len(_CUTS)]: each row's norm past each cut, rounded up to stay an upper bound."""
     d = x.shape[1]
     out = np.empty((len(x), len(_CUTS)), np.float32)
-    step = max(1, _CHUNK_BYTES // (4 * max(1, d)))
+    step = max(1, _PASS_BYTES // (4 * max(1, d)))
     for s in range(0, len(x), step):
         sq = np.einsum("ij,ij->ij", x[s:s + step], x[s:s + step], dtype=np.float32)
         tail = np.cumsum(sq[:, ::-1], axis=1, dtype=np.float32)[:, ::-1]   # tail[:, k] = sum k..d
@@ -96,7 +97,7 @@ class IdentityBounds:
             return b
         order = np.argsort(inv, kind="stable")
         rows, inv = rows[order], inv[order]
-        step = max(1, _CHUNK_BYTES // (4 * b.dim))
+        step = max(1, _PASS_BYTES // (4 * b.dim))
         for s in range(0, len(rows), step):     # sums: a sorted run of identities per chunk
             g, local = np.unique(inv[s:s + step], return_inverse=True)
             m = len(local)
