@@ -36,19 +36,26 @@ def synthetic_faces(n: int, dim: int = 512, seed: int = 0, singletons: float = 0
     sizes = sizes[sizes > 0]
     who = np.concatenate([np.repeat(np.arange(len(sizes)), sizes), np.full(n - n_clustered, -1)])
     who = who[rng.permutation(n)]
-    centres = rng.standard_normal((len(sizes), dim), dtype=np.float32)
-    centres /= np.sqrt(np.einsum("ij,ij->i", centres, centres))[:, None]   # no full-size temporary
     x = np.empty((n, dim), np.float32) if out is None else out[:n]
+    # people a few hundred at a time (their centres, then their faces): no table of all centres
+    order = np.argsort(who, kind="stable")
+    sorted_who = who[order]
     step = 1 << 13     # 16 MB blocks: the generator adds little to the bench's peak memory
-    for s in range(0, n, step):
-        w = who[s:s + step]
-        block = rng.standard_normal((len(w), dim), dtype=np.float32)
-        block *= np.where(w >= 0, spread, 1.0).astype(np.float32)[:, None] / np.sqrt(dim).astype(np.float32)
-        clustered = w >= 0
-        block[clustered] += centres[w[clustered]]
-        block[~clustered] = rng.standard_normal((int((~clustered).sum()), dim), dtype=np.float32)
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        x[s:s + step] = block
+    n_single = int(np.searchsorted(sorted_who, 0))
+    for s in range(0, n_single, step):
+        rows = order[s:min(s + step, n_single)]
+        block = rng.standard_normal((len(rows), dim), dtype=np.float32)
+        x[rows] = block / np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
+    per = 512
+    for p0 in range(0, len(sizes), per):
+        centres = rng.standard_normal((min(per, len(sizes) - p0), dim), dtype=np.float32)
+        centres /= np.sqrt(np.einsum("ij,ij->i", centres, centres))[:, None]
+        lo, hi = np.searchsorted(sorted_who, [p0, p0 + per])
+        rows = order[lo:hi]
+        block = rng.standard_normal((len(rows), dim), dtype=np.float32)
+        block *= np.float32(spread / np.sqrt(dim))
+        block += centres[who[rows] - p0]
+        x[rows] = block / np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
     return x, who
 
 
@@ -57,11 +64,19 @@ def person_graph(x: np.ndarray, who: np.ndarray, radius: float) -> Graph:
     order = np.argsort(who, kind="stable")
     order = order[who[order] >= 0]
     bounds = np.flatnonzero(np.diff(who[order])) + 1
-    gi, gj, gd = [], [], []
-    for rows in np.split(order, bounds):
+    groups = np.split(order, bounds)
+    # room for every pair of every person, filled in place: the untouched tail is never paged
+    # in, and there is no second copy as a concatenation of the pieces would make
+    most = sum(len(g) * (len(g) - 1) // 2 for g in groups)
+    gi, gj = np.empty(most, np.int32), np.empty(most, np.int32)
+    gd = np.empty(most, np.float32)
+    k = 0
+    for rows in groups:
         g = build_graph(x[rows], radius)
-        gi.append(rows[g.i].astype(np.int32)); gj.append(rows[g.j].astype(np.int32)); gd.append(g.d)
-    return Graph(np.concatenate(gi), np.concatenate(gj), np.concatenate(gd))
+        m = len(g.i)
+        gi[k:k + m], gj[k:k + m], gd[k:k + m] = rows[g.i], rows[g.j], g.d
+        k += m
+    return Graph(gi[:k], gj[:k], gd[:k])
 
 
 def _check_no_cross_edges(x: np.ndarray, who: np.ndarray, radius: float, sample: int = 256) -> int:
