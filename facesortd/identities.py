@@ -232,9 +232,12 @@ class IdentityService:
 
     def _labels_for(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(image id, identity) for face ids; faces unknown to the cache get image -1, identity -1."""
-        n = len(ids)
-        if n <= len(self._fid) and np.array_equal(self._fid[:n], ids):
-            return self._fimg[:n].copy(), self._fident[:n].copy()   # the store's rows in id order
+        m = min(len(ids), len(self._fid))
+        if np.array_equal(self._fid[:m], ids[:m]):
+            # the usual case: the store's rows in id order, then faces not read yet (a batch)
+            img, ident = np.full(len(ids), -1, np.int64), np.full(len(ids), -1, np.int64)
+            img[:m], ident[:m] = self._fimg[:m], self._fident[:m]
+            return img, ident
         pos = np.searchsorted(self._fid, ids)
         pos = np.minimum(pos, max(len(self._fid) - 1, 0))
         ok = (self._fid[pos] == ids) if len(self._fid) else np.zeros(len(ids), bool)
