@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 import torch
 from PIL import Image
 
@@ -369,3 +370,40 @@ def test_bare_model_throughput_median_and_mean(fp32):
     from facesortd.embedders.facenet import bare_model_throughput
     figures = bare_model_throughput(fp32, batch_size=2, seconds=0)
     assert figures["median"] > 0 and figures["mean"] > 0
+
+
+def test_pinned_path_names_a_wrong_face(weights, monkeypatch):
+    """The pinned batch is filled with one np.stack; a bad face still gets its own message."""
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self)
+    emb = FacenetEmbedder(EmbedderConfig(weights=weights, device="cpu", precision="fp32",
+                                         batch_size=2))
+    emb.load()
+    emb._pinned = True
+    good = np.zeros((160, 160, 3), np.uint8)
+    for bad in (np.zeros((160, 160, 3), np.float32), np.zeros((150, 160, 3), np.uint8)):
+        with pytest.raises(ValueError, match=r"face 1: expected a uint8 array"):
+            emb.embed([good, bad])
+
+
+def test_cuda_graph_failure_falls_back_to_eager(weights, crops, fp32_vectors, caplog):
+    """Capture needs CUDA: on the CPU it fails for real, and embedding must go on eagerly."""
+    emb = FacenetEmbedder(EmbedderConfig(weights=weights, device="cpu", precision="fp32",
+                                         batch_size=4))
+    emb.load()
+    assert emb.describe()["cuda_graphs"] == "off (not CUDA)"
+    with caplog.at_level("WARNING", logger="facesortd.embedders.facenet"):
+        emb._capture_graph()
+    assert emb._graphed is None
+    assert emb.describe()["cuda_graphs"].startswith("failed, eager: ")
+    assert [r.message for r in caplog.records if "CUDA graph" in r.message][0].startswith(
+        "CUDA graph capture failed, embedding eagerly")
+    np.testing.assert_allclose(emb.embed(crops[:3]), fp32_vectors[:3], atol=1e-5)
+
+
+def test_cuda_graphs_setting(weights):
+    off = FacenetEmbedder(EmbedderConfig(weights=weights, device="cpu", cuda_graphs=False))
+    off._capture_graph()
+    assert off._graphed is None and off._graph_state == "off (embedder.cuda_graphs: false)"
+    assert EmbedderConfig().cuda_graphs is True
+    with pytest.raises(ValidationError, match="cuda_graphs"):
+        EmbedderConfig(cuda_graphs="sometimes")

@@ -3,7 +3,8 @@
 Weights come from ``embedder.weights``, else the cache file facenet-pytorch itself uses, else the
 download facenet-pytorch would do. The model id carries a hash of the weights file, so vectors of
 two different weights files never share a store. Speed settings (bf16/fp16 autocast, channels_last,
-cudnn autotuning, pinned host memory) are chosen once at load and reported by ``describe()``.
+cudnn autotuning, pinned host memory, a CUDA graph of the whole step) are chosen once at load and
+reported by ``describe()``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..errors import ModelUnavailable
 from ..fsops import sha256_of
 from . import torchsetup
 from .base import Box
+from .cudagraph import GraphedEmbed, standardize
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ class FacenetEmbedder:
         self._channels_last = False
         self._pinned = False
         self._host: Optional[torch.Tensor] = None   # reusable pinned batch buffer (CUDA only)
+        self._graphed: Optional[GraphedEmbed] = None
+        self._graph_state = "off (not CUDA)"
 
     # -- weights ---------------------------------------------------------------------------
     @property
@@ -147,7 +151,24 @@ class FacenetEmbedder:
             fmt = torch.channels_last if self._channels_last else torch.contiguous_format
             self._model = model.to(device=device, memory_format=fmt)
             self._device = device
+            if device.type == "cuda":
+                self._capture_graph()
             log.info("facenet ready: %s", self.describe())
+
+    def _capture_graph(self) -> None:
+        """CUDA only: capture the embedding step at ``batch_size``; any failure means eager."""
+        if not self.cfg.cuda_graphs:
+            self._graph_state = "off (embedder.cuda_graphs: false)"
+            return
+        try:
+            self._graphed = GraphedEmbed(self._forward, self._device, self.cfg.batch_size,
+                                         INPUT_SIZE, self._channels_last)
+            self._graph_state = f"on (batch {self.cfg.batch_size})"
+        except Exception as exc:
+            self._graphed = None
+            self._graph_state = f"failed, eager: {type(exc).__name__}: {str(exc)[:200]}"
+            log.warning("CUDA graph capture failed, embedding eagerly: %s: %s",
+                        type(exc).__name__, exc)
 
     def _choose_settings(self, device: torch.device) -> None:
         precision = self.cfg.precision
@@ -189,6 +210,7 @@ class FacenetEmbedder:
             autocast=self._amp is not None,
             memory_format="channels_last" if self._channels_last else "contiguous",
             threads=torch.get_num_threads(),
+            cuda_graphs=self._graph_state,
         )
         if self._device.type == "cuda":
             info.update(gpu=torch.cuda.get_device_name(self._device), cudnn_benchmark=True,
@@ -216,40 +238,58 @@ class FacenetEmbedder:
         self.load()
         if len(faces) == 0:
             return np.zeros((0, self.dim), np.float32)
-        shape = (INPUT_SIZE, INPUT_SIZE, 3)
-        for i, face in enumerate(faces):
-            if getattr(face, "shape", None) != shape or face.dtype != np.uint8:
-                raise ValueError(f"face {i}: expected a uint8 array of shape {shape}, got "
-                                 f"{getattr(face, 'dtype', type(face).__name__)} "
-                                 f"{getattr(face, 'shape', '')}")
         host = self._stack(faces)
+        graphed = self._graphed
+        if graphed is not None and len(faces) <= graphed.batch:
+            with torch.no_grad():
+                return graphed.run(host).numpy()
         with torch.inference_mode():
             x = host.to(self._device, non_blocking=self._pinned)
-            x = x.permute(0, 3, 1, 2)          # NCHW view of NHWC memory = channels_last already
-            if not self._channels_last:
-                x = x.contiguous()
             # facenet-pytorch's fixed_image_standardization, on the device, in one pass
-            x = x.float().sub_(127.5).div_(128.0)
+            x = standardize(x, self._channels_last)
             out = F.normalize(self._forward(x).float(), p=2, dim=1)
             return out.cpu().numpy()
 
     def _stack(self, faces: Sequence[np.ndarray]) -> torch.Tensor:
+        """All faces in one uint8 [n, 160, 160, 3] tensor (pinned on CUDA) with one np.stack;
+        the per-face checks run only to name the face that made it fail."""
         n = len(faces)
-        if not self._pinned:
-            return torch.from_numpy(np.stack(faces))
-        if self._host is None or self._host.shape[0] < n:
-            cap = max(n, self.cfg.batch_size)
-            self._host = torch.empty((cap, INPUT_SIZE, INPUT_SIZE, 3), dtype=torch.uint8).pin_memory()
-        # Safe to overwrite: the previous embed() waited for its results (out.cpu()).
-        np.stack(faces, out=self._host.numpy()[:n])
-        return self._host[:n]
+        try:
+            if not self._pinned:
+                stacked = np.stack(faces)
+                if stacked.dtype != np.uint8 or stacked.shape[1:] != _FACE_SHAPE:
+                    raise ValueError("not uint8 faces of the input size")
+                return torch.from_numpy(stacked)
+            if self._host is None or self._host.shape[0] < n:
+                cap = max(n, self.cfg.batch_size)
+                self._host = torch.empty((cap, *_FACE_SHAPE), dtype=torch.uint8).pin_memory()
+            # Safe to overwrite: the previous embed() waited for its results (a sync .cpu()).
+            np.stack(faces, out=self._host.numpy()[:n], casting="no")
+            return self._host[:n]
+        except (ValueError, TypeError):
+            _check_faces(faces)
+            raise
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The bare model under the chosen autocast; ``x`` is standardized, on the device."""
         assert self._model is not None
+        # No weight-cast cache: each weight is cast once per forward anyway, and CUDA graph
+        # capture must not keep casts made outside it.
         with torch.autocast(self._device.type, dtype=self._amp or torch.float32,
-                            enabled=self._amp is not None):
+                            enabled=self._amp is not None, cache_enabled=False):
             return self._model(x)
+
+
+_FACE_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
+
+
+def _check_faces(faces: Sequence[Any]) -> None:
+    """Raise a ValueError naming the first face that is not uint8 (160, 160, 3)."""
+    for i, face in enumerate(faces):
+        if getattr(face, "shape", None) != _FACE_SHAPE or getattr(face, "dtype", None) != np.uint8:
+            raise ValueError(f"face {i}: expected a uint8 array of shape {_FACE_SHAPE}, got "
+                             f"{getattr(face, 'dtype', type(face).__name__)} "
+                             f"{getattr(face, 'shape', '')}")
 
 
 def _import_facenet():
