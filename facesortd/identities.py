@@ -25,41 +25,21 @@ import numpy as np
 from .cluster_assign import FaceIndex, assign_incremental
 from .cluster_index import SearchCache
 from .cluster_recluster import recluster
-from .clustering import ClusterParams, Constraints, Graph, ReclusterResult, build_graph, radius_neighbours
+from .clustering import ClusterParams, Graph, ReclusterResult, build_graph, radius_neighbours
+from .identity_store import (  # noqa: F401 (history_marker, load_constraints, recluster_state_dir: public)
+    history_marker, load_constraints, load_pinned_ids, meta_get, meta_set, read_graph,
+    record_merges, record_suggestion, recluster_state_dir, rows_of, write_edges,
+)
 from .store import Store
 
-__all__ = ["IdentityService", "service_for", "load_constraints", "history_marker"]
+__all__ = ["IdentityService", "service_for", "load_constraints", "history_marker",
+           "recluster_state_dir"]
 
 log = logging.getLogger("facesortd.identities")
 
 _STOP = object()
 _RECLUSTER = object()
 _EDGE_CHUNK = 50_000
-
-
-def history_marker(conn) -> tuple[int, int]:
-    """Changes whenever a correction is made or undone (by this process or another one)."""
-    row = conn.execute("SELECT COALESCE(MAX(id), 0), COALESCE(SUM(undone), 0) FROM history").fetchone()
-    return int(row[0]), int(row[1])
-
-
-def load_constraints(conn) -> Constraints:
-    pinned = dict(conn.execute("SELECT id, identity_id FROM faces "
-                               "WHERE pinned = 1 AND rejected = 0 AND identity_id IS NOT NULL"))
-    cannot = frozenset((int(f), int(i)) for f, i in conn.execute(
-        "SELECT face_id, identity_id FROM cannot_link"))
-    named = frozenset(r[0] for r in conn.execute(
-        "SELECT id FROM identities WHERE name IS NOT NULL AND merged_into IS NULL"))
-    return Constraints(pinned=pinned, cannot_link=cannot, named=named)
-
-
-def _meta_get(conn, key: str) -> Optional[str]:
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return row[0] if row else None
-
-
-def _meta_set(conn, key: str, value: object) -> None:
-    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
 
 
 class IdentityService:
@@ -97,7 +77,7 @@ class IdentityService:
         """Catch up on faces stored but never assigned (a crash), then serve the queue."""
         self._ensure_loaded()
         with self.store.read() as conn:
-            upto = _meta_get(conn, "graph_upto")
+            upto = meta_get(conn, "graph_upto")
             has_faces = conn.execute("SELECT 1 FROM faces WHERE rejected = 0 LIMIT 1").fetchone()
             if upto is not None:
                 missed = [r[0] for r in conn.execute(
@@ -191,7 +171,7 @@ class IdentityService:
             self._marker = history_marker(conn)
             rows = conn.execute("SELECT id, image_id, COALESCE(identity_id, -1) FROM faces "
                                 "WHERE rejected = 0 ORDER BY id").fetchall()
-            upto = _meta_get(conn, "graph_upto")
+            upto = meta_get(conn, "graph_upto")
         arr = np.array(rows, np.int64).reshape(-1, 3)
         old = self._fid
         self._fid, self._fimg, self._fident = arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy()
@@ -211,18 +191,18 @@ class IdentityService:
         if self._marker is None:
             with self.store.transaction() as conn:
                 # a new store: the (empty) graph is complete, and grows with each assignment
-                if _meta_get(conn, "graph_upto") is None and \
+                if meta_get(conn, "graph_upto") is None and \
                         conn.execute("SELECT 1 FROM faces LIMIT 1").fetchone() is None:
-                    _meta_set(conn, "graph_upto", 0)
-                    _meta_set(conn, "graph_radius", self.params.eps)
+                    meta_set(conn, "graph_upto", 0)
+                    meta_set(conn, "graph_radius", self.params.eps)
             self._reload()
 
     def _assign_missed(self) -> None:
         """Place faces stored after the graph's last face (still queued, or never assigned), so
         the recluster can use the stored graph instead of rebuilding it."""
         with self.store.read() as conn:
-            upto = _meta_get(conn, "graph_upto")
-            radius = _meta_get(conn, "graph_radius")
+            upto = meta_get(conn, "graph_upto")
+            radius = meta_get(conn, "graph_radius")
         if upto is None or radius is None or abs(float(radius) - self.params.eps) >= 1e-9:
             return
         ids, _ = self.store.vectors()
@@ -272,7 +252,7 @@ class IdentityService:
             marks = ",".join("?" * len(new))
             img_of = dict(conn.execute(f"SELECT id, image_id FROM faces WHERE id IN ({marks})",
                                        new.tolist())) if len(new) else {}
-        present, rows = _rows_of(ids, new)
+        present, rows = rows_of(ids, new)
         new, rows = new[present], rows[present]
         if not len(new):
             return None
@@ -343,12 +323,12 @@ class IdentityService:
         """The stored eps-graph by row position, or a brute-force one (True) when the stored one
         is incomplete (faces never assigned) or was built with a smaller radius than eps."""
         with self.store.read() as conn:
-            radius = _meta_get(conn, "graph_radius")
-            upto = _meta_get(conn, "graph_upto")
+            radius = meta_get(conn, "graph_radius")
+            upto = meta_get(conn, "graph_upto")
             complete = (radius is not None and abs(float(radius) - self.params.eps) < 1e-9
                         and upto is not None and (not len(ids) or int(upto) >= int(ids.max())))
             if complete:
-                graph = _read_graph(conn, ids, self.params.eps)
+                graph = read_graph(conn, ids, self.params.eps)
         if not complete:
             log.info("building the neighbour graph of %d faces (eps %.3f)", len(ids), self.params.eps)
             return build_graph(matrix, self.params.eps), True
@@ -359,14 +339,14 @@ class IdentityService:
         ids, matrix = self.store.vectors()
         rows = np.flatnonzero(np.isin(ids, face_ids))
         with self.store.read() as conn:
-            radius = float(_meta_get(conn, "graph_radius") or self.params.eps)
+            radius = float(meta_get(conn, "graph_radius") or self.params.eps)
         found = [(ids[rows[q]], ids[r], d) for q, r, d in radius_neighbours(matrix, matrix[rows], radius)]
         if found:
             a = np.concatenate([f[0] for f in found]); b = np.concatenate([f[1] for f in found])
             d = np.concatenate([f[2] for f in found])
             keep = a != b
             with self.store.transaction() as conn:
-                _write_edges(conn, a[keep], b[keep], d[keep])
+                write_edges(conn, a[keep], b[keep], d[keep])
 
     # ---- writing a result ---------------------------------------------------------------------
 
@@ -397,21 +377,21 @@ class IdentityService:
                    for f, lab in zip(ids[changed].tolist(), label[changed].tolist())]
             conn.executemany("UPDATE faces SET identity_id = ? WHERE id = ? AND pinned = 0 "
                              "AND rejected = 0", upd)
-            self._record_merges(conn, previous, label)
+            record_merges(conn, previous, label)
             for s in result.suggestions:
-                self._record_suggestion(conn, s.a, s.b, s.distance)
+                record_suggestion(conn, s.a, s.b, s.distance)
             if replace_graph:
                 conn.execute("DELETE FROM face_edges")
             if graph is not None and len(graph.i):
-                _write_edges(conn, graph.i, graph.j, graph.d)
+                write_edges(conn, graph.i, graph.j, graph.d)
             if replace_graph or new_faces is not None:
                 top = upto if upto is not None else int(new_faces[0].max())
-                old = _meta_get(conn, "graph_upto")
+                old = meta_get(conn, "graph_upto")
                 if replace_graph:
-                    _meta_set(conn, "graph_upto", top)
-                    _meta_set(conn, "graph_radius", self.params.eps)
+                    meta_set(conn, "graph_upto", top)
+                    meta_set(conn, "graph_radius", self.params.eps)
                 elif old is not None:   # else the graph was never complete: a recluster rebuilds it
-                    _meta_set(conn, "graph_upto", max(top, int(old)))
+                    meta_set(conn, "graph_upto", max(top, int(old)))
         # the cache follows what was written (pinned faces were left alone by the UPDATE)
         if new_faces is not None and n_new:
             self._fid = np.concatenate([self._fid, ids[:n_new]])
@@ -429,88 +409,6 @@ class IdentityService:
                 self._fident[pos[k]] = label[k]
         return True
 
-    @staticmethod
-    def _record_merges(conn, previous: np.ndarray, label: np.ndarray) -> None:
-        """An unnamed identity left with no face, its faces gone to one other: merged into it."""
-        had = previous >= 0
-        gone = np.setdiff1d(np.unique(previous[had]), label)
-        for o in gone.tolist():
-            to = label[(previous == o) & (label >= 0)]
-            if not len(to):
-                continue
-            values, counts = np.unique(to, return_counts=True)
-            target = int(values[np.argmax(counts)])
-            conn.execute("UPDATE identities SET merged_into = ? WHERE id = ? AND name IS NULL "
-                         "AND merged_into IS NULL", (target, int(o)))
-
-    @staticmethod
-    def _record_suggestion(conn, a: int, b: int, distance: float) -> None:
-        a, b = min(a, b), max(a, b)
-        row = conn.execute("SELECT id, status FROM suggestions WHERE a = ? AND b = ?", (a, b)).fetchone()
-        if row is None:
-            conn.execute("INSERT INTO suggestions (a, b, distance, status) VALUES (?, ?, ?, 'open')",
-                         (a, b, float(distance)))
-        elif row[1] == "open":
-            conn.execute("UPDATE suggestions SET distance = ? WHERE id = ?", (float(distance), row[0]))
-
-
-def _lookup(ids: np.ndarray):
-    """A function: wanted ids -> (present, row in ``ids``); no sort when ids ascend (usual)."""
-    if not len(ids):
-        return lambda wanted: (np.zeros(len(wanted), bool), np.zeros(len(wanted), np.int64))
-    order = None if bool(np.all(ids[1:] > ids[:-1])) else np.argsort(ids, kind="stable")
-    look = ids if order is None else ids[order]
-
-    def find(wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pos = np.minimum(np.searchsorted(look, wanted), len(ids) - 1)
-        return look[pos] == wanted, (pos if order is None else order[pos])
-    return find
-
-
-def _rows_of(ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(present, row in ``ids``) per wanted id."""
-    return _lookup(ids)(wanted)
-
-
-def _read_graph(conn, ids: np.ndarray, eps: float, chunk: int = 1 << 16) -> Graph:
-    """The stored edges within eps between faces in ``ids``, by row position (int32), read in
-    chunks straight into arrays: millions of edges never become millions of Python tuples."""
-    total = conn.execute("SELECT COUNT(*) FROM face_edges").fetchone()[0]
-    index_type = np.int32 if len(ids) < 2**31 else np.int64
-    gi, gj = np.empty(total, index_type), np.empty(total, index_type)
-    gd = np.empty(total, np.float32)
-    k, find = 0, _lookup(ids)
-    cursor = conn.execute("SELECT a, b, d FROM face_edges")
-    while rows := cursor.fetchmany(chunk):
-        e = np.array(rows, np.float64).reshape(-1, 3)
-        ok_a, ra = find(e[:, 0].astype(np.int64))
-        ok_b, rb = find(e[:, 1].astype(np.int64))
-        ok = ok_a & ok_b & (e[:, 2] <= eps)
-        m = int(ok.sum())
-        gi[k:k + m], gj[k:k + m] = np.minimum(ra[ok], rb[ok]), np.maximum(ra[ok], rb[ok])
-        gd[k:k + m] = e[ok, 2]
-        k += m
-    return Graph(gi[:k], gj[:k], gd[:k])
-
-
-def load_pinned_ids(store: Store, face_ids: np.ndarray) -> list[int]:
-    if not len(face_ids):
-        return []
-    out: list[int] = []
-    with store.read() as conn:
-        for s in range(0, len(face_ids), 900):
-            chunk = [int(f) for f in face_ids[s:s + 900]]
-            out += [r[0] for r in conn.execute(
-                f"SELECT id FROM faces WHERE pinned = 1 AND id IN ({','.join('?' * len(chunk))})", chunk)]
-    return out
-
-
-def _write_edges(conn, a: np.ndarray, b: np.ndarray, d: np.ndarray) -> None:
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    rows = zip(lo.tolist(), hi.tolist(), np.asarray(d, np.float64).tolist())
-    conn.executemany("INSERT OR REPLACE INTO face_edges (a, b, d) VALUES (?, ?, ?)", rows)
-
-
 def service_for(store: Store, clustering, default_eps: float,
                 on_changed: Optional[Callable[[], None]] = None) -> IdentityService:
     """The service as the config asks: ``clustering.eps`` (``auto`` = the embedder's tuned eps),
@@ -520,35 +418,3 @@ def service_for(store: Store, clustering, default_eps: float,
                            clustering.recluster_after_faces, on_changed=on_changed)
 
 
-def recluster_state_dir(config) -> dict:
-    """``facesortd recluster``: when a daemon holds the state dir, ask it (SIGUSR1; the pid is in
-    ``<state_dir>/lock``); otherwise take the lock, recluster the store here and return the counts."""
-    import fcntl
-    import os
-    import signal
-
-    from .embedders import create_embedder
-    from .errors import FacesortdError
-
-    state_dir = config.state_dir
-    if not (state_dir / "facesortd.db").exists():
-        raise FacesortdError(f"no store yet in {state_dir}: run `facesortd run` first")
-    fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 64).decode(errors="replace").strip()
-            if not text.isdigit():
-                raise FacesortdError(f"{state_dir} is locked by a process that wrote no pid "
-                                     f"in {state_dir / 'lock'}; try again in a moment") from None
-            os.kill(int(text), signal.SIGUSR1)
-            return {"signalled_daemon": int(text)}
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        with Store.open(state_dir) as store:
-            embedder = create_embedder(config.embedder)   # not loaded: only its tuned eps
-            service = service_for(store, config.clustering, embedder.default_eps)
-            return service.recluster(reason="facesortd recluster").counts() | (service.last_counts or {})
-    finally:
-        os.close(fd)
