@@ -193,3 +193,45 @@ def test_facesortd_web_alone_makes_files_follow_a_rename(library, tmp_path):
             ReviewServer(config).open()
     finally:
         server.close()
+
+
+def test_facesortd_web_command_reclusters_on_sigusr1_and_stops_on_sigterm(library, tmp_path):
+    """`facesortd recluster` signals whoever holds the state folder: `facesortd web` too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from identity_fixtures import copy_library
+
+    copy_library(library, tmp_path)
+    cfg = tmp_path / "facesortd.yaml"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "facesortd", "web", "--config", str(cfg),
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "review page on http" in line and line.startswith("facesortd"):
+                break
+        url = lines[-1].split(" on ")[1].strip()
+        assert _http(url + "api/identities")["total"] >= 4
+        out = subprocess.run([sys.executable, "-m", "facesortd", "recluster", "--config", str(cfg)],
+                             capture_output=True, text=True, timeout=60)
+        assert json.loads(out.stdout) == {"signalled_daemon": proc.pid}
+        deadline = time.monotonic() + 30
+        for line in proc.stdout:
+            lines.append(line)
+            if "recluster (requested)" in line or time.monotonic() > deadline:
+                break
+        assert any("recluster (requested)" in line for line in lines), "".join(lines)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -98,12 +98,18 @@ def serve(config: Config, port: Optional[int] = None) -> None:
     import signal
 
     server = ReviewServer(config, port)
+    recluster = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: server.stop.set())
     signal.signal(signal.SIGINT, lambda *_: server.stop.set())
+    # `facesortd recluster` finds this process's pid in the lock, like the daemon's: SIGUSR1
+    signal.signal(signal.SIGUSR1, lambda *_: recluster.set())
     server.open()
     try:
         server.start()
         print(f"facesortd review page on {server.web.url}", flush=True)
-        server.stop.wait()
+        while not server.stop.wait(0.2):
+            if recluster.is_set():
+                recluster.clear()
+                server.identities.request_recluster()
     finally:
         server.close()
