@@ -4,9 +4,10 @@ On a GPU the model is fast enough that the pipeline's Python work becomes the li
 threads compete with the model thread for the GIL. Here each decoding process is a fresh Python
 (``python -m facesortd.decode_pool FD``: never forked from a process that holds CUDA, never
 importing torch, so no second torch thread pool) that reads chunks of requests from a socket, and
-answers with each file's SHA-256, size and decoded uint8 pixels, or the reason it is broken. One
-thread in this process drives each worker process, with up to two chunks in flight so the process
-never waits for it; it hands each chunk's answers to ``deliver`` in the order the jobs were taken.
+answers with each file's SHA-256, size and decoded uint8 pixels, or the reason it is broken. The
+pixels go through shared memory (decode_arena.py), the rest through the socket. One thread in
+this process drives each worker process, with up to two chunks in flight so the process never
+waits for it; it hands each chunk's answers to ``deliver`` in the order the jobs were taken.
 
 A file that crashes its decoding process (a decoder bug, an out-of-memory kill) costs only that
 file: the process is replaced, the files of the lost chunks are decoded again one per request,
@@ -31,6 +32,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
+from .decode_arena import Arena
 from .errors import BadImage
 from .imageio import decode, decode_face_crop, sha256_file
 
@@ -74,8 +76,9 @@ def hash_and_decode(request: Request) -> Result:
         return BadImage(f"unexpected error: {type(exc).__name__}: {exc}")
 
 
-def _serve(conn: Connection) -> None:
-    """The decoding process's loop: a list of requests in, (results, seconds spent) out.
+def _serve(conn: Connection, arena: Optional[Arena]) -> None:
+    """The decoding process's loop: (region, requests) in, (results, seconds spent) out, with
+    the pixels packed into that region of the arena when there is one.
 
     SIGTERM and SIGINT are the daemon's to handle (systemd signals the whole cgroup, Ctrl-C the
     whole process group): the process ends when the daemon closes the socket, never before.
@@ -85,11 +88,14 @@ def _serve(conn: Connection) -> None:
     conn.send("ready")
     while True:
         try:
-            requests = conn.recv()
-            if requests is None:
+            message = conn.recv()
+            if message is None:
                 return
+            region, requests = message
             t0 = time.perf_counter()
-            results = [hash_and_decode(r) for r in requests]
+            results = [hash_and_decode((Path(p), kind, param)) for p, kind, param in requests]
+            if arena is not None:
+                results = arena.pack(region, results)
             conn.send((results, time.perf_counter() - t0))
         except (EOFError, OSError):
             return              # the pipeline went away
@@ -101,15 +107,21 @@ class _Worker:
     def __init__(self, index: int):
         self.index = index
         ours, theirs = socket.socketpair()
+        self.arena = Arena.create(_IN_FLIGHT)
+        arena_fd = self.arena.fd if self.arena is not None else None
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "facesortd.decode_pool", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+                [sys.executable, "-m", "facesortd.decode_pool", str(theirs.fileno()),
+                 str(arena_fd) if arena_fd is not None else "-"],
+                pass_fds=(theirs.fileno(),) + ((arena_fd,) if arena_fd is not None else ()),
+                stdin=subprocess.DEVNULL, env=env)
         except BaseException:
             ours.close()
+            if self.arena is not None:
+                self.arena.close()
             raise
         finally:
             theirs.close()
@@ -133,11 +145,24 @@ class _Worker:
         except OSError:
             pass
         self.conn.close()
+        if self.arena is not None:
+            self.arena.close()
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+    def send(self, region: int, requests: list[Request]) -> None:
+        """Ask for a chunk, its pixels to go into ``region`` (paths as str: cheaper to pickle)."""
+        self.conn.send((region, [(str(p), kind, param) for p, kind, param in requests]))
+
+    def recv(self, region: int) -> tuple[list[Result], float]:
+        """The answers for the chunk sent with ``region``, their pixels copied out of it."""
+        results, seconds = self.conn.recv()
+        if self.arena is not None:
+            results = self.arena.unpack(region, results)
+        return results, seconds
 
 
 class DecodePool:
@@ -192,27 +217,31 @@ class DecodePool:
 
     # -- one link thread per process ------------------------------------------------------------
     def _link(self, index: int) -> None:
-        sent: deque[list[Any]] = deque()
+        # Chunks in flight with their arena regions; the process answers in order, so a region
+        # is reused only after the chunk that had it was received (and its pixels copied out).
+        sent: deque[tuple[list[Any], int]] = deque()
         stopping = False
+        seq = 0
         while True:
             while not stopping and len(sent) < _IN_FLIGHT:
                 jobs, stopping = self._take(block=not sent)
                 if not jobs:
                     break
-                if not self._send(index, jobs):
-                    sent.append(jobs)
+                region, seq = seq % _IN_FLIGHT, seq + 1
+                sent.append((jobs, region))
+                if not self._send(index, region, jobs):
                     break
-                sent.append(jobs)
             if not sent:
                 if stopping:
                     return
                 continue
-            jobs = sent.popleft()
+            jobs, region = sent.popleft()
             try:
-                results, seconds = self._workers[index].conn.recv()
+                results, seconds = self._workers[index].recv(region)
             except (EOFError, OSError):
-                lost = [jobs, *sent]
+                lost = [jobs, *(chunk for chunk, _ in sent)]
                 sent.clear()
+                seq = 0
                 self._recover(index, [j for chunk in lost for j in chunk])
                 continue
             self._spent(seconds)
@@ -232,9 +261,9 @@ class DecodePool:
         except queue.Empty:
             return jobs, False
 
-    def _send(self, index: int, jobs: list[Any]) -> bool:
+    def _send(self, index: int, region: int, jobs: list[Any]) -> bool:
         try:
-            self._workers[index].conn.send([self._request(job) for job in jobs])
+            self._workers[index].send(region, [self._request(job) for job in jobs])
             return True
         except OSError:
             return False   # the process is gone: the receive that follows finds out
@@ -249,8 +278,8 @@ class DecodePool:
         for job in jobs:
             worker = self._workers[index]
             try:
-                worker.conn.send([self._request(job)])
-                (result,), seconds = worker.conn.recv()
+                worker.send(0, [self._request(job)])
+                (result,), seconds = worker.recv(0)
                 self._spent(seconds)
             except (EOFError, OSError):
                 code = worker.close(5.0)
@@ -266,4 +295,5 @@ class DecodePool:
 
 
 if __name__ == "__main__":
-    _serve(Connection(int(sys.argv[1])))
+    _serve(Connection(int(sys.argv[1])),
+           Arena.attach(int(sys.argv[2]), _IN_FLIGHT) if sys.argv[2] != "-" else None)
