@@ -271,9 +271,11 @@ class Store:
         with self._lock:
             for start in range(0, len(shas), 900):
                 part = shas[start:start + 900]
+                # +status: look rows up by sha256 only; with the status index SQLite scanned
+                # every done image (1.4 ms per 16 hashes at 3,000 images, not 0.08)
                 for sha, image_id in self._conn.execute(
                         f"SELECT sha256, MIN(id) FROM images WHERE sha256 IN "
-                        f"({','.join('?' * len(part))}) AND status IN ('done', 'noface') "
+                        f"({','.join('?' * len(part))}) AND +status IN ('done', 'noface') "
                         "GROUP BY sha256", part):
                     found[sha] = image_id
         return found
