@@ -516,11 +516,8 @@ class Pipeline:
                     log.exception("could not record %s", work.job.path)
                     self._fail(work, f"could not record in the store: {exc}")
         self.stats.store_seconds += time.perf_counter() - t0
-        face_ids: list[int] = []
-        for work, image_id, ids in recorded:
-            self._recorded(work, image_id)
-            face_ids.extend(ids)
-        return face_ids
+        self._recorded_all([(w, image_id) for w, image_id, _ in recorded])
+        return [face_id for _, _, ids in recorded for face_id in ids]
 
     @staticmethod
     def _row(work: _Work) -> tuple:
@@ -529,19 +526,34 @@ class Pipeline:
         return (job.path, job.inbox, work.sha256, work.size, job.mtime_ns,
                 list(zip(work.boxes, work.scores, work.vectors)))
 
-    def _recorded(self, work: _Work, image_id: int) -> None:
-        """After the commit: count, log, and let the file (and copies waiting on it) go."""
-        job = work.job
-        n = len(work.vectors)
-        self.stats.faces += n
-        if n:
-            self.stats.files_done += 1
-            log.info("ingested %s: %d face(s)", job.path, n)
-        else:
-            self.stats.files_noface += 1
-            log.info("ingested %s: no face", job.path)
-        self._finish(job, "done" if n else "noface")
-        self._release_sha(work.sha256, image_id)
+    def _recorded_all(self, recorded: list[tuple[_Work, int]]) -> None:
+        """After the commit: count, log, and let the files (and copies waiting on them) go, as
+        ``_finish`` then ``_release_sha`` would for each, under one lock for the micro-batch."""
+        waiting: list[tuple[str, int, list[Job]]] = []
+        with self._idle:
+            for work, image_id in recorded:
+                self._in_flight.discard(work.job.path)
+                self._sha_owner.pop(work.sha256, None)
+                waiters = self._sha_waiters.pop(work.sha256, None)
+                if waiters:
+                    waiting.append((work.sha256, image_id, waiters))
+            if not self._in_flight:
+                self._idle.notify_all()
+        faces = sum(len(work.vectors) for work, _ in recorded)
+        done = sum(1 for work, _ in recorded if work.vectors)
+        self.stats.faces += faces
+        self.stats.files_done += done
+        self.stats.files_noface += len(recorded) - done
+        if log.isEnabledFor(logging.INFO):
+            for work, _ in recorded:
+                n = len(work.vectors)
+                log.info("ingested %s: %s", work.job.path, f"{n} face(s)" if n else "no face")
+        if self.on_finished:
+            for work, _ in recorded:
+                self.on_finished(work.job, "done" if work.vectors else "noface", None)
+        for sha, image_id, jobs in waiting:
+            for job in jobs:
+                self._record_duplicate(job, sha, job.size, image_id)
 
     def _release_sha(self, sha: str, image_id: Optional[int]) -> None:
         """The first copy of some content is finished: settle the copies that waited for it."""
