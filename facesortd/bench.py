@@ -151,7 +151,8 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
                  count: int = 1000, batch_size: int = 64, device: str = "auto",
                  precision: str = "auto", repeats: int = 3, old_tool: bool = True,
                  bare_seconds: float = 2.0, workers: Optional[int] = None,
-                 decode_processes: Optional[int] = None, ceiling: bool = False) -> dict:
+                 decode_processes: Optional[int] = None, ceiling: bool = False,
+                 cuda_graphs: bool = True) -> dict:
     """Ingest ``count`` files through the real pipeline ``repeats`` times (fresh store each time),
     each run between two measurements of the bare model at the same settings in the same process,
     and (facenet, aligned) followed by the old tool's way on the same files.
@@ -169,6 +170,7 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
     decoding processes) per image: with decoding processes, most of it needs the GIL, so
     1e6 / it bounds what the pipeline can feed a model however many cores the machine has.
     ``decode_processes``: 0 decodes in threads, N in N worker processes, None as the device wants.
+    ``cuda_graphs``: embedder.cuda_graphs (facenet on CUDA replays one captured graph per batch).
     """
     from .embedders import create_embedder
 
@@ -179,7 +181,8 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
         files = (_replicated(inbox, images, count) if images else _synthetic_faces(inbox, count))
         weights = _untrained_weights(tmp) if embedder == "facenet" and not ceiling else None
         emb_cfg = EmbedderConfig(name=embedder, weights=weights, device=device,
-                                 batch_size=batch_size, precision=precision)
+                                 batch_size=batch_size, precision=precision,
+                                 cuda_graphs=cuda_graphs)
         if ceiling:
             from .bench_ceiling import CeilingEmbedder
             model = CeilingEmbedder()

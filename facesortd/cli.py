@@ -103,7 +103,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                           count=args.count, batch_size=args.batch_size, device=args.device,
                           precision=args.precision, repeats=args.repeats,
                           old_tool=args.old_tool, workers=args.workers,
-                          decode_processes=args.decode_processes, ceiling=args.ceiling)
+                          decode_processes=args.decode_processes, ceiling=args.ceiling,
+                          cuda_graphs=args.cuda_graphs)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -216,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ceiling", action="store_true",
                    help="the pipeline's own limit: a benchmark-only model whose forward pass "
                         "costs ~nothing replaces the embedder (no bare model, no old tool)")
+    b.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="facenet on CUDA: embed eagerly (embedder.cuda_graphs: false)")
     b.add_argument("--repeats", type=int, default=5, help="runs (median reported)")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--device", default="auto")
