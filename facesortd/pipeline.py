@@ -571,12 +571,16 @@ class Pipeline:
 
 def decode_processes_for(setting: object, on_cpu: bool) -> int:
     """``embedder.decode_processes`` as a number: auto is threads (0) on a CPU, where the model
-    already uses every core, and on an accelerator half the cores, 2 to 8."""
+    already uses every core, and on an accelerator every usable core but 4 (the model thread, the
+    links to the processes, the store), at least 2. Measured on an H200 with 16 cores, aligned
+    mode: 6 processes 3,977 images/s, 9 processes 4,678, 12 processes 6,064."""
     if setting != "auto":
         return int(setting)  # type: ignore[call-overload]
     if on_cpu:
         return 0
-    return max(2, min(8, (os.cpu_count() or 2) // 2))
+    from .embedders.torchsetup import usable_cores
+
+    return max(2, usable_cores() - 4)
 
 
 def _runs_on_cpu(embedder: Embedder) -> bool:
