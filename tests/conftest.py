@@ -30,3 +30,21 @@ def no_leaked_threads():
         t.join(timeout=5)
     leaked = [t for t in leaked if t.is_alive()]
     assert not leaked, f"threads left running: {[t.name for t in leaked]}"
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, data_dir):
+    """The small real library (identity_fixtures), ingested once per session by the real daemon."""
+    from identity_fixtures import small_library
+
+    return small_library(tmp_path_factory, data_dir)
+
+
+@pytest.fixture
+def review(library, tmp_path):
+    """The review app (web_fixtures.Review) over a fresh copy of ``library``."""
+    from web_fixtures import open_review
+
+    r = open_review(library, tmp_path)
+    yield r
+    r.store.close()

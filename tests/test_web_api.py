@@ -6,21 +6,6 @@ import pytest
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
-from identity_fixtures import small_library  # noqa: E402
-from web_fixtures import open_review  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def library(tmp_path_factory, data_dir):
-    return small_library(tmp_path_factory, data_dir)
-
-
-@pytest.fixture
-def review(library, tmp_path):
-    r = open_review(library, tmp_path)
-    yield r
-    r.store.close()
-
 
 def test_lists_people_largest_first_with_samples_and_pages(review):
     body = review.client.get("/api/identities").json

@@ -16,22 +16,9 @@ from facesortd.errors import ConfigError, FacesortdError  # noqa: E402
 from facesortd.config import parse_config  # noqa: E402
 from facesortd.web import create_app  # noqa: E402
 from facesortd.web.serve import ReviewServer  # noqa: E402
-from identity_fixtures import small_library  # noqa: E402
 from web_fixtures import open_review  # noqa: E402
 
 TOKEN = "s3cret-token-for-tests"
-
-
-@pytest.fixture(scope="module")
-def library(tmp_path_factory, data_dir):
-    return small_library(tmp_path_factory, data_dir)
-
-
-@pytest.fixture
-def review(library, tmp_path):
-    r = open_review(library, tmp_path)
-    yield r
-    r.store.close()
 
 
 @pytest.fixture
