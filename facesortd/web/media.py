@@ -31,7 +31,6 @@ THUMB_CACHE = "public, max-age=31536000, immutable"
 IMAGE_CACHE = "private, max-age=300"
 MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp",
         "TIFF": "image/tiff", "MPO": "image/jpeg", "GIF": "image/gif"}
-_making = threading.Lock()
 
 
 def thumbs_dir() -> Path:
@@ -118,10 +117,10 @@ def thumb(face_id: int):
 def _save(picture: Image.Image, path: Path) -> None:
     """Write atomically: a reader sees a whole thumbnail or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _making:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-        picture.convert("RGB").save(tmp, "JPEG", quality=85)
-        os.replace(tmp, path)
+    # a temporary name per thread, then an atomic rename: two requests for one face need no lock
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    picture.convert("RGB").save(tmp, "JPEG", quality=85)
+    os.replace(tmp, path)
 
 
 @bp.get("/image/<int:image_id>")
