@@ -174,6 +174,7 @@ def test_facesortd_web_alone_makes_files_follow_a_rename(library, tmp_path):
         assert len(names) >= 3 and all(n.startswith("JK_Rowling__") for n in names)
         with pytest.raises(urllib.error.HTTPError) as refused:
             _http(f"{url}api/identities/{people['JK_Rowling']}/rename", {"name": "x"})
+        refused.value.close()   # an HTTPError holds the connection open: the server's thread waits on it
         assert refused.value.code == 403
         # a second server on the same store is refused while this one holds it
         with pytest.raises(FacesortdError, match="daemon is running"):
