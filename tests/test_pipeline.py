@@ -221,17 +221,17 @@ def test_one_unrecordable_image_does_not_lose_its_micro_batch(tmp_path):
         for i, value in enumerate((0.5, float("nan"), 0.5)):
             path = tmp_path / "inbox" / f"{i}.jpg"
             path.write_bytes(b"x")
-            pipe._in_flight.add(path)
+            pipe._ledger.in_flight.add(path)
             works.append(_Work(job=Job(path, tmp_path / "inbox", "aligned", 1, 1), sha256=f"s{i}",
                                size=1, faces=[None], boxes=[(0.0, 0.0, 1.0, 1.0)], scores=[1.0],
                                vectors=[np.full(4, value, np.float32)]))
-        face_ids = pipe._store_all(works)
+        face_ids = pipe._model.store_all(works)
         rows = images(store)
         assert len(face_ids) == 2
         assert [rows[f"{i}.jpg"][1] for i in range(3)] == ["done", "error", "done"]
         assert "could not record" in rows["1.jpg"][2] and "finite" in rows["1.jpg"][2]
         assert face_count(store, rows["1.jpg"][3]) == 0
         assert store.vectors()[1].shape == (2, 4)
-        assert not pipe._in_flight and pipe.stats.files_done == 2 and pipe.stats.files_error == 1
+        assert not pipe._ledger.in_flight and pipe.stats.files_done == 2 and pipe.stats.files_error == 1
     finally:
         store.close()

@@ -164,7 +164,7 @@ def test_processes_load_no_torch_and_end_with_the_pipeline(tmp_path, data_dir):
         shutil.copy(p, tmp_path / "inbox" / f"{p.parent.name}_{p.name}")
     try:
         pipe.start()
-        pids = pipe._pool.pids()
+        pids = pipe._prep.pool.pids()
         assert len(pids) == 2 and pipe.workers_description() == "2 processes"
         for job in _jobs(tmp_path / "inbox"):
             assert pipe.submit(job)
@@ -186,13 +186,13 @@ def test_a_killed_decoding_process_is_replaced_and_no_file_is_lost(tmp_path, dat
         shutil.copy(p, tmp_path / "inbox" / f"{p.parent.name}_{p.name}")
     try:
         pipe.start()
-        (first,) = pipe._pool.pids()
+        (first,) = pipe._prep.pool.pids()
         os.kill(first, signal.SIGKILL)
-        assert pipe._pool._workers[0].proc.wait(10) == -signal.SIGKILL
+        assert pipe._prep.pool._workers[0].proc.wait(10) == -signal.SIGKILL
         for job in _jobs(tmp_path / "inbox"):
             assert pipe.submit(job)
         assert pipe.drain(60)
-        (second,) = pipe._pool.pids()
+        (second,) = pipe._prep.pool.pids()
         assert second != first
         statuses = {name: r[1] for name, r in images(store).items()}
     finally:
@@ -223,13 +223,13 @@ def test_decoding_processes_outlive_sigterm_so_the_daemon_can_drain(tmp_path, da
         shutil.copy(p, tmp_path / "inbox" / f"{p.parent.name}_{p.name}")
     try:
         pipe.start()
-        (pid,) = pipe._pool.pids()
+        (pid,) = pipe._prep.pool.pids()
         os.kill(pid, signal.SIGTERM)
         os.kill(pid, signal.SIGINT)
         for job in _jobs(tmp_path / "inbox"):
             assert pipe.submit(job)
         assert pipe.drain(60)
-        assert pipe._pool.pids() == [pid] and pipe._pool._workers[0].proc.poll() is None
+        assert pipe._prep.pool.pids() == [pid] and pipe._prep.pool._workers[0].proc.poll() is None
     finally:
         pipe.stop()
         store.close()
