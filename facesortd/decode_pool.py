@@ -2,10 +2,10 @@
 
 On a GPU the model is fast enough that the pipeline's Python work becomes the limit, and decode
 threads compete with the model thread for the GIL. Here each decoding process is a fresh Python
-(``python -m facesortd.decode_pool FD``: never forked from a process that holds CUDA, never
-importing torch, so no second torch thread pool) that reads chunks of requests from a socket, and
-answers with each file's SHA-256, size and decoded uint8 pixels, or the reason it is broken. The
-pixels go through shared memory (decode_arena.py), the rest through the socket. One thread in
+(decode_worker.py: never forked from a process that holds CUDA, never importing torch, so no
+second torch thread pool) that reads chunks of requests from a socket, and answers with each
+file's SHA-256, size and decoded uint8 pixels, or the reason it is broken. The pixels go through
+shared memory (decode_arena.py), the rest through the socket. One thread in
 this process drives each worker process, with up to two chunks in flight so the process never
 waits for it; it hands each chunk's answers to ``deliver`` in the order the jobs were taken.
 
@@ -22,152 +22,21 @@ too; systemd restarts the daemon and the file, still in its inbox, meets a proce
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
-from multiprocessing.connection import Connection
-from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
-import numpy as np
-
-from .decode_arena import Arena
+from .decode_worker import IN_FLIGHT as _IN_FLIGHT
+from .decode_worker import Request, Result, Worker, decode_request, hash_and_decode
 from .errors import BadImage
-from .imageio import decode, decode_face_crop, sha256_file
+
+__all__ = ["CHUNK", "DecodePool", "Request", "Result", "decode_request", "hash_and_decode"]
 
 log = logging.getLogger("facesortd.decode_pool")
 
-#: ("crop", side): aligned mode, the whole image resized to side x side;
-#: ("full", max_side or None): decoded upright, no side longer than max_side.
-Request = tuple[Path, str, Optional[int]]
-#: (sha256, size, rgb, scale, original (w, h)) for a decoded file, or a BadImage for a broken one.
-Result = Union[tuple[str, int, np.ndarray, float, tuple[int, int]], BadImage]
-
 CHUNK = 16            # files per request: amortizes the round trip, keeps latency low
-_IN_FLIGHT = 2        # chunks sent to one process before its first answer is read
-
-
-def decode_request(path: Path, kind: str, param: Optional[int]) -> tuple[np.ndarray, float,
-                                                                      tuple[int, int]]:
-    """Decode one file as a request asks: (rgb uint8 HxWx3, scale, original (w, h)).
-
-    Shared by the decoding threads and processes, so both paths give the same pixels.
-    """
-    if kind == "crop":
-        rgb = decode_face_crop(path, int(param or 0))
-        return rgb, 1.0, (rgb.shape[1], rgb.shape[0])
-    decoded = decode(path, max_side=param)
-    return decoded.rgb, decoded.scale, decoded.original_size
-
-
-def hash_and_decode(request: Request) -> Result:
-    """What one decoding process does for one file; never raises."""
-    path, kind, param = request
-    try:
-        sha, size = sha256_file(path)
-        if size == 0:
-            raise BadImage("the file is empty (0 bytes)")
-        rgb, scale, original = decode_request(path, kind, param)
-        return sha, size, rgb, scale, original
-    except BadImage as exc:
-        return exc
-    except Exception as exc:  # never let one file stop a worker
-        return BadImage(f"unexpected error: {type(exc).__name__}: {exc}")
-
-
-def _serve(conn: Connection, arena: Optional[Arena]) -> None:
-    """The decoding process's loop: (region, requests) in, (results, seconds spent) out, with
-    the pixels packed into that region of the arena when there is one.
-
-    SIGTERM and SIGINT are the daemon's to handle (systemd signals the whole cgroup, Ctrl-C the
-    whole process group): the process ends when the daemon closes the socket, never before.
-    """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn.send("ready")
-    while True:
-        try:
-            message = conn.recv()
-            if message is None:
-                return
-            region, requests = message
-            t0 = time.perf_counter()
-            results = [hash_and_decode((Path(p), kind, param)) for p, kind, param in requests]
-            if arena is not None:
-                results = arena.pack(region, results)
-            conn.send((results, time.perf_counter() - t0))
-        except (EOFError, OSError):
-            return              # the pipeline went away
-
-
-class _Worker:
-    """One decoding process and the socket to it."""
-
-    def __init__(self, index: int):
-        self.index = index
-        ours, theirs = socket.socketpair()
-        self.arena = Arena.create(_IN_FLIGHT)
-        arena_fd = self.arena.fd if self.arena is not None else None
-        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "facesortd.decode_pool", str(theirs.fileno()),
-                 str(arena_fd) if arena_fd is not None else "-"],
-                pass_fds=(theirs.fileno(),) + ((arena_fd,) if arena_fd is not None else ()),
-                stdin=subprocess.DEVNULL, env=env)
-        except BaseException:
-            ours.close()
-            if self.arena is not None:
-                self.arena.close()
-            raise
-        finally:
-            theirs.close()
-        self.conn = Connection(ours.detach())
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait for the process to say it is ready (imports done, signals set)."""
-        try:
-            if self.conn.poll(timeout) and self.conn.recv() == "ready":
-                return
-        except (EOFError, OSError):
-            pass
-        code = self.close(1.0)
-        raise RuntimeError(f"a decoding process did not start (exit code {code}); see its "
-                           "error above")
-
-    def close(self, timeout: float) -> Optional[int]:
-        """Ask the process to exit, wait for it (kill it past ``timeout``); its exit code."""
-        try:
-            self.conn.send(None)
-        except OSError:
-            pass
-        self.conn.close()
-        if self.arena is not None:
-            self.arena.close()
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def send(self, region: int, requests: list[Request]) -> None:
-        """Ask for a chunk, its pixels to go into ``region`` (paths as str: cheaper to pickle)."""
-        self.conn.send((region, [(str(p), kind, param) for p, kind, param in requests]))
-
-    def recv(self, region: int) -> tuple[list[Result], float]:
-        """The answers for the chunk sent with ``region``, their pixels copied out of it."""
-        results, seconds = self.conn.recv()
-        if self.arena is not None:
-            results = self.arena.unpack(region, results)
-        return results, seconds
 
 
 class DecodePool:
@@ -185,7 +54,7 @@ class DecodePool:
         self._intake, self._stop = intake, stop
         self._request, self._deliver, self._spent = request, deliver, spent
         self._chunk = chunk
-        self._workers: list[Optional[_Worker]] = []   # None: the slot's process did not start
+        self._workers: list[Optional[Worker]] = []   # None: the slot's process did not start
         self._threads: list[threading.Thread] = []
         self._retry_at = [0.0] * processes            # when a slot may try to start one again
         self._failed_starts = [0] * processes
@@ -197,7 +66,7 @@ class DecodePool:
         """Start the processes (in parallel: each takes ~0.2 s to import numpy and Pillow)."""
         try:
             for i in range(self.processes):
-                self._workers.append(_Worker(i))
+                self._workers.append(Worker(i))
             for w in self._workers:
                 w.wait_ready()
         except BaseException:
@@ -337,7 +206,7 @@ class DecodePool:
         self._spent(seconds)
         return result
 
-    def _replace(self, index: int) -> Optional[_Worker]:
+    def _replace(self, index: int) -> Optional[Worker]:
         """A new process for slot ``index``; None when it fails to start, or failed lately."""
         if time.monotonic() < self._retry_at[index]:
             return None
@@ -374,12 +243,7 @@ class DecodePool:
         return results
 
     @staticmethod
-    def _fresh(index: int) -> _Worker:
-        worker = _Worker(index)
+    def _fresh(index: int) -> Worker:
+        worker = Worker(index)
         worker.wait_ready()
         return worker
-
-
-if __name__ == "__main__":
-    _serve(Connection(int(sys.argv[1])),
-           Arena.attach(int(sys.argv[2]), _IN_FLIGHT) if sys.argv[2] != "-" else None)
