@@ -25,6 +25,7 @@ import torch
 from .config import DetectorConfig
 from .embedders.base import Box
 from .errors import ModelUnavailable
+from .mtcnn_stages import run_stages
 
 __all__ = ["Detection", "FaceDetector"]
 
@@ -99,7 +100,9 @@ class FaceDetector:
                           thresholds=list(self.thresholds), factor=self.factor, device=self.device)
         except (OSError, RuntimeError) as exc:
             raise ModelUnavailable(f"cannot load the MTCNN weights on {self.device}: {exc}") from exc
-        self._mtcnn = mtcnn.eval()
+        # The batch arrives channels-last (an HWC array seen as NCHW); nets in the same layout
+        # skip a reorder per layer: about 10% of detection time on a CPU.
+        self._mtcnn = mtcnn.eval().to(memory_format=torch.channels_last)
         log.info("MTCNN loaded on %s", self.device)
 
     def describe(self) -> dict:
@@ -157,78 +160,9 @@ class FaceDetector:
         for k, img in enumerate(batch):
             stacked[k, :img.shape[0], :img.shape[1]] = img
         imgs = torch.from_numpy(stacked).to(self.device).permute(0, 3, 1, 2).float()
-        boxes, inds = self._stages(imgs, minsize)
+        boxes, inds = run_stages(self._mtcnn, imgs, minsize, self.thresholds, self.factor)
         boxes, inds = boxes.cpu().numpy(), inds.cpu().numpy()
         return [boxes[inds == k] for k in range(len(batch))]
-
-    def _stages(self, imgs: torch.Tensor, minsize: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """facenet-pytorch's ``detect_face`` (P-, R-, O-Net), with the face crops of stages 2 and 3
-        cut by one ``roi_align`` call instead of one resize per candidate: that loop cost up to
-        hundreds of small parallel regions per image, slow at best and very slow on a busy CPU.
-        Crops past the image edge are zero-padded as in the original MTCNN (facenet-pytorch
-        stretches them instead), which is also what makes black bucket padding harmless.
-        Returns boxes (n, 5: x1 y1 x2 y2 p) and the image index of each box.
-        """
-        from facenet_pytorch.models.utils.detect_face import (
-            batched_nms_numpy, bbreg, generateBoundingBox, rerec)
-        from torch.nn.functional import interpolate
-        from torchvision.ops import batched_nms
-
-        m, (t1, t2, t3) = self._mtcnn, self.thresholds
-        _, _, h, w = imgs.shape
-        empty = (torch.zeros((0, 5)), torch.zeros((0,), dtype=torch.long))
-        # Stage 1: P-Net over the image pyramid, from faces of ``minsize`` up.
-        scale, side = 12.0 / minsize, min(h, w) * 12.0 / minsize
-        found, found_inds = [], []
-        while side >= 12:
-            level = interpolate(imgs, size=(int(h * scale + 1), int(w * scale + 1)), mode="area")
-            reg, probs = m.pnet((level - 127.5) * 0.0078125)
-            b, i = generateBoundingBox(reg, probs[:, 1], scale, t1)
-            keep = batched_nms(b[:, :4], b[:, 4], i, 0.5)
-            found.append(b[keep])
-            found_inds.append(i[keep])
-            scale, side = scale * self.factor, side * self.factor
-        if not found or sum(len(b) for b in found) == 0:
-            return empty
-        b, inds = torch.cat(found), torch.cat(found_inds)
-        keep = batched_nms(b[:, :4], b[:, 4], inds, 0.7)
-        b, inds = b[keep], inds[keep]
-        bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-        boxes = torch.stack([b[:, 0] + b[:, 5] * bw, b[:, 1] + b[:, 6] * bh,
-                             b[:, 2] + b[:, 7] * bw, b[:, 3] + b[:, 8] * bh, b[:, 4]], dim=1)
-        boxes = rerec(boxes)
-        # Stage 2: R-Net refines and rejects.
-        reg, prob = m.rnet(self._crops(imgs, boxes, inds, 24))
-        ok = prob[:, 1] > t2
-        boxes = torch.cat([boxes[ok, :4], prob[ok, 1:2]], dim=1)
-        inds, reg = inds[ok], reg[ok]
-        if len(boxes) == 0:
-            return empty
-        keep = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
-        boxes = rerec(bbreg(boxes[keep], reg[keep]))
-        inds = inds[keep]
-        # Stage 3: O-Net gives the final probability and box.
-        reg, _landmarks, prob = m.onet(self._crops(imgs, boxes, inds, 48))
-        ok = prob[:, 1] > t3
-        boxes = torch.cat([boxes[ok, :4], prob[ok, 1:2]], dim=1)
-        inds, reg = inds[ok], reg[ok]
-        if len(boxes) == 0:
-            return empty
-        boxes = bbreg(boxes, reg)
-        keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], inds, 0.7, "Min")
-        return boxes[keep], inds[keep]
-
-    @staticmethod
-    def _crops(imgs: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: int) -> torch.Tensor:
-        """Every box resized to size x size (area-like sampling), normalised for the network."""
-        from torchvision.ops import roi_align
-
-        # facenet-pytorch cuts rows y-1 .. ey-1 of the truncated box: edges (x-1, y-1, ex, ey).
-        t = boxes[:, :4].trunc()
-        rois = torch.stack([inds.to(t.dtype), t[:, 0] - 1, t[:, 1] - 1, t[:, 2], t[:, 3]], dim=1)
-        crops = roi_align(imgs, rois, output_size=(size, size), spatial_scale=1.0,
-                          sampling_ratio=-1, aligned=True)
-        return (crops - 127.5) * 0.0078125
 
     def _keep(self, boxes: np.ndarray, shape: tuple[int, ...], scale: float) -> list[Detection]:
         h, w = shape[:2]
