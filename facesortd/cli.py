@@ -136,12 +136,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_detect(args: argparse.Namespace) -> int:
-    from .bench import bench_detect
+    from .bench_detect import bench_detect
 
     _setup_logging("warning")
     result = bench_detect(images=args.images, count=args.count, batch_size=args.batch_size,
                           device=args.device, precision=args.precision, repeats=args.repeats,
-                          max_side_px=args.max_side_px)
+                          max_side_px=args.max_side_px, stock=args.stock)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -233,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3, help="runs (median reported)")
     b.add_argument("--max-side-px", type=int, default=None,
                    help="detector.max_side_px (default: the config default)")
+    b.add_argument("--no-stock", dest="stock", action="store_false",
+                   help="skip the detector-alone comparison with facenet-pytorch's MTCNN.detect")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--device", default="auto")
     b.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesortd.bench import bench_detect, bench_ingest, camera_photos
+from facesortd.bench import bench_ingest
+from facesortd.bench_detect import bench_detect, camera_photos
 
 pytest.importorskip("facenet_pytorch")
 
@@ -44,6 +45,11 @@ def test_bench_detect_breakdown_on_big_photos(data_dir):
     assert br["decode (worker threads, summed)"] > 0 and br["detect (model thread)"] > 0
     assert br["embed (model thread)"] > 0
     assert out["pipeline_images_per_s"] > 0
+    alone = out["detector_vs_facenet_pytorch"]
+    assert alone["input"] == "1024x768" and alone["ours_ms_per_image"] > 0
+    assert alone["speedup_vs_stock"] == pytest.approx(
+        alone["stock_mtcnn_ms_per_image"] / alone["ours_ms_per_image"], rel=0.02)
+    assert alone["faces_ours"] >= 1 and alone["faces_stock_p_over_min_probability"] >= 1
 
 
 def test_bench_web_times_every_route_and_a_thumbnail(tmp_path, data_dir):
