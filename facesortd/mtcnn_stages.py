@@ -33,7 +33,9 @@ class HalvingPyramid:
     """The batch at full size, 1/2, 1/4, ...: level k is the exact 2^k x 2^k mean of level 0."""
 
     def __init__(self, imgs: torch.Tensor, smallest: int = 12):
-        self.levels = [imgs]
+        # Plain NCHW: area resizing is faster in it than channels-last, and roi_align would
+        # otherwise copy every level it samples.
+        self.levels = [imgs.contiguous()]
         while min(self.levels[-1].shape[-2:]) >= 2 * smallest:
             self.levels.append(avg_pool2d(self.levels[-1], 2))
 
