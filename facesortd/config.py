@@ -62,6 +62,9 @@ class EmbedderConfig(_Model):
     decode_processes: Union[Literal["auto"], int] = "auto"
     #: facenet on CUDA: replay the whole embedding step as one captured CUDA graph (false: eager)
     cuda_graphs: bool = True
+    #: facenet on CPU: BatchNorm and residual scales folded into the convolutions (same fp32
+    #: results within float rounding, fewer passes); false: the model exactly as facenet-pytorch builds it
+    fold: bool = True
 
     @field_validator("decode_processes", mode="before")
     @classmethod
@@ -83,6 +86,23 @@ class DetectorConfig(_Model):
     min_face_px: int = Field(40, ge=1)
     min_probability: float = Field(0.95, ge=0.0, le=1.0)
     max_side_px: int = Field(1024, ge=160)
+    #: Faces are cut from a copy at most this large (``auto``: twice ``max_side_px``).
+    crop_max_side_px: Union[Literal["auto"], int] = "auto"
+
+    @field_validator("crop_max_side_px", mode="before")
+    @classmethod
+    def _crop_side(cls, value: Any, info: Any) -> Union[str, int]:
+        if value == "auto":
+            return value
+        least = info.data.get("max_side_px", 160)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"must be 'auto' or a number of pixels no smaller than "
+                             f"detector.max_side_px ({least}), not {value!r}")
+        return value
+
+    def crop_side(self) -> int:
+        """The longest side of the copy faces are cut from."""
+        return 2 * self.max_side_px if self.crop_max_side_px == "auto" else self.crop_max_side_px
 
 
 class ClusteringConfig(_Model):

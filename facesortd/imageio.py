@@ -22,7 +22,7 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 
 from .errors import BadImage
 
-__all__ = ["Decoded", "decode", "decode_face_crop", "sha256_file", "DEFAULT_MAX_PIXELS", "FORMATS"]
+__all__ = ["Decoded", "decode", "decode_face_crop", "sha256_file", "shrink", "DEFAULT_MAX_PIXELS", "FORMATS"]
 
 DEFAULT_MAX_PIXELS = 80_000_000
 
@@ -64,6 +64,25 @@ def decode(path: Path, max_side: int | None = None,
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be positive, not {max_side}")
     return _guarded(path, lambda f: _decode(f, max_side, max_pixels))
+
+
+def shrink(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """A copy of ``rgb`` no side longer than ``max_side`` and the factor its pixels grew by
+    (``rgb`` itself and 1.0 when it is small enough). An exact k x k mean when that lands within
+    ``DRAFT_SLACK`` of the size asked for (a 2000 px copy becomes 1000 px for 1024), as JPEG draft
+    would have decoded it; else a bilinear resize."""
+    h, w = rgb.shape[:2]
+    if max(h, w) <= max_side:
+        return rgb, 1.0
+    im = Image.fromarray(np.ascontiguousarray(rgb))
+    k = math.ceil(max(h, w) / max_side)
+    if max(h, w) / k >= max_side * DRAFT_SLACK:
+        out = im.reduce(k)
+    else:
+        ratio = max_side / max(h, w)
+        out = im.resize((max(1, math.floor(w * ratio)), max(1, math.floor(h * ratio))),
+                        Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(out), w / out.size[0]
 
 
 def decode_face_crop(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

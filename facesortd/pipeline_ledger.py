@@ -38,6 +38,8 @@ class Work:
     scores: list[float] = field(default_factory=list)
     rgb: Optional[np.ndarray] = None                      # detect mode: decoded image awaiting detection
     scale: float = 1.0
+    crop_rgb: Optional[np.ndarray] = None                 # detect mode: the larger copy faces are cut from
+    crop_scale: float = 1.0
     vectors: list[np.ndarray] = field(default_factory=list)
 
 

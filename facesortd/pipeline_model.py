@@ -120,8 +120,8 @@ class ModelStage:
                     found.append(exc)
         self.stats.detect_seconds += time.perf_counter() - t0
         for work, detections in zip(works, found):
-            rgb, scale = work.rgb, work.scale
-            work.rgb = None
+            rgb, scale = work.crop_rgb, work.crop_scale  # faces come from the larger copy
+            work.rgb = work.crop_rgb = None
             if isinstance(detections, Exception):
                 self.ledger.fail(work, f"face detection failed: {detections}")
                 continue

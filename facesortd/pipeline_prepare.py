@@ -20,7 +20,7 @@ from .config import Config
 from .decode_pool import DecodePool, Request, Result, decode_request
 from .embedders.base import Embedder
 from .errors import BadImage
-from .imageio import sha256_file
+from .imageio import sha256_file, shrink
 from .jobs import Job
 from .pipeline_ledger import Ledger, Stats, Work
 from .store import Store
@@ -120,13 +120,16 @@ class Preparer:
         if job.mode == "aligned":
             crop_size = getattr(self.embedder, "crop_size", None)
             return (job.path, "crop", crop_size) if crop_size else (job.path, "full", None)
-        return job.path, "full", self.config.detector.max_side_px
+        return job.path, "full", self.config.detector.crop_side()
 
     def _fill(self, work: Work, rgb: np.ndarray, scale: float,
               original: tuple[int, int]) -> Work:
-        """Put decoded pixels into ``work``: the face itself (aligned) or the detector's input."""
+        """Put decoded pixels into ``work``: the face itself (aligned), or the copy faces are cut
+        from and the smaller one the detector looks at (detect)."""
         if work.job.mode != "aligned":
-            work.rgb, work.scale = rgb, scale
+            work.crop_rgb, work.crop_scale = rgb, scale
+            work.rgb, grown = shrink(rgb, self.config.detector.max_side_px)
+            work.scale = scale * grown
             return work
         h, w = rgb.shape[:2]
         if getattr(self.embedder, "crop_size", None):
