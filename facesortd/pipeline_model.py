@@ -21,6 +21,11 @@ log = logging.getLogger("facesortd.pipeline")
 
 _STOP = object()
 
+#: Decoded pixels waiting for the model, at most (one hand-over larger than this still passes
+#: alone). Detect mode holds two copies of each photo (~11 MB for a 12-megapixel one), and
+#: decoding processes hand over 16 at a time, so a count of hand-overs alone bounds nothing useful.
+MAX_QUEUED_BYTES = 512 << 20
+
 
 class ModelStage:
     """Work from ``hand_over`` to the store; ``idle`` is the workers' gate, closed during forward
@@ -36,10 +41,22 @@ class ModelStage:
         self.idle.set()
         self.gated = False
         self._thread: Optional[threading.Thread] = None
+        self._room = threading.Condition()
+        self._queued_bytes = 0
 
     def hand_over(self, works: list[Work]) -> None:
         """Queue prepared images for the model (blocks while the model is behind)."""
+        size = sum(_pixel_bytes(w) for w in works)
+        with self._room:
+            while self._queued_bytes and self._queued_bytes + size > MAX_QUEUED_BYTES:
+                self._room.wait()
+            self._queued_bytes += size
         self._prepared.put(works)
+
+    def _taken(self, works: list[Work]) -> None:
+        with self._room:
+            self._queued_bytes -= sum(_pixel_bytes(w) for w in works)
+            self._room.notify_all()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="facesortd-model")
@@ -70,6 +87,7 @@ class ModelStage:
                             stopping = True
                             break
                         items.extend(got)
+                        self._taken(got)
                         if len(items) >= batch_size:
                             break
                         got = self._prepared.get_nowait()
@@ -193,3 +211,8 @@ def _row(work: Work) -> tuple:
     job = work.job
     return (job.path, job.inbox, work.sha256, work.size, job.mtime_ns,
             list(zip(work.boxes, work.scores, work.vectors)))
+
+
+def _pixel_bytes(work: Work) -> int:
+    arrays = [work.rgb, work.crop_rgb, *work.faces]
+    return sum(a.nbytes for a in arrays if hasattr(a, "nbytes"))

@@ -77,3 +77,32 @@ def test_faces_cut_from_the_larger_copy_embed_closer_to_full_resolution(tmp_path
         ref = model.embed([model.prepare(full.rgb, box) for box in boxes])
         distances[side] = float(np.median(np.linalg.norm(matrix - ref, axis=1)))
     assert distances[1280] < 0.6 * distances[640], distances
+
+
+def test_pixels_waiting_for_the_model_are_bounded(tmp_path, monkeypatch):
+    """A hand-over waits while the queued pixels would pass the bound, and goes on as soon as
+    the model takes some; one over the bound on its own still passes (no deadlock)."""
+    import threading
+
+    from facesortd import pipeline_model
+    from facesortd.jobs import Job
+    from facesortd.pipeline_ledger import Stats, Work
+
+    monkeypatch.setattr(pipeline_model, "MAX_QUEUED_BYTES", 3_000_000)
+    config = parse_config("{}", tmp_path / "c.yaml")
+    stage = pipeline_model.ModelStage(config, None, None, None, None, Stats())
+
+    def work(i: int) -> Work:
+        w = Work(Job(tmp_path / f"{i}.jpg", tmp_path, "detect", 1, 0), f"{i:064x}", 1)
+        w.crop_rgb = np.zeros((1000, 1000, 3), np.uint8)   # 3 MB
+        w.rgb = np.zeros((500, 500, 3), np.uint8)          # 0.75 MB
+        return w
+
+    stage.hand_over([work(0)])  # 3.75 MB: over the bound, but alone
+    second = threading.Thread(target=stage.hand_over, args=([work(1)],))
+    second.start()
+    second.join(0.5)
+    assert second.is_alive()  # waits for room
+    stage._taken(stage._prepared.get_nowait())
+    second.join(5)
+    assert not second.is_alive() and stage._prepared.qsize() == 1
