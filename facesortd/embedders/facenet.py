@@ -3,8 +3,8 @@
 Weights come from ``embedder.weights``, else the cache file facenet-pytorch itself uses, else the
 download facenet-pytorch would do. The model id carries a hash of the weights file, so vectors of
 two different weights files never share a store. Speed settings (bf16/fp16 autocast, channels_last,
-cudnn autotuning, pinned host memory, a CUDA graph of the whole step) are chosen once at load and
-reported by ``describe()``.
+cudnn autotuning, pinned host memory, a CUDA graph of the whole step; on the CPU, BatchNorm folded
+into the convolutions) are chosen once at load and reported by ``describe()``.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ class FacenetEmbedder:
         self._host: Optional[torch.Tensor] = None   # reusable pinned batch buffer (CUDA only)
         self._graphed: Optional[GraphedEmbed] = None
         self._graph_state = "off (not CUDA)"
+        self._fold_state = "off (not loaded)"
 
     # -- weights ---------------------------------------------------------------------------
     @property
@@ -148,12 +149,26 @@ class FacenetEmbedder:
             _load_state_dict(model, self._weights)
             model.eval().requires_grad_(False)
             self._choose_settings(device)
+            model = self._maybe_fold(model, device)
             fmt = torch.channels_last if self._channels_last else torch.contiguous_format
             self._model = model.to(device=device, memory_format=fmt)
             self._device = device
             if device.type == "cuda":
                 self._capture_graph()
             log.info("facenet ready: %s", self.describe())
+
+    def _maybe_fold(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """CPU only: the folded copy (same fp32 results in fewer passes, see fastcpu.py), unless
+        ``embedder.fold`` is off. CUDA keeps the model as built (its graph path is measured)."""
+        if device.type != "cpu":
+            self._fold_state = "off (not CPU)"
+            return model
+        if not self.cfg.fold:
+            self._fold_state = "off (embedder.fold: false)"
+            return model
+        from .fastcpu import FoldedInceptionResnetV1
+        self._fold_state = "on (BatchNorm, residual scales, shared 1x1 convolutions)"
+        return FoldedInceptionResnetV1(model)
 
     def _capture_graph(self) -> None:
         """CUDA only: capture the embedding step at ``batch_size``; any failure means eager."""
@@ -211,6 +226,7 @@ class FacenetEmbedder:
             memory_format="channels_last" if self._channels_last else "contiguous",
             threads=torch.get_num_threads(),
             cuda_graphs=self._graph_state,
+            fold=self._fold_state,
         )
         if self._device.type == "cuda":
             info.update(gpu=torch.cuda.get_device_name(self._device), cudnn_benchmark=True,
