@@ -41,6 +41,7 @@ class ModelStage:
         self.idle.set()
         self.gated = False
         self._thread: Optional[threading.Thread] = None
+        self._detect_fill = getattr(detector, "max_batch", 1)
         self._room = threading.Condition()
         self._queued_bytes = 0
 
@@ -82,6 +83,7 @@ class ModelStage:
             if not stopping:
                 try:
                     got = self._prepared.get(timeout=timeout)
+                    fill_until: Optional[float] = None
                     while True:
                         if got is _STOP:
                             stopping = True
@@ -90,7 +92,9 @@ class ModelStage:
                         self._taken(got)
                         if len(items) >= batch_size:
                             break
-                        got = self._prepared.get_nowait()
+                        if fill_until is None and any(w.rgb is not None for w in got):
+                            fill_until = time.monotonic() + max_wait
+                        got = self._next(items, fill_until)
                 except queue.Empty:
                     pass
             detect = [w for w in items if w.rgb is not None]
@@ -121,6 +125,15 @@ class ModelStage:
             yield
         finally:
             self.idle.set()
+
+    def _next(self, items: list[Work], fill_until: Optional[float]) -> Any:
+        """The next hand-over already queued; for photos awaiting detection, wait (up to
+        ``max_wait_ms`` from the first) until a full detector batch is there: one batch of 8
+        costs less per photo than 8 of one, and so does embedding their faces together."""
+        wait = 0.0 if fill_until is None else fill_until - time.monotonic()
+        if wait > 0 and sum(w.rgb is not None for w in items) < self._detect_fill:
+            return self._prepared.get(timeout=wait)
+        return self._prepared.get_nowait()
 
     def _detect(self, works: list[Work]) -> None:
         t0 = time.perf_counter()
