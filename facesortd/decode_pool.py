@@ -63,15 +63,29 @@ class DecodePool:
         self.decoded_here = 0   # files decoded in this process because no process could start
 
     def start(self) -> None:
-        """Start the processes (in parallel: each takes ~0.2 s to import numpy and Pillow)."""
+        """Start the processes (in parallel: each takes ~0.2 s to import numpy and Pillow). A
+        slot whose process fails to start is tried again later, as after a crash: the daemon
+        starts anyway, decoding with the processes it has, or in itself with none."""
+        failed: list[tuple[int, Exception]] = []
         try:
             for i in range(self.processes):
-                self._workers.append(Worker(i))
-            for w in self._workers:
-                w.wait_ready()
+                try:
+                    self._workers.append(Worker(i))
+                except Exception as exc:
+                    self._workers.append(None)
+                    failed.append((i, exc))
+            for i, w in enumerate(self._workers):
+                try:
+                    if w is not None:
+                        w.wait_ready()
+                except Exception as exc:
+                    self._workers[i] = None
+                    failed.append((i, exc))
         except BaseException:
             self._close_workers(5.0)
             raise
+        for i, exc in failed:   # after all started, so the log says how many others there are
+            self._start_failed(i, exc)
         for i in range(self.processes):
             t = threading.Thread(target=self._link, args=(i,), name=f"facesortd-decode-{i}")
             t.start()
@@ -213,14 +227,7 @@ class DecodePool:
         try:
             worker = self._fresh(index)
         except Exception as exc:
-            failed = self._failed_starts[index] = self._failed_starts[index] + 1
-            delay = min(self.RESTART_DELAY_MAX_S, self.RESTART_DELAY_S * 2 ** (failed - 1))
-            self._retry_at[index] = time.monotonic() + delay
-            others = sum(w is not None for w in self._workers)
-            log.error("could not start a decoding process (%s: %s); %s; trying again in %.1f s",
-                      type(exc).__name__, exc,
-                      f"new work goes to the {others} other process(es)" if others
-                      else "decoding in this process meanwhile", delay)
+            self._start_failed(index, exc)
             return None
         if self._failed_starts[index]:
             log.info("decoding process %d started after %d failed tries", worker.proc.pid,
@@ -228,6 +235,17 @@ class DecodePool:
         self._failed_starts[index], self._retry_at[index] = 0, 0.0
         self._workers[index] = worker
         return worker
+
+    def _start_failed(self, index: int, exc: Exception) -> None:
+        """Log a process that did not start and when slot ``index`` tries again (doubling)."""
+        failed = self._failed_starts[index] = self._failed_starts[index] + 1
+        delay = min(self.RESTART_DELAY_MAX_S, self.RESTART_DELAY_S * 2 ** (failed - 1))
+        self._retry_at[index] = time.monotonic() + delay
+        others = sum(w is not None for w in self._workers)
+        log.error("could not start a decoding process (%s: %s); %s; trying again in %.1f s",
+                  type(exc).__name__, exc,
+                  f"new work goes to the {others} other process(es)" if others
+                  else "decoding in this process meanwhile", delay)
 
     def _until_retry(self, index: int) -> float:
         """How long a slot without a process waits before it looks again (at most a second)."""

@@ -121,3 +121,35 @@ def test_the_pool_goes_on_with_fewer_processes(tmp_path, data_dir, monkeypatch, 
         store.close()
     assert statuses == {name: "done" for name in names}
     assert _gone(survivor)
+
+
+def test_the_daemon_starts_when_no_decoding_process_can(tmp_path, data_dir, monkeypatch, caplog):
+    """No process starts at all (before, ``start`` raised and the daemon did not come up): the
+    files are decoded in this process with an error line saying so, and a process takes over
+    once one can start."""
+    config, store, pipe = _pipeline(tmp_path, 2)
+    inbox = tmp_path / "inbox"
+    first = _copy_crops(data_dir, inbox, 0, 6)
+    monkeypatch.setattr(DecodePool, "RESTART_DELAY_MAX_S", 0.2)
+    real = sys.executable
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    try:
+        with caplog.at_level(logging.INFO, logger="facesortd.decode_pool"):
+            pipe.start()
+            pool = pipe._prep.pool
+            assert pool.pids() == []
+            assert caplog.text.count("could not start a decoding process") == 2
+            _submit_and_drain(pipe, inbox)
+        assert pool.decoded_here == len(first)
+        monkeypatch.setattr(sys, "executable", real)
+        time.sleep(0.3)
+        second = _copy_crops(data_dir, inbox, 6, 4)
+        _submit_and_drain(pipe, inbox)
+        started = pool.pids()
+        assert started and pool.decoded_here == len(first)
+        statuses = {name: r[1] for name, r in images(store).items()}
+    finally:
+        pipe.stop()
+        store.close()
+    assert statuses == {name: "done" for name in first + second}
+    assert all(_gone(pid) for pid in started)
