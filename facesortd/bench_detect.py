@@ -104,7 +104,8 @@ def bench_detect(images: Path, count: int = 24, batch_size: int = 64, device: st
         out = {
             "bench": "detect", "files": len(files), "source": f"{images} upscaled to "
             f"{size[0]}x{size[1]}, JPEG quality 90", "repeats": repeats,
-            "detector": detector.describe() | {"max_side_px": det_cfg.max_side_px},
+            "detector": detector.describe() | {"max_side_px": det_cfg.max_side_px,
+                                               "crop_side_px": det_cfg.crop_side()},
             "model": model.describe(),
             "pipeline_images_per_s": median("images_per_s"),
             "faces_per_run": runs[-1]["faces"],
