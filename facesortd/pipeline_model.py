@@ -52,11 +52,11 @@ class ModelStage:
             while self._queued_bytes and self._queued_bytes + size > MAX_QUEUED_BYTES:
                 self._room.wait()
             self._queued_bytes += size
-        self._prepared.put(works)
+        self._prepared.put((works, size))
 
-    def _taken(self, works: list[Work]) -> None:
+    def _taken(self, size: int) -> None:
         with self._room:
-            self._queued_bytes -= sum(_pixel_bytes(w) for w in works)
+            self._queued_bytes -= size
             self._room.notify_all()
 
     def start(self) -> None:
@@ -84,17 +84,20 @@ class ModelStage:
                 try:
                     got = self._prepared.get(timeout=timeout)
                     fill_until: Optional[float] = None
+                    to_detect = 0
                     while True:
                         if got is _STOP:
                             stopping = True
                             break
-                        items.extend(got)
-                        self._taken(got)
+                        works, size = got
+                        items.extend(works)
+                        self._taken(size)
                         if len(items) >= batch_size:
                             break
-                        if fill_until is None and any(w.rgb is not None for w in got):
+                        to_detect += sum(w.rgb is not None for w in works)
+                        if fill_until is None and to_detect:
                             fill_until = time.monotonic() + max_wait
-                        got = self._next(items, fill_until)
+                        got = self._next(to_detect, fill_until)
                 except queue.Empty:
                     pass
             detect = [w for w in items if w.rgb is not None]
@@ -126,12 +129,12 @@ class ModelStage:
         finally:
             self.idle.set()
 
-    def _next(self, items: list[Work], fill_until: Optional[float]) -> Any:
+    def _next(self, to_detect: int, fill_until: Optional[float]) -> Any:
         """The next hand-over already queued; for photos awaiting detection, wait (up to
         ``max_wait_ms`` from the first) until a full detector batch is there: one batch of 8
         costs less per photo than 8 of one, and so does embedding their faces together."""
         wait = 0.0 if fill_until is None else fill_until - time.monotonic()
-        if wait > 0 and sum(w.rgb is not None for w in items) < self._detect_fill:
+        if wait > 0 and to_detect < self._detect_fill:
             return self._prepared.get(timeout=wait)
         return self._prepared.get_nowait()
 
@@ -227,5 +230,6 @@ def _row(work: Work) -> tuple:
 
 
 def _pixel_bytes(work: Work) -> int:
-    arrays = [work.rgb, work.crop_rgb, *work.faces]
-    return sum(a.nbytes for a in arrays if hasattr(a, "nbytes"))
+    """The pixels a Work holds; a photo small enough to be its own crop copy counts once."""
+    crop = None if work.crop_rgb is work.rgb else work.crop_rgb
+    return sum(a.nbytes for a in (work.rgb, crop, *work.faces) if hasattr(a, "nbytes"))

@@ -103,6 +103,7 @@ def test_pixels_waiting_for_the_model_are_bounded(tmp_path, monkeypatch):
     second.start()
     second.join(0.5)
     assert second.is_alive()  # waits for room
-    stage._taken(stage._prepared.get_nowait())
+    _, size = stage._prepared.get_nowait()
+    stage._taken(size)
     second.join(5)
     assert not second.is_alive() and stage._prepared.qsize() == 1
