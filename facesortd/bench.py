@@ -152,7 +152,7 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
                  precision: str = "auto", repeats: int = 3, old_tool: bool = True,
                  bare_seconds: float = 2.0, workers: Optional[int] = None,
                  decode_processes: Optional[int] = None, ceiling: bool = False,
-                 cuda_graphs: bool = True) -> dict:
+                 cuda_graphs: bool = True, fold: bool = True) -> dict:
     """Ingest ``count`` files through the real pipeline ``repeats`` times (fresh store each time),
     each run between two measurements of the bare model at the same settings in the same process,
     and (facenet, aligned) followed by the old tool's way on the same files.
@@ -171,6 +171,7 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
     1e6 / it bounds what the pipeline can feed a model however many cores the machine has.
     ``decode_processes``: 0 decodes in threads, N in N worker processes, None as the device wants.
     ``cuda_graphs``: embedder.cuda_graphs (facenet on CUDA replays one captured graph per batch).
+    ``fold``: embedder.fold (facenet on CPU runs the folded copy of the model).
     """
     from .embedders import create_embedder
 
@@ -182,7 +183,7 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
         weights = _untrained_weights(tmp) if embedder == "facenet" and not ceiling else None
         emb_cfg = EmbedderConfig(name=embedder, weights=weights, device=device,
                                  batch_size=batch_size, precision=precision,
-                                 cuda_graphs=cuda_graphs)
+                                 cuda_graphs=cuda_graphs, fold=fold)
         if ceiling:
             from .bench_ceiling import CeilingEmbedder
             model = CeilingEmbedder()

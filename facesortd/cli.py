@@ -104,7 +104,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                           precision=args.precision, repeats=args.repeats,
                           old_tool=args.old_tool, workers=args.workers,
                           decode_processes=args.decode_processes, ceiling=args.ceiling,
-                          cuda_graphs=args.cuda_graphs)
+                          cuda_graphs=args.cuda_graphs, fold=args.fold)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -219,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "costs ~nothing replaces the embedder (no bare model, no old tool)")
     b.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="facenet on CUDA: embed eagerly (embedder.cuda_graphs: false)")
+    b.add_argument("--no-fold", dest="fold", action="store_false",
+                   help="facenet on CPU: the model as built, unfolded (embedder.fold: false)")
     b.add_argument("--repeats", type=int, default=5, help="runs (median reported)")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--device", default="auto")
