@@ -17,20 +17,13 @@ import pytest
 from facesortd.decode_pool import DecodePool
 
 from test_pipeline import images
-from test_pipeline_procs import _gone, _jobs, _pipeline
+from test_pipeline_procs import _copy_crops, _gone, _jobs, _pipeline
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
 #: What a spawn meets: no interpreter at that path (OSError from the start itself), or a program
 #: that exits at once (the child dies before it says it is ready).
 _BROKEN_INTERPRETERS = {"missing": "/nonexistent/python3", "exits_at_once": shutil.which("false")}
-
-
-def _copy_crops(data_dir: Path, inbox: Path, start: int, count: int) -> list[str]:
-    crops = sorted((data_dir / "faces_cropped").rglob("*.jp*g"))[start:start + count]
-    for p in crops:
-        shutil.copy(p, inbox / f"{p.parent.name}_{p.name}")
-    return [f"{p.parent.name}_{p.name}" for p in crops]
 
 
 def _kill(pool: DecodePool, slot: int) -> int:

@@ -155,13 +155,20 @@ def _gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists()
 
 
+def _copy_crops(data_dir: Path, inbox: Path, start: int, count: int) -> list[str]:
+    """Real face crops ``start`` .. ``start + count`` into ``inbox``; their names there."""
+    crops = sorted((data_dir / "faces_cropped").rglob("*.jp*g"))[start:start + count]
+    for p in crops:
+        shutil.copy(p, inbox / f"{p.parent.name}_{p.name}")
+    return [f"{p.parent.name}_{p.name}" for p in crops]
+
+
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc")
 def test_processes_load_no_torch_and_end_with_the_pipeline(tmp_path, data_dir):
     import torch  # noqa: F401  (this process has torch; its decoding processes must not)
 
     config, store, pipe = _pipeline(tmp_path, 2)
-    for p in sorted((data_dir / "faces_cropped").rglob("*.jp*g"))[:4]:
-        shutil.copy(p, tmp_path / "inbox" / f"{p.parent.name}_{p.name}")
+    _copy_crops(data_dir, tmp_path / "inbox", 0, 4)
     try:
         pipe.start()
         pids = pipe._prep.pool.pids()
@@ -181,9 +188,7 @@ def test_processes_load_no_torch_and_end_with_the_pipeline(tmp_path, data_dir):
 
 def test_a_killed_decoding_process_is_replaced_and_no_file_is_lost(tmp_path, data_dir):
     config, store, pipe = _pipeline(tmp_path, 1)
-    crops = sorted((data_dir / "faces_cropped").rglob("*.jp*g"))[:8]
-    for p in crops:
-        shutil.copy(p, tmp_path / "inbox" / f"{p.parent.name}_{p.name}")
+    names = _copy_crops(data_dir, tmp_path / "inbox", 0, 8)
     try:
         pipe.start()
         (first,) = pipe._prep.pool.pids()
@@ -198,7 +203,7 @@ def test_a_killed_decoding_process_is_replaced_and_no_file_is_lost(tmp_path, dat
     finally:
         pipe.stop()
         store.close()
-    assert statuses == {f"{p.parent.name}_{p.name}": "done" for p in crops}
+    assert statuses == {name: "done" for name in names}
     assert _gone(second)
 
 
@@ -218,9 +223,7 @@ def test_decoding_processes_outlive_sigterm_so_the_daemon_can_drain(tmp_path, da
     """systemd sends SIGTERM to the whole cgroup: the decoding processes leave it to the daemon,
     which drains (with their help) and then ends them."""
     config, store, pipe = _pipeline(tmp_path, 1)
-    crops = sorted((data_dir / "faces_cropped").rglob("*.jp*g"))[:3]
-    for p in crops:
-        shutil.copy(p, tmp_path / "inbox" / f"{p.parent.name}_{p.name}")
+    _copy_crops(data_dir, tmp_path / "inbox", 0, 3)
     try:
         pipe.start()
         (pid,) = pipe._prep.pool.pids()
