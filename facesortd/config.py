@@ -11,10 +11,11 @@ import os
 import re
 import string
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
+                      field_validator)
 
 from .errors import ConfigError
 
@@ -163,15 +164,49 @@ class PlacementConfig(_Model):
         return value
 
 
+def _host_entry(value: str) -> str:
+    """One ``web.allowed_hosts`` entry, normalised (``Photos.LAN.`` -> ``photos.lan``)."""
+    example = "e.g. photos.example.lan, or photos.example.lan:8443 for that port only"
+    if "*" in value:
+        raise ValueError(f"list each name ({example}); a wildcard would let any web site's "
+                         f"pages use the review page (DNS rebinding) (got {value!r})")
+    if "/" in value:
+        raise ValueError(f"a host name with an optional :port, not a URL or path ({example}) "
+                         f"(got {value!r})")
+    try:
+        name, port = split_host(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc} ({example}) (got {value!r})") from None
+    return name if port is None else f"{name}:{port}"
+
+
+def _proxy_entry(value: str) -> str:
+    """One ``web.trusted_proxies`` entry: an address or a network, normalised."""
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ValueError("must be an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8, ::1): "
+                         f"the proxy's address as this server sees it (got {value!r})") from None
+
+
 class WebConfig(_Model):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)
     token: Optional[str] = None
+    #: Host names the page answers besides the loopback names and ``host`` (DNS rebinding).
+    allowed_hosts: tuple[Annotated[str, AfterValidator(_host_entry)], ...] = ()
+    #: Addresses whose X-Forwarded-For/-Proto/-Host headers are believed (a reverse proxy).
+    trusted_proxies: tuple[Annotated[str, AfterValidator(_proxy_entry)], ...] = ()
 
     @property
     def is_loopback(self) -> bool:
         return is_loopback_host(self.host)
+
+    @property
+    def is_wildcard(self) -> bool:
+        """Bound to every address (``0.0.0.0``, ``::``): reachable on loopback too."""
+        return self.host in ("", "0.0.0.0", "::")
 
 
 class Config(_Model):
@@ -209,6 +244,43 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_HOST_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*")
+
+
+def split_host(value: str) -> tuple[str, Optional[int]]:
+    """``name[:port]`` (a Host header, a ``web.allowed_hosts`` entry) as ``(name, port)``: the name
+    in lower case without a trailing dot, an IPv6 address compressed and in brackets, the port
+    None when absent. ValueError says what is wrong."""
+    text = value.strip().lower()
+    port_text: Optional[str] = None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError("an IPv6 address needs its closing ']'")
+        try:
+            name = f"[{ipaddress.IPv6Address(text[1:end]).compressed}]"
+        except ValueError:
+            raise ValueError(f"{text[1:end]!r} is not an IPv6 address") from None
+        rest = text[end + 1:]
+        if rest and not rest.startswith(":"):
+            raise ValueError("only ':port' may follow an IPv6 address in brackets")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") > 1:
+        raise ValueError("write an IPv6 address in brackets, as in [::1] or [::1]:8765")
+    else:
+        name, colon, rest = text.partition(":")
+        port_text = rest if colon else None
+        name = name[:-1] if name.endswith(".") else name
+        if not _HOST_NAME.fullmatch(name):
+            raise ValueError("not a host name (letters, digits, '-', '.') or an IP address")
+    if port_text is None:
+        return name, None
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
+    return name, int(port_text)
 
 
 def default_config_path() -> Path:
