@@ -17,6 +17,7 @@ import time
 from typing import Iterable, Optional, Union
 
 from .errors import FacesortdError
+from .identity_rows import resolve, retire
 from .store import Store
 
 __all__ = ["CorrectionError", "UnknownId", "rename", "merge", "split", "move_faces", "not_this_person",
@@ -148,7 +149,7 @@ def merge(store: Store, source: int, into: int) -> dict:
             rec.cannot_link(face, into)
         rec.identity(source); rec.identity(into)
         src_name, into_name = rec.identities[source][0], rec.identities[into][0]
-        conn.execute("UPDATE identities SET merged_into = ? WHERE id = ?", (into, source))
+        retire(conn, source, into)     # nothing left to move: it re-points what pointed at source
         if into_name is None and src_name is not None:
             conn.execute("UPDATE identities SET name = ? WHERE id = ?", (src_name, into))
         for sid, status in conn.execute(
@@ -268,16 +269,27 @@ def undo(store: Store, last: int = 1, since: Optional[float] = None) -> list[dic
                                 "ORDER BY id DESC LIMIT ?", (int(last),)).fetchall()
         for hid, op, payload in rows:
             p = json.loads(payload)
+            # identities first (a merge undone makes its source live again), then the faces,
+            # each to the live identity its old one stands for today (it may have been merged
+            # since: the store never gives a face to a merged identity)
+            retire_again = []
+            for identity, (name, merged_into) in p["identities"].items():
+                conn.execute("UPDATE identities SET name = ? WHERE id = ?", (name, int(identity)))
+                if merged_into is None:
+                    conn.execute("UPDATE identities SET merged_into = NULL WHERE id = ?",
+                                 (int(identity),))
+                else:
+                    retire_again.append((int(identity), int(merged_into)))
             back = []
             for face, (identity, pinned, rejected) in p["faces"].items():
                 conn.execute("UPDATE faces SET identity_id = ?, pinned = ? WHERE id = ?",
-                             (identity, pinned, int(face)))
+                             (resolve(conn, identity), pinned, int(face)))
                 back.append((int(face), bool(rejected)))
             store.set_rejected([f for f, r in back if not r], False)
             store.set_rejected([f for f, r in back if r], True)
-            for identity, (name, merged_into) in p["identities"].items():
-                conn.execute("UPDATE identities SET name = ?, merged_into = ? WHERE id = ?",
-                             (name, merged_into, int(identity)))
+            for identity, merged_into in retire_again:
+                if resolve(conn, identity) == identity:
+                    retire(conn, identity, merged_into)
             for sid, status in p["suggestions"].items():
                 conn.execute("UPDATE suggestions SET status = ? WHERE id = ?", (status, int(sid)))
             for face, identity in p["cannot_link_added"]:

@@ -28,7 +28,7 @@ from .cluster_recluster import recluster
 from .clustering import ClusterParams, Graph, ReclusterResult, build_graph, radius_neighbours
 from .identity_store import (  # noqa: F401 (history_marker, load_constraints, recluster_state_dir: public)
     history_marker, load_constraints, load_pinned_ids, meta_get, meta_set, read_graph,
-    record_merges, record_suggestion, recluster_state_dir, rows_of, write_edges,
+    record_merges, record_suggestion, recluster_state_dir, rows_of, to_live, write_edges,
 )
 from .store import Store
 
@@ -371,6 +371,8 @@ class IdentityService:
                 lut_keys = np.array(list(new_of), np.int64)
                 for k in lut_keys:
                     label[label == k] = new_of[int(k)]
+            # ids read before an identity was retired stand for the one that survived
+            label, previous = to_live(conn, label), to_live(conn, previous)
             changed = (label != previous)
             changed[:n_new] = True
             upd = [(None if lab < 0 else int(lab), int(f))

@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from .clustering import Constraints, Graph
+from .identity_rows import live_map, retire
 from .store import Store
 
 def history_marker(conn) -> tuple[int, int]:
@@ -37,18 +38,41 @@ def meta_set(conn, key: str, value: object) -> None:
     conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
 
 
-def record_merges(conn, previous: np.ndarray, label: np.ndarray) -> None:
-    """An unnamed identity left with no face, its faces gone to one other: merged into it."""
-    had = previous >= 0
-    gone = np.setdiff1d(np.unique(previous[had]), label)
-    for o in gone.tolist():
-        to = label[(previous == o) & (label >= 0)]
+def record_merges(conn, previous: np.ndarray, label: np.ndarray) -> int:
+    """Retire the identities a result emptied: an unnamed identity left with no face *in the
+    store* (an incremental result lists only the faces it moved, so the result alone cannot
+    tell), whose faces went to other identities, is merged into the one that took most of them.
+    Returns how many were retired."""
+    moved = (previous >= 0) & (label != previous)
+    retired = 0
+    for o in np.unique(previous[moved]).tolist():
+        if conn.execute("SELECT 1 FROM faces WHERE identity_id = ? LIMIT 1", (o,)).fetchone():
+            continue
+        row = conn.execute("SELECT name, merged_into FROM identities WHERE id = ?", (o,)).fetchone()
+        if row is None or row[0] is not None or row[1] is not None:
+            continue
+        to = label[(previous == o) & (label >= 0) & (label != o)]
         if not len(to):
             continue
         values, counts = np.unique(to, return_counts=True)
-        target = int(values[np.argmax(counts)])
-        conn.execute("UPDATE identities SET merged_into = ? WHERE id = ? AND name IS NULL "
-                     "AND merged_into IS NULL", (target, int(o)))
+        if retire(conn, o, int(values[np.argmax(counts)])) is not None:
+            retired += 1
+    return retired
+
+
+def to_live(conn, labels: np.ndarray) -> np.ndarray:
+    """Labels with every merged identity replaced by the live one it resolves to (labels read
+    before a merge, e.g. from a cache, never put a face on a merged identity)."""
+    merged = live_map(conn)
+    if not merged or not len(labels):
+        return labels
+    keys = np.fromiter(merged.keys(), np.int64, len(merged))
+    hit = np.isin(labels, keys)
+    if hit.any():
+        labels = labels.copy()
+        labels[hit] = [merged[int(x)] for x in labels[hit]]
+    return labels
+
 
 def record_suggestion(conn, a: int, b: int, distance: float) -> None:
     a, b = min(a, b), max(a, b)

@@ -12,7 +12,7 @@ import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from .config import PlacementConfig
 
@@ -35,6 +35,30 @@ def identity_folder(identity_id: int, name: Optional[str]) -> Folder:
         if safe:
             return Folder(safe)
     return Folder(f"Person_{identity_id:04d}")
+
+
+def identity_folders(names: dict[int, Optional[str]], reserved: Iterable[str] = ()) -> dict[int, Folder]:
+    """One folder per live identity (``names``: id -> name or None), never the same folder for two
+    identities: two people a person gave the same name (compared without case, as some file systems
+    do), a name that looks like another identity's ``Person_0007``, or a special folder's name. The
+    oldest identity keeps the plain name; the others get `` (#id)`` after it."""
+    taken = {r.casefold() for r in reserved}
+    out: dict[int, Folder] = {}
+    # identities named ``Person_0007``-style by their id first (that name is theirs alone), then
+    # the named ones, oldest first
+    def own_name(i: int) -> bool:
+        return identity_folder(i, names[i]).name == f"Person_{i:04d}"
+
+    order = sorted(names, key=lambda i: (not own_name(i), i))
+    for identity in order:
+        folder = identity_folder(identity, names[identity])
+        name, n = folder.name, 1
+        while name.casefold() in taken:
+            name = f"{folder.name} (#{identity})" if n == 1 else f"{folder.name} (#{identity}-{n})"
+            n += 1
+        taken.add(name.casefold())
+        out[identity] = Folder(name)
+    return out
 
 
 def layout_fields(layout: str) -> set[str]:

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 from .config import Config
 from .fsops import candidate_names
 from .journal import Journal, Op, content_id
-from .placement_layout import Folder, identity_folder, is_candidate, layout_fields, photo_date, render
+from .placement_layout import Folder, identity_folders, is_candidate, layout_fields, photo_date, render
 from .store import ImageRow, Store, decode_path, encode_path
 
 log = logging.getLogger("facesortd.placer")
@@ -362,7 +362,10 @@ class Placer:
                      conn.execute("SELECT image_id, sha256, taken FROM image_dates")}
         for image_faces in faces.values():
             image_faces.sort(key=lambda f: -f[0])   # largest face first (stable: lowest id wins)
-        folders = {i: identity_folder(i, names.get(i)) for i in names}
+        pc = self.config.placement
+        live = {i: name for i, name in names.items() if merged[i] is None}
+        folders = identity_folders(live, (pc.unknown_dir, pc.noface_dir, pc.quarantine_dir,
+                                          pc.group_dir, pc.duplicates_dir))
         return _Snapshot(images, dict(faces), folders, dict(placements), by_path, dates)
 
     def _mark_gone(self, p: _Placement) -> None:

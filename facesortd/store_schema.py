@@ -160,7 +160,44 @@ _V5 = _sql(
     )""",
 )
 
-MIGRATIONS: Sequence[Step] = (_V1, _V2, _V3, _V4, _V5)
+
+# Version 6: the identities' invariants (``identity_rows``) are enforced by the store itself: a
+# face is never given to a merged identity; ``merged_into`` points straight at a live identity
+# (never at itself, at a merged one, or from an identity that still holds faces or that others
+# point at). Stores written before are repaired first (chains and cycles of merges that an old
+# bug made at library scale).
+_TRIGGERS = (
+    """CREATE TRIGGER faces_live_identity_insert BEFORE INSERT ON faces
+       WHEN NEW.identity_id IS NOT NULL
+        AND (SELECT merged_into FROM identities WHERE id = NEW.identity_id) IS NOT NULL
+       BEGIN SELECT RAISE(ABORT, 'facesortd: a face cannot be given to a merged identity'); END""",
+    """CREATE TRIGGER faces_live_identity_update BEFORE UPDATE OF identity_id ON faces
+       WHEN NEW.identity_id IS NOT NULL
+        AND (SELECT merged_into FROM identities WHERE id = NEW.identity_id) IS NOT NULL
+       BEGIN SELECT RAISE(ABORT, 'facesortd: a face cannot be given to a merged identity'); END""",
+    """CREATE TRIGGER identities_merge_straight BEFORE UPDATE OF merged_into ON identities
+       WHEN NEW.merged_into IS NOT NULL AND (
+            NEW.merged_into = NEW.id
+         OR NOT EXISTS (SELECT 1 FROM identities WHERE id = NEW.merged_into AND merged_into IS NULL)
+         OR EXISTS (SELECT 1 FROM identities WHERE merged_into = NEW.id)
+         OR EXISTS (SELECT 1 FROM faces WHERE identity_id = NEW.id))
+       BEGIN SELECT RAISE(ABORT, 'facesortd: merged_into must point straight at a live identity, from one that holds no face and that no identity points at'); END""",
+    """CREATE TRIGGER identities_insert_live BEFORE INSERT ON identities
+       WHEN NEW.merged_into IS NOT NULL
+       BEGIN SELECT RAISE(ABORT, 'facesortd: a new identity cannot be a merged one'); END""",
+)
+
+
+def _v6(conn: sqlite3.Connection) -> None:
+    from .identity_rows import repair
+
+    conn.execute("CREATE INDEX IF NOT EXISTS identities_merged_into ON identities(merged_into)")
+    repair(conn)
+    for statement in _TRIGGERS:
+        conn.execute(statement)
+
+
+MIGRATIONS: Sequence[Step] = (_V1, _V2, _V3, _V4, _V5, _v6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
