@@ -3,7 +3,8 @@
 A thumbnail is the face box (with a margin, made square) cut from the photo wherever the photo is
 now (its placement, else its inbox path), made on first request and kept in
 ``<state_dir>/thumbs/``. A face id is never reused and a face's box never changes, so a cached
-thumbnail is valid for good: it is served with a long ``Cache-Control`` and an ``ETag``.
+thumbnail is valid for good: it is served with a long ``max-age`` and an ``ETag``. Faces and photos
+are ``private``: the browser may keep them, a shared cache in front of the page may not.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ bp = Blueprint("media", __name__)
 
 THUMB_PX = 160
 MARGIN = 0.25          # of the box's longer side, on each side
-THUMB_CACHE = "public, max-age=31536000, immutable"
+THUMB_CACHE = "private, max-age=31536000, immutable"
 IMAGE_CACHE = "private, max-age=300"
 MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp",
         "TIFF": "image/tiff", "MPO": "image/jpeg", "GIF": "image/gif"}
