@@ -4,7 +4,7 @@
 JSON review API (``api``), thumbnails and photos by id (``media``), ``/healthz`` and ``/metrics``
 (``health``). Reads use a read-only SQLite connection per request; changes go through
 ``corrections`` on ``store`` and then ``control.changed()``, so the files follow. Access token,
-CSRF and headers: ``security``.
+CSRF and headers: ``security``; the Host names it answers and the proxies it believes: ``hosts``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def create_app(config: Config, store: Any, telemetry: Any = None,
     """The app for ``config``; ``store`` is an open Store, ``telemetry`` the daemon's, if any."""
     from ..errors import ConfigError
     from ..telemetry import Telemetry
-    from . import api, health, media, pages, security
+    from . import api, health, hosts, media, pages, security
 
     if not config.web.is_loopback and not config.web.token:
         raise ConfigError(config.source or "the config", [
@@ -69,7 +69,9 @@ def create_app(config: Config, store: Any, telemetry: Any = None,
         "daemon_telemetry": telemetry is not None,
         "control": control if control is not None else inline_control(config, store),
         "read": read_conn,
+        "hosts": hosts.HostPolicy(config.web),
     }
+    app.wsgi_app = hosts.ProxyGate(app.wsgi_app, config.web.trusted_proxies)  # type: ignore
     security.install(app)
     app.teardown_appcontext(_close_read_conn)
     for blueprint in (health.bp, api.bp, media.bp, pages.bp):

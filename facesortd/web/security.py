@@ -4,9 +4,11 @@
   public endpoints carries it as ``Authorization: Bearer <token>``, or the browser carries the
   cookie that ``/login`` sets once the token was typed into its form. The cookie holds an HMAC of
   the token, never the token itself.
+- **Host names** (``hosts``): a request whose Host is not one this page serves is refused before
+  anything else (DNS rebinding).
 - **CSRF**: every POST carries ``X-CSRF-Token`` (API) or a ``csrf`` form field (login), an HMAC
   that a page of another site cannot read; API POSTs must also be JSON and, when the browser says
-  where it comes from (``Origin``), come from this host.
+  where it comes from (``Origin``), come from a host on the same allow-list.
 - **Headers**: a strict Content-Security-Policy (scripts, styles and images from this server only;
   the page works offline), no framing, no sniffing, no referrer.
 
@@ -21,9 +23,10 @@ import os
 import secrets
 from pathlib import Path
 from typing import Optional
-from urllib.parse import urlsplit
 
 from flask import Flask, Response, abort, current_app, jsonify, redirect, request, url_for
+
+from .hosts import check_host, origin_allowed
 
 AUTH_COOKIE = "facesortd_auth"
 CSRF_HEADER = "X-CSRF-Token"
@@ -105,17 +108,9 @@ def check_request() -> Optional[Response]:
                               "(from the page, or GET /api/csrf)")
         if request.content_length and not request.is_json:
             return error(415, "send the request body as JSON (Content-Type: application/json)")
-        if not same_origin():
+        if not origin_allowed():
             return error(403, "cross-origin request refused")
     return None
-
-
-def same_origin() -> bool:
-    """A browser's ``Origin`` (when sent) must be this server; scripts send none."""
-    origin = request.headers.get("Origin")
-    if not origin:
-        return True
-    return urlsplit(origin).netloc == request.host
 
 
 def safe_next(target: Optional[str]) -> str:
@@ -145,6 +140,7 @@ def secure_headers(response: Response) -> Response:
 
 
 def install(app: Flask) -> None:
+    app.before_request(check_host)      # first: a foreign Host gets nothing, not even a redirect
     app.before_request(check_request)
     app.after_request(secure_headers)
 
