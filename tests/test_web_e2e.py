@@ -29,34 +29,14 @@ import pytest
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
+from web_fixtures import CHROMIUM, CHROMIUM_ARGS, browser_or_skip  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
-CHROMIUM = Path(os.environ.get("FACESORTD_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PEOPLE = ("Allyson_Felix", "Antonio_Palocci", "Fujio_Cho", "JK_Rowling", "Paul_McCartney")
 PER_PERSON = 4
 NEW_NAME = "Ada Example"
 WAIT_S = 30.0
-
-
-def browser_or_skip():
-    """Playwright's sync API, or fail under CI (the Makefile installs both) / skip elsewhere."""
-    missing = []
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-        missing.append("playwright (pip install -e '.[test]')")
-    if not os.access(CHROMIUM, os.X_OK):
-        missing.append(f"chromium at {CHROMIUM} (apt-get install chromium; `make install-test` "
-                       "does it)")
-    if missing:
-        message = "the browser test needs " + " and ".join(missing)
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message + " (CI is set: it must run there)")
-        pytest.skip(message)
-    return sync_playwright
 
 
 def sha256(path: Path) -> str:

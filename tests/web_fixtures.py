@@ -1,14 +1,22 @@
-"""A review app over a copy of the small real library (5 people × 4 photos, MTCNN + dlib)."""
+"""A review app over a copy of the small real library (5 people × 4 photos, MTCNN + dlib), and
+the real headless Chromium the browser tests drive through Playwright."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from facesortd.config import parse_config
 from facesortd.store import Store
 from facesortd.web import Control, create_app, inline_control
 from identity_fixtures import copy_library, faces_by_person, main_identity
+
+CHROMIUM = Path(os.environ.get("FACESORTD_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @dataclass
@@ -55,3 +63,22 @@ def open_review(library: Path, root: Path, web: str = "{}") -> Review:
     control = Control(changed=lambda: calls.append("changed"), request_recluster=recluster)
     app = create_app(config, store, control=control, test_config={"TESTING": True})
     return Review(app, app.test_client(), store, root, calls)
+
+
+def browser_or_skip():
+    """Playwright's sync API, or fail under CI (the Makefile installs both) / skip elsewhere."""
+    missing = []
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+        missing.append("playwright (pip install -e '.[test]')")
+    if not os.access(CHROMIUM, os.X_OK):
+        missing.append(f"chromium at {CHROMIUM} (apt-get install chromium; `make install-test` "
+                       "does it)")
+    if missing:
+        message = "the browser test needs " + " and ".join(missing)
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message + " (CI is set: it must run there)")
+        pytest.skip(message)
+    return sync_playwright
