@@ -189,13 +189,27 @@ def test_a_refused_host_is_logged_once(hosted, caplog):
     assert "'other.test'" in refused[1]
 
 
+def test_refused_names_stop_being_logged_past_a_bound(tmp_path, monkeypatch, caplog):
+    """A flood of invented names cannot grow the memory of logged names or flood the journal."""
+    from facesortd.web import hosts
+
+    monkeypatch.setattr(hosts, "MAX_LOGGED", 5)
+    caplog.set_level(logging.WARNING, logger="facesortd.web")
+    policy = HostPolicy(parse_config("{}\n", tmp_path / "f.yaml").web)
+    firsts = [policy.first_refusal(f"n{i}.test") for i in range(20)]
+    assert firsts == [True] * 5 + [False] * 15 and len(policy._refused) == 6
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused requests for more than 5 host names; no more are logged"]
+
+
 @pytest.mark.parametrize("web,allowed,refused", [
     # bound to a LAN name: that name at the port; loopback names do not reach it
     ("{host: photos.lan, token: t}", ["photos.lan:8765", "PHOTOS.LAN.:8765"],
      ["localhost:8765", "photos.lan:8766", "photos.lan"]),
-    # bound to every address: loopback names reach it too; 0.0.0.0 is not a name
-    ("{host: 0.0.0.0, token: t}", ["localhost:8765", "127.0.0.1:8765"],
-     ["0.0.0.0:8765", "192.168.1.5:8765"]),
+    # bound to every address: loopback names reach it too, and the address the log shows
+    ("{host: 0.0.0.0, token: t}", ["localhost:8765", "127.0.0.1:8765", "0.0.0.0:8765"],
+     ["192.168.1.5:8765", "0.0.0.0:8766"]),
+    ("{host: '::', token: t}", ["[::]:8765", "[::1]:8765"], ["[::2]:8765", "0.0.0.0:8765"]),
     ("{host: '::1'}", ["[::1]:8765", "localhost:8765"], ["[::2]:8765", "::1"]),
     ("{host: 192.168.1.5, token: t, allowed_hosts: [photos.lan]}",
      ["192.168.1.5:8765", "photos.lan:80", "photos.lan:8765"], ["127.0.0.1:8765"]),

@@ -6,7 +6,8 @@ read the answers, sending the site's name as ``Host`` and ``Origin``. So every r
 a host this page serves, and a change must come from a page of one (``Origin``):
 
 - ``127.0.0.1``, ``localhost`` and ``[::1]`` when the page listens on loopback or on every address;
-- ``web.host`` itself (unless it is ``0.0.0.0`` or ``::``);
+- ``web.host`` itself (``0.0.0.0`` too: the address the log shows; an IP typed by the user,
+  never a name a rebinding site controls);
 - each ``web.allowed_hosts`` entry (``name`` any port, ``name:port`` that port only).
 
 The loopback names and ``web.host`` must carry the port the server really listens on (so
@@ -47,12 +48,11 @@ class HostPolicy:
 
     def __init__(self, web: WebConfig):
         implicit = set(LOOPBACK_NAMES) if web.is_loopback or web.is_wildcard else set()
-        if not web.is_wildcard:
-            host = f"[{web.host}]" if ":" in web.host and not web.host.startswith("[") else web.host
-            try:
-                implicit.add(split_host(host)[0])
-            except ValueError:
-                pass   # not a name a browser could send; the server could not bind it anyway
+        host = f"[{web.host}]" if ":" in web.host and not web.host.startswith("[") else web.host
+        try:
+            implicit.add(split_host(host)[0])
+        except ValueError:
+            pass   # "" (every address): not a name a browser could send
         self.implicit = frozenset(implicit)
         #: allowed_hosts: name -> the ports it may carry (None: any)
         self.extra: dict[str, Optional[set[int]]] = {}
@@ -86,12 +86,17 @@ class HostPolicy:
         return self.allows(name, port, environ)
 
     def first_refusal(self, host: str) -> bool:
-        """True the first time ``host`` is refused (so it is logged once)."""
+        """True the first time ``host`` is refused (so it is logged once; past MAX_LOGGED names,
+        one last line says no more are logged)."""
         key = host.lower()
         with self._lock:
-            if key in self._refused or len(self._refused) >= MAX_LOGGED:
+            if key in self._refused or len(self._refused) > MAX_LOGGED:
                 return False
             self._refused.add(key)
+            if len(self._refused) > MAX_LOGGED:
+                log.warning("refused requests for more than %d host names; no more are logged",
+                            MAX_LOGGED)
+                return False
             return True
 
 
