@@ -6,24 +6,27 @@ its inbox path) and carries out the difference through the ``Journal``. Renames,
 reassignments need nothing special: the wanted folder changes and the file follows. Files the
 placer did not put in the library have no row and are never touched; a placed file someone moved
 away is marked 'gone' and left alone. ``undo()`` puts files back in their inbox and holds them.
+``audit()`` says, read-only, where each placed file is against where the placer wants it
+(``facesortd doctor``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from .config import Config
 from .fsops import candidate_names
 from .journal import Journal, Op, content_id
 from .placement_layout import Folder, identity_folders, is_candidate, layout_fields, photo_date, render
-from .store import ImageRow, Store, decode_path, encode_path
+from .store import DB_NAME, ImageRow, Store, decode_path, encode_path
 
 log = logging.getLogger("facesortd.placer")
 
@@ -57,6 +60,7 @@ class Placer:
         self.store = store
         self.journal = Journal(store)
         self._lock = threading.Lock()   # one sync (or undo) at a time
+        self._cache_dates = True        # False: capture dates found are not written (audit)
 
     # -- public --------------------------------------------------------------------------------
     def replay(self) -> dict[str, int]:
@@ -181,22 +185,27 @@ class Placer:
 
     def _targets(self, image: ImageRow, snap: _Snapshot) -> list[Path]:
         """Library-relative paths wanted for this image: the main one first, then extras."""
-        pc = self.config.placement
-        if image.status == "duplicate":
-            if pc.on_conflict == "skip_identical":
-                folders = [Folder(pc.duplicates_dir, True)]
-            else:
-                original = snap.images.get(image.duplicate_of)
-                if original is None or original.status not in ("done", "noface"):
-                    return []
-                folders = self._folders(original, snap)
-        elif image.status in ("done", "noface"):
-            folders = self._folders(image, snap)
-        else:
+        folders = self._wanted_folders(image, snap)
+        if not folders:
             return []
+        pc = self.config.placement
         date = self._date(image, snap) if layout_fields(pc.layout) & {"year", "month", "day"} \
             else None
         return [render(pc, f, image.path, image.inbox, date) for f in folders]
+
+    def _wanted_folders(self, image: ImageRow, snap: _Snapshot) -> list[Folder]:
+        """The folders wanted for this image, the main one first; none while it is not sorted."""
+        pc = self.config.placement
+        if image.status == "duplicate":
+            if pc.on_conflict == "skip_identical":
+                return [Folder(pc.duplicates_dir, True)]
+            original = snap.images.get(image.duplicate_of)
+            if original is None or original.status not in ("done", "noface"):
+                return []
+            return self._folders(original, snap)
+        if image.status in ("done", "noface"):
+            return self._folders(image, snap)
+        return []
 
     def _folders(self, image: ImageRow, snap: _Snapshot) -> list[Folder]:
         pc = self.config.placement
@@ -218,9 +227,10 @@ class Placer:
             return tuple(taken.split("-"))  # type: ignore[return-value]
         mains = [p.path for p in snap.placements.get(image.id, []) if p.kind == "main"]
         date = photo_date(mains[0] if mains else image.path, image.mtime_ns)
-        with self.store.transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO image_dates (image_id, sha256, taken) "
-                         "VALUES (?, ?, ?)", (image.id, image.sha256, "-".join(date)))
+        if self._cache_dates:
+            with self.store.transaction() as conn:
+                conn.execute("INSERT OR REPLACE INTO image_dates (image_id, sha256, taken) "
+                             "VALUES (?, ?, ?)", (image.id, image.sha256, "-".join(date)))
         snap.dates[image.id] = (image.sha256, "-".join(date))
         return date
 
@@ -340,11 +350,16 @@ class Placer:
                                           image.mtime_ns, now, now))
 
     # -- store reads and small writes ----------------------------------------------------------
-    def _load(self) -> _Snapshot:
+    def _load(self, identities: Optional[Iterable[tuple[int, Optional[str], Optional[int]]]] = None
+              ) -> _Snapshot:
+        """What sync needs, read in one go; ``identities`` (id, name, merged_into) rows stand in
+        for the store's (``audit``)."""
         with self.store.read() as conn:
             images = {r.id: r for r in self.store.images_with_status("done", "noface", "duplicate")}
             merged, names = {}, {}
-            for iid, name, into in conn.execute("SELECT id, name, merged_into FROM identities"):
+            rows = conn.execute("SELECT id, name, merged_into FROM identities") \
+                if identities is None else identities
+            for iid, name, into in rows:
                 names[iid], merged[iid] = name, into
             faces: dict[int, list] = defaultdict(list)
             for image_id, area, identity in conn.execute(
@@ -374,6 +389,48 @@ class Placer:
     def _forget(self, p: _Placement, sql: str) -> None:
         with self.store.transaction() as conn:
             conn.execute(sql, (p.image_id, encode_path(p.path)))
+
+
+@dataclass(frozen=True)
+class Placed:
+    """One image's main file in the library (``audit``): where it is and where the placer wants it."""
+
+    image_id: int
+    path: Path                  # where the placer put it (the placements table)
+    wanted: Path                # where the placer wants it now (a rename_new variant is as good)
+    identity: Optional[int]     # the live identity whose folder ``wanted`` is in; None: a special one
+    exists: bool                # the file is still at ``path``
+    in_place: bool              # ``path`` is fine for ``wanted``: sync leaves the file there
+
+
+def audit(config: Config, conn: sqlite3.Connection,
+          identities: Optional[Iterable[tuple[int, Optional[str], Optional[int]]]] = None
+          ) -> list[Placed]:
+    """Each placed image's main file against the folder the placer wants for it now, by the
+    placer's own rules: what ``sync(dry_run=True)`` would move with reason 'follow', and why.
+
+    Read-only, for ``facesortd doctor``: ``conn`` may be a read-only connection to a store the
+    daemon is writing (no ``Store.open``, which migrates), and nothing is written, not even the
+    capture-date cache. ``identities`` (id, name, merged_into) rows stand in for the store's, so
+    a store that the next start repairs can be judged as it will be. Images that undo holds or
+    whose file someone moved away ('gone') are left out: sync leaves them alone too.
+    """
+    placer = Placer(config, Store(conn, config.state_dir / DB_NAME))
+    placer._cache_dates = False
+    snap = placer._load(identities)
+    owners = {folder: identity for identity, folder in snap.folders.items()}
+    out = []
+    for image in snap.images.values():
+        live = placer._current(image, snap.placements.get(image.id, []), dry_run=True)
+        main = next((p for p in live or () if p.kind == "main"), None)
+        folders = placer._wanted_folders(image, snap) if main is not None else []
+        if not folders:
+            continue
+        rel = placer._targets(image, snap)[0]
+        out.append(Placed(image.id, main.path, config.library / rel, owners.get(folders[0]),
+                          os.path.lexists(main.path),
+                          placer._acceptable(main.path, rel, image, snap)))
+    return out
 
 
 def _root(identity: Optional[int], merged: dict[int, Optional[int]]) -> Optional[int]:
