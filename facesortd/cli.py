@@ -128,10 +128,16 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import main_json
+    from .evaluate import disagreement, evaluate
 
     _setup_logging("warning")
-    print(main_json(args))
+    figures = evaluate(args.dataset, mode=args.mode, embedder=args.embedder, stream=args.stream,
+                       seed=args.seed, eps=args.eps, keep=args.keep)
+    print(json.dumps(figures, indent=2))
+    problem = disagreement(figures)
+    if problem:   # the figures are still printed: they say how far apart the two are
+        print(f"facesortd eval: {problem}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -269,7 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="listen here instead of web.port")
     p.set_defaults(func=cmd_web)
 
-    p = sub.add_parser("eval", help="score the real pipeline on folders of labelled photos (JSON)")
+    p = sub.add_parser(
+        "eval", help="score the real pipeline on folders of labelled photos (JSON)",
+        description="Sort labelled photos with the real daemon and score the store's people and "
+                    "the library folders (JSON on stdout). Exits 1, after the JSON, when a photo "
+                    "is not in its person's folder or missing from the library.")
     p.add_argument("dataset", type=Path, nargs="+", metavar="DATASET_DIR",
                    help="a folder with one folder of photos per person")
     p.add_argument("--stream", action="store_true",

@@ -3,27 +3,34 @@
 Each DATASET_DIR holds one folder per person (``faces/Barack_Obama/*.jpg``); the true label of a
 photo is ``<dataset>/<person>``. The photos are *copied* into the inbox of a temporary state dir
 (the pipeline may set broken files aside; the dataset is never touched) under neutral names, the
-real daemon runs (``run --once``: ingest, assign, recluster), and the store's identities are scored
-with ``metrics.score``. ``--stream`` instead feeds the files into a running daemon in random
-micro-batches (random order, 1..16 files, each batch ingested and assigned before the next) and
-scores the incremental result as it stands, without a final recluster.
+real daemon runs (``run --once``: ingest, assign, recluster, place), and the result is scored with
+``metrics.score`` twice: the store's identities, and the library folders the photos were put in.
+``--stream`` instead feeds the files into a running daemon in random micro-batches (random order,
+1..16 files, each batch ingested and assigned before the next) and scores the incremental result as
+it stands, without a final recluster.
 
 Scoring, per photo: the largest face found carries the photo's label; other faces (bystanders) are
 clustered like any face but not scored; a photo without a face, or whose face is unassigned,
-counts as a singleton (noise). Public helpers (``ingest``, ``predictions``, ``rescore``) let tests
-ingest once and re-cluster the stored vectors at other eps values.
+counts as a singleton (noise). In the library (``score_library``), a person folder is one cluster,
+a photo in a special folder (``_unsorted``, ``_noface``...) or missing from the library is noise,
+and a photo outside the folder of its largest face's identity is *misplaced*: the two scores then
+disagree, which ``disagreement`` turns into the CLI's error. Public helpers (``ingest``,
+``predictions``, ``rescore``) let tests ingest once and re-cluster the stored vectors at other eps
+values.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import random
+import re
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -32,9 +39,11 @@ from .clustering import ClusterParams
 from .config import Config, parse_config
 from .errors import FacesortdError
 from .metrics import bcubed, score
+from .placement_layout import identity_folders
 from .store import Store
 
-__all__ = ["Ingested", "collect", "ingest", "predictions", "rescore", "replay", "evaluate", "agreement"]
+__all__ = ["Ingested", "collect", "ingest", "predictions", "rescore", "replay",
+           "score_library", "disagreement", "evaluate", "agreement"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -63,6 +72,11 @@ def collect(dataset_dirs: Sequence[Path]) -> list[tuple[Path, str]]:
     return out
 
 
+def _names(photos: list[tuple[Path, str]]) -> list[str]:
+    """The neutral inbox name of each photo (its position in ``collect``'s order)."""
+    return [f"img{k:05d}{path.suffix.lower()}" for k, (path, _) in enumerate(photos)]
+
+
 def _config(root: Path, mode: str, embedder: str, stream: bool, eps: Optional[float]) -> Config:
     (root / "inbox").mkdir(parents=True, exist_ok=True)
     # stream: no recluster at all, to score what incremental assignment alone reaches
@@ -86,7 +100,7 @@ def ingest(dataset_dirs: Sequence[Path], root: Path, mode: str = "detect", embed
     photos = collect(dataset_dirs)
     root = Path(root)
     config = _config(root, mode, embedder, stream, eps)
-    names = [f"img{k:05d}{path.suffix.lower()}" for k, (path, _) in enumerate(photos)]
+    names = _names(photos)
     labels = {name: label for name, (_, label) in zip(names, photos)}
     t0 = time.perf_counter()
     if not stream:
@@ -117,6 +131,9 @@ def ingest(dataset_dirs: Sequence[Path], root: Path, mode: str = "detect", embed
                 time.sleep(0.05)
             daemon.pipeline.drain(timeout)
             daemon.identities.drain(timeout)
+        # the running daemon's placer loop would follow each batch; placing once at the end
+        # reaches the same library, which is what gets scored
+        daemon.placer.sync()
     finally:
         daemon.close()
     return Ingested(config, labels, time.perf_counter() - t0)
@@ -133,12 +150,15 @@ def _largest_faces(conn) -> dict[str, tuple[int, int]]:
         "SELECT i.path, f.id, COALESCE(f.identity_id, -1), "
         "(f.box_x2 - f.box_x1) * (f.box_y2 - f.box_y1) AS area "
         "FROM images i JOIN faces f ON f.image_id = COALESCE(i.duplicate_of, i.id) "
-        "WHERE f.rejected = 0 ORDER BY i.path, area DESC").fetchall()
+        "WHERE f.rejected = 0 ORDER BY i.path, area DESC, f.id").fetchall()   # as the placer
     out: dict[str, tuple[int, int]] = {}
     for path, face, identity, _ in rows:
-        out.setdefault(Path(path if isinstance(path, str) else path.decode(errors="replace")).name,
-                       (face, identity))
+        out.setdefault(_file_name(path), (face, identity))
     return out
+
+
+def _file_name(path: Union[str, bytes, Path]) -> str:
+    return Path(path if isinstance(path, (str, Path)) else path.decode(errors="replace")).name
 
 
 def predictions(state_dir: Path, labels: dict[str, str],
@@ -154,6 +174,115 @@ def predictions(state_dir: Path, labels: dict[str, str],
             face, identity = largest[name]
             pred[k] = face_label.get(face, -1) if face_label is not None else identity
     return [labels[n] for n in names], pred
+
+
+def _specials(config: Config) -> tuple[str, ...]:
+    pc = config.placement
+    return (pc.unknown_dir, pc.noface_dir, pc.quarantine_dir, pc.group_dir, pc.duplicates_dir)
+
+
+_VARIANT = re.compile(r"^(.*)_\d+(\.[^.]*)$")   # rename_new's img00012_1.jpg
+
+
+def library_folders(library: Path, names: Iterable[str]) -> dict[str, list[str]]:
+    """Photo name -> the library folders (first path part under the library, ``.`` for its root)
+    holding it, as a user sees them; a rename_new variant counts as the photo."""
+    wanted, out = set(names), {}
+    for dirpath, dirnames, filenames in os.walk(library):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(library).parts
+        for f in sorted(filenames):
+            name = f if f in wanted else _VARIANT.sub(r"\1\2", f)
+            if name in wanted:
+                out.setdefault(name, []).append(rel[0] if rel else ".")
+    return out
+
+
+def expected_folders(config: Config, names: Iterable[str]) -> dict[str, Optional[str]]:
+    """Photo name -> the library folder its store rows put it in under eval's placement (largest
+    face; one folder per live identity, as ``placement_layout.identity_folders`` names them):
+    the quarantine for a broken photo, ``_noface`` without a face, ``_unsorted`` for an unassigned
+    face. None where no folder is right: never recorded, or a face on a merged identity."""
+    pc = config.placement
+    with Store.open(config.state_dir, load_vectors=False) as store, store.read() as conn:
+        largest = _largest_faces(conn)
+        status = {_file_name(path): st
+                  for path, st in conn.execute("SELECT path, status FROM images")}
+        people = conn.execute("SELECT id, name, merged_into FROM identities").fetchall()
+    live = {i: name for i, name, into in people if into is None}
+    folders = identity_folders(live, _specials(config))
+    out: dict[str, Optional[str]] = {}
+    for name in names:
+        st = status.get(name, "missing")
+        if st == "error":
+            out[name] = pc.quarantine_dir
+        elif st == "duplicate" and pc.on_conflict == "skip_identical":
+            out[name] = pc.duplicates_dir
+        elif st not in ("done", "noface", "duplicate"):
+            out[name] = None
+        elif name not in largest:
+            out[name] = pc.noface_dir
+        else:
+            identity = largest[name][1]
+            folder = folders.get(identity)
+            out[name] = pc.unknown_dir if identity == -1 else folder.name if folder else None
+    return out
+
+
+def score_library(config: Config, labels: dict[str, str], examples: int = 5) -> dict:
+    """Score the library folders as a user sees them (module doc) and compare each photo's folder
+    with the one its store rows call for: ``{"library": figures, "misplaced_photos": n,
+    "misplaced_examples": [...]}``."""
+    names = sorted(labels)
+    found = library_folders(config.library, names)
+    expected = expected_folders(config, names)
+    special = set(_specials(config)) | {"."}
+    cluster: dict[str, int] = {}
+    pred = np.full(len(names), -1, np.int64)
+    misplaced, missing = [], []
+    for k, name in enumerate(names):
+        where = found.get(name)
+        if not where:
+            missing.append(name)
+            continue
+        if where[0] not in special:
+            pred[k] = cluster.setdefault(where[0], len(cluster))
+        wrong = [f for f in where if f != expected[name]]
+        if wrong:
+            misplaced.append({"photo": name, "folder": wrong[0], "expected": expected[name],
+                              "label": labels[name]})
+    figures = score([labels[n] for n in names], pred).as_dict()
+    sizes = Counter(pred[pred != -1].tolist())
+    return {
+        "library": {
+            "person_folders": len(cluster),
+            "largest_folder": max(sizes.values(), default=0),
+            "noise_fraction": round(figures["noise_fraction"], 4),
+            **{k: round(v, 4) for k, v in figures.items() if k.startswith(("pairwise", "bcubed"))},
+            "missing_photos": len(missing), "missing_examples": missing[:examples],
+        },
+        "misplaced_photos": len(misplaced),
+        "misplaced_examples": misplaced[:examples],
+    }
+
+
+def disagreement(figures: dict) -> Optional[str]:
+    """The CLI's error when the library is not what the store says (None when it is)."""
+    lib, n, gone = figures["library"], figures["misplaced_photos"], figures["library"]["missing_photos"]
+    if not n and not gone:
+        return None
+    said = []
+    if n:
+        said.append(f"{n} of {figures['photos']} photos sit outside their identity's folder (e.g. "
+                    + "; ".join(f"{e['photo']} in {e['folder']}/, its identity's folder is "
+                                f"{e['expected'] + '/' if e['expected'] else 'none'}"
+                                for e in figures["misplaced_examples"][:3]) + ")")
+    if gone:
+        said.append(f"{gone} photos are missing from the library (e.g. "
+                    f"{', '.join(lib['missing_examples'][:3])})")
+    return ("the library folders disagree with the store: " + "; ".join(said)
+            + f". BCubed F1: store {figures['bcubed_f1']}, folders {lib['bcubed_f1']}; "
+            f"pairwise F1: store {figures['pairwise_f1']}, folders {lib['pairwise_f1']}")
 
 
 def rescore(state_dir: Path, labels: dict[str, str], params: ClusterParams) -> dict:
@@ -222,7 +351,10 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
 def evaluate(dataset_dirs: Sequence[Path], mode: str = "detect", embedder: str = "dlib",
              stream: bool = False, seed: int = 0, eps: Optional[float] = None,
              keep: Optional[Path] = None) -> dict:
-    """Run, score and return the JSON figures of ``facesortd eval``."""
+    """Run, score and return the JSON figures of ``facesortd eval``: the store's at the top
+    level, the library folders' under ``library``."""
+    from .embedders import create_embedder
+
     tmp = None
     if keep is None:
         tmp = tempfile.mkdtemp(prefix="facesortd-eval-")
@@ -235,26 +367,23 @@ def evaluate(dataset_dirs: Sequence[Path], mode: str = "detect", embedder: str =
         run = ingest(dataset_dirs, root, mode, embedder, stream=stream, seed=seed, eps=eps)
         true, pred = predictions(run.config.state_dir, run.labels)
         figures = score(true, pred).as_dict()
+        library = score_library(run.config, run.labels)
         with Store.open(run.config.state_dir, load_vectors=False) as store:
             counts = store.counts()
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+    default_eps = create_embedder(run.config.embedder).default_eps   # not loaded: its tuned eps
     return {
         "datasets": [str(d) for d in dataset_dirs], "mode": mode, "embedder": embedder,
         "arrival": "stream" if stream else "batch", "seed": seed if stream else None,
         "eps": "auto" if eps is None else eps,
+        "eps_used": ClusterParams.for_embedder(default_eps, run.config.clustering.eps).eps,
         "photos": len(true), "faces": counts["faces"],
         "identities_found": figures["n_clusters"], "identities_true": figures["n_true"],
         "noise_fraction": round(figures["noise_fraction"], 4),
         **{k: round(v, 4) for k, v in figures.items()
            if k.startswith(("pairwise", "bcubed"))},
         "seconds": round(run.seconds, 1),
+        **library,
     }
-
-
-def main_json(args) -> str:
-    """What the CLI prints."""
-    return json.dumps(evaluate(args.dataset, mode=args.mode, embedder=args.embedder,
-                               stream=args.stream, seed=args.seed, eps=args.eps, keep=args.keep),
-                      indent=2)

@@ -1,6 +1,7 @@
 """``facesortd eval``: the real pipeline (MTCNN + dlib, detect mode) on ``faces/`` + ``faces_singletons/``
 meets issue 3's targets. The photos are ingested once for the module; other eps values re-cluster
-the stored vectors, and streaming replays them through the identity service in random order."""
+the stored vectors, and streaming replays them through the identity service in random order.
+The library folders score what the store says."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 from facesortd.cli import main
 from facesortd.clustering import ClusterParams
 from facesortd.errors import FacesortdError
-from facesortd.evaluate import agreement, collect, ingest, predictions, replay, rescore
+from facesortd.evaluate import (agreement, collect, ingest, predictions, replay, rescore,
+                                score_library)
 from facesortd.metrics import bcubed, score
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
@@ -55,6 +57,17 @@ def test_stream_arrival_ends_where_batch_does(batch, tmp_path):
         assert bcubed(true, stream)[2] >= 0.97
 
 
+def test_library_folders_score_what_the_store_says(batch):
+    run, true, pred = batch
+    store = score(true, pred)
+    got = score_library(run.config, run.labels)
+    lib = got["library"]
+    assert got["misplaced_photos"] == 0 and lib["missing_photos"] == 0
+    assert lib["bcubed_f1"] == round(store.bcubed_f1, 4)
+    assert lib["pairwise_f1"] == round(store.pairwise_f1, 4)
+    assert lib["person_folders"] == store.n_clusters
+
+
 def test_cli_eval_aligned_mode_prints_the_figures(data_dir, capsys):
     assert main(["eval", str(data_dir / "faces_cropped"), "--mode", "aligned"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -63,6 +76,8 @@ def test_cli_eval_aligned_mode_prints_the_figures(data_dir, capsys):
     assert out["bcubed_f1"] >= 0.9 and 0 <= out["noise_fraction"] < 0.2
     assert set(out) >= {"identities_found", "pairwise_precision", "pairwise_recall", "pairwise_f1",
                         "bcubed_precision", "bcubed_recall"}
+    assert out["misplaced_photos"] == 0 and out["library"]["missing_photos"] == 0
+    assert out["library"]["bcubed_f1"] == out["bcubed_f1"]
 
 
 def test_eval_refuses_a_folder_without_person_folders(tmp_path):
