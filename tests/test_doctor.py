@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import socket
+import sqlite3
 import stat
+from contextlib import closing
 
 import pytest
 
+from facesortd import store_schema
 from facesortd.cli import main
-from facesortd.config import parse_config
+from facesortd.config import load_config, parse_config
 from facesortd.daemon import StateLock
 from facesortd.doctor import TUNABLES, doctor, run_checks
-from facesortd.store import Store
+from facesortd.placer import Placer
+from facesortd.store import DB_NAME, Store
+from placer_driver import DIM, fabricate, new_identity
 
 
 def write_config(root, embedder="dlib", extra=""):
@@ -144,3 +150,130 @@ def test_facenet_device_and_weights(tmp_path, monkeypatch):
                               tmp_path / "facesortd.yaml")
         device = {f.topic: f for f in run_checks(config)}["device"]
         assert device.level == "fail" and "cuda does not exist" in device.message
+
+
+# -- the store's people and the library ----------------------------------------------------------
+
+def placed_library(root, schema: int = store_schema.SCHEMA_VERSION):
+    """A config and a store at ``schema`` with seven real photos placed by the real placer: a1 and
+    a2 of Alice (1), b1 of 2, c1 of 3, d1 of 4, e1 of 5 (6 holds none) and n1 without a face."""
+    path = write_config(root)
+    config = load_config(path)
+    config.state_dir.mkdir()
+    conn = sqlite3.connect(config.state_dir / DB_NAME, isolation_level=None,
+                           check_same_thread=False)
+    store_schema.migrate(conn, target=schema)
+    store = Store(conn, config.state_dir / DB_NAME)   # as it is: Store.open would migrate it
+    try:
+        store.bind_model("dlib-resnet-v1", DIM)
+        people = [new_identity(store, "Alice")] + [new_identity(store) for _ in range(5)]
+        for name, person in [("a1", 0), ("a2", 0), ("b1", 1), ("c1", 2), ("d1", 3), ("e1", 4),
+                             ("n1", None)]:
+            photo = config.inboxes[0].path / f"{name}.jpg"
+            photo.write_bytes(os.urandom(100) + name.encode())
+            fabricate(store, photo, photo.parent, [] if person is None else [people[person]])
+        assert len(Placer(config, store).sync()) == 7
+    finally:
+        store.close()
+    return path, config
+
+
+def state_files(config) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(config.state_dir.iterdir())}
+
+
+def test_a_healthy_store_and_library_are_all_clear(tmp_path):
+    pytest.importorskip("dlib")
+    path, _ = placed_library(tmp_path)
+    rc, out = run(path)
+    assert rc == 0, out
+    assert "7 placed photo(s), each in its person's folder" in line(out, "placement")
+    assert "6 people (0 merged into others)" in line(out, "people")
+    for topic in ("store", "people", "placement", "person folders"):
+        assert line(out, topic).startswith("ok"), out
+    assert "placed files" not in out
+    assert out.rstrip().endswith("0 problem(s), 0 warning(s)")
+
+
+def test_a_store_the_old_merge_bug_broke_is_reported_with_counts_and_left_as_it_is(tmp_path):
+    path, config = placed_library(tmp_path, schema=5)
+    library = config.library
+    with closing(sqlite3.connect(config.state_dir / DB_NAME)) as conn, conn:
+        # what the old bug left: 2 -> 3 -> 4 with faces on 2 and 3, a cycle 5 <-> 6 with faces
+        # on 5, a merge into no identity; the old placer followed the chain into Person_0004
+        conn.execute("INSERT INTO identities (id, merged_into, created_at) VALUES (7, NULL, 0)")
+        conn.executemany("UPDATE identities SET merged_into = ? WHERE id = ?",
+                         [(3, 2), (4, 3), (6, 5), (5, 6), (99, 7)])
+        for name, person in [("b1", 2), ("c1", 3)]:
+            old = library / f"Person_{person:04d}" / f"{name}.jpg"
+            new = library / "Person_0004" / f"{name}.jpg"
+            old.rename(new)
+            old.parent.rmdir()
+            conn.execute("UPDATE placements SET path = ? WHERE path = ?", (str(new), str(old)))
+    before = state_files(config)
+
+    rc, out = run(path)
+    assert rc == 0, out     # warnings: the daemon starts and repairs it
+    people = [l for l in out.splitlines() if l[5:].startswith("people")]
+    assert len(people) == 2 and all(l.startswith("WARN") for l in people), out
+    assert "3 faces sit on 3 merged identities" in people[0]
+    assert ("merged_into is broken for 6 identities: 3 chained (pointing at a merged identity), "
+            "2 on cycles, 1 dangling") in people[1]
+    assert "e.g. cycle 5 -> 6 -> 5; chain 2 -> 3 -> 4" in people[1]
+    assert "the store is at schema 5: the next daemon start" in out
+    assert ("(merged identities that hold faces made people again: 3; merges into no identity "
+            "dropped: 1)") in out
+    placement = line(out, "placement")
+    assert placement.startswith("WARN") and "2 of 7 placed photo(s)" in placement
+    assert "Person_0004/b1.jpg (wanted in Person_0002/)" in placement
+    assert "Person_0004/c1.jpg (wanted in Person_0003/)" in placement
+    assert "files follow at the next placement" in out
+    folders = line(out, "person folders")
+    assert folders.startswith("WARN") and "1 folder(s)" in folders
+    assert "Person_0004 (3 photos of 3 people)" in folders
+    assert state_files(config) == before, "doctor must not change the store"
+    with closing(sqlite3.connect(config.state_dir / DB_NAME)) as conn:
+        assert store_schema.schema_version(conn) == 5
+
+
+def test_a_photo_moved_by_hand_into_another_persons_folder(tmp_path):
+    path, config = placed_library(tmp_path)
+    (config.library / "Alice" / "a1.jpg").rename(config.library / "Person_0002" / "a1.jpg")
+    _, out = run(path)
+    moved = line(out, "placed files")
+    assert moved.startswith("WARN") and "1 placed photo(s) are not where the placer put them" in moved
+    assert "Alice/a1.jpg (now at Person_0002/a1.jpg, the folder of another person)" in moved
+    assert "move it back" in out
+    assert line(out, "placement").startswith("ok") and line(out, "person folders").startswith("ok")
+
+
+def test_a_correction_the_placer_has_not_followed_yet(tmp_path):
+    path, config = placed_library(tmp_path)
+    with closing(sqlite3.connect(config.state_dir / DB_NAME)) as conn, conn:
+        conn.execute("UPDATE faces SET identity_id = 1 WHERE identity_id = 4")   # d1 is Alice
+    lock = StateLock(config.state_dir)
+    lock.acquire()
+    try:
+        _, out = run(path)
+    finally:
+        lock.release()
+    placement = line(out, "placement")
+    assert placement.startswith("WARN") and "Person_0004/d1.jpg (wanted in Alice/)" in placement
+    assert "the running daemon moves them at its next placement" in out
+    with Store.open(config.state_dir) as store:
+        follow = [op.src for op in Placer(config, store).sync(dry_run=True) if op.reason == "follow"]
+        assert follow == [config.library / "Person_0004" / "d1.jpg"], "what doctor says = dry run"
+        Placer(config, store).sync()
+    _, out = run(path)
+    assert line(out, "placement").startswith("ok") and (config.library / "Alice" / "d1.jpg").exists()
+
+
+def test_broken_people_at_schema_6_fail(tmp_path):
+    path, config = placed_library(tmp_path)
+    with closing(sqlite3.connect(config.state_dir / DB_NAME)) as conn, conn:
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute("UPDATE identities SET merged_into = 1 WHERE id = 2")
+    rc, out = run(path)
+    assert rc == 1 and line(out, "people").startswith("FAIL") and "report a bug" in out
