@@ -90,14 +90,14 @@ def test_the_triggers_of_a_migrated_store_refuse_what_the_old_bug_wrote(tmp_path
     with Store.open(tmp_path, load_vectors=False) as store:
         refused = [
             ("UPDATE faces SET identity_id = 1", ()),                                # onto merged
-            ("INSERT INTO faces (image_id, box_x1, box_y1, box_x2, box_y2, score, vector, "
-             "model_id, identity_id, created_at) VALUES (1, 0, 0, 1, 1, 1, x'00', 's', 1, 0)", ()),
+            (("INSERT INTO faces (image_id, box_x1, box_y1, box_x2, box_y2, score, vector, "
+              "model_id, identity_id, created_at) VALUES (1, 0, 0, 1, 1, 1, x'00', 's', 1, 0)"), ()),
             ("UPDATE identities SET merged_into = 1 WHERE id = 3", ()),              # a chain
             ("UPDATE identities SET merged_into = 3 WHERE id = 2", ()),              # 1 points at 2
             ("UPDATE identities SET merged_into = 2 WHERE id = 3", ()),              # 3 holds a face
         ]
         for sql, args in refused:
-            with pytest.raises(sqlite3.IntegrityError, match="facesortd"):
-                with store.transaction() as conn:
-                    conn.execute(sql, args)
+            with pytest.raises(sqlite3.IntegrityError, match="facesortd"), \
+                    store.transaction() as conn:
+                conn.execute(sql, args)
         assert rows(store) == {1: 2, 2: None, 3: None}
