@@ -132,7 +132,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _setup_logging("warning")
     figures = evaluate(args.dataset, mode=args.mode, embedder=args.embedder, stream=args.stream,
-                       seed=args.seed, eps=args.eps, keep=args.keep)
+                       seed=args.seed, eps=args.eps, keep=args.keep, from_run_dir=args.from_run)
     print(json.dumps(figures, indent=2))
     problem = disagreement(figures)
     if problem:   # the figures are still printed: they say how far apart the two are
@@ -290,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=float, default=None, help="clustering.eps (default: auto)")
     p.add_argument("--keep", type=Path, default=None,
                    help="keep the run's state and library in this new folder")
+    p.add_argument("--from-run", type=Path, default=None, metavar="DIR",
+                   help="no embedding: sort the photos of an earlier --keep DIR run (same "
+                        "DATASET_DIRs) again, its stored faces through the real identity service "
+                        "and placer in the order it recorded them, into a new state and library; "
+                        "DIR is only read (photos are hard-linked or copied). For other --eps "
+                        "values; --mode and --embedder are the kept run's")
     p.set_defaults(func=cmd_eval)
     return parser
 

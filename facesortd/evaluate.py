@@ -7,7 +7,9 @@ real daemon runs (``run --once``: ingest, assign, recluster, place), and the res
 ``metrics.score`` twice: the store's identities, and the library folders the photos were put in.
 ``--stream`` instead feeds the files into a running daemon in random micro-batches (random order,
 1..16 files, each batch ingested and assigned before the next) and scores the incremental result as
-it stands, without a final recluster.
+it stands, without a final recluster. ``--from-run DIR`` re-sorts the photos of an earlier
+``--keep DIR`` run without embedding them again (``from_run``: its stored faces go through the real
+identity service and placer), so other ``--eps`` values cost seconds instead of the embedding.
 
 Scoring, per photo: the largest face found carries the photo's label; other faces (bystanders) are
 clustered like any face but not scored; a photo without a face, or whose face is unassigned,
@@ -21,6 +23,7 @@ values.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -29,6 +32,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -36,14 +40,16 @@ import numpy as np
 
 from .cluster_recluster import recluster
 from .clustering import ClusterParams
-from .config import Config, parse_config
+from .config import Config, load_config, parse_config
 from .errors import FacesortdError
 from .metrics import bcubed, score
 from .placement_layout import identity_folders
 from .store import Store
 
-__all__ = ["Ingested", "collect", "ingest", "predictions", "rescore", "replay",
+__all__ = ["Ingested", "collect", "ingest", "from_run", "predictions", "rescore", "replay",
            "score_library", "disagreement", "evaluate", "agreement"]
+
+log = logging.getLogger("facesortd.eval")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -137,6 +143,145 @@ def ingest(dataset_dirs: Sequence[Path], root: Path, mode: str = "detect", embed
     finally:
         daemon.close()
     return Ingested(config, labels, time.perf_counter() - t0)
+
+
+def from_run(kept: Path, dataset_dirs: Sequence[Path], root: Path,
+             eps: Optional[float] = None) -> Ingested:
+    """Sort the photos of an earlier ``--keep`` run again into ``root`` without embedding them:
+    each photo is hard-linked (else copied) from where the kept run left it into a new inbox, its
+    stored faces (boxes, scores, vectors) are recorded in a new store micro-batch by micro-batch,
+    in the order and batches the kept run's pipeline recorded them, and each batch goes through
+    the real identity service (reclusters every ``recluster_after_faces`` faces, and once at the
+    end as ``run --once`` does) before the real placer moves the files into a new library. Only
+    ``eps`` differs from the kept run (``None``: the embedder's tuned default). The kept folder is
+    only read."""
+    from .embedders import create_embedder
+    from .identities import service_for
+    from .placer import Placer
+
+    kept = Path(kept)
+    if not (kept / "facesortd.yaml").is_file() or not (kept / "state").is_dir():
+        raise FacesortdError(f"--from-run {kept}: not a folder kept by `facesortd eval --keep` "
+                             "(no facesortd.yaml and state/ in it)")
+    old = load_config(kept / "facesortd.yaml")
+    photos = collect(dataset_dirs)
+    names = _names(photos)
+    labels = {name: label for name, (_, label) in zip(names, photos)}
+    source = dict(zip(names, (path for path, _ in photos)))
+    with Store.open(old.state_dir, load_vectors=False) as src:
+        images = src.images_with_status("done", "noface", "duplicate", "error", "pending")
+        with src.read() as conn:
+            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('model_id', 'dim')"))
+            faces: dict[int, list] = {}
+            for row in conn.execute("SELECT image_id, box_x1, box_y1, box_x2, box_y2, score, "
+                                    "vector FROM faces WHERE rejected = 0 ORDER BY id"):
+                faces.setdefault(row[0], []).append(
+                    (tuple(row[1:5]), row[5], np.frombuffer(row[6], "<f4")))
+    model, dim = meta.get("model_id"), meta.get("dim")
+    if model is None or dim is None:
+        raise FacesortdError(f"--from-run {kept}: its store holds no faces")
+    _check_same_photos(kept, images, source)
+    where = _files_by_name([old.library, *(i.path for i in old.inboxes)], set(labels))
+    mode, embedder = old.inboxes[0].mode, old.embedder.name
+    root = Path(root)
+    config = _config(root, mode, embedder, stream=False, eps=eps)
+    inbox = config.inboxes[0].path
+    t0 = time.perf_counter()
+    with Store.open(config.state_dir) as store:
+        store.bind_model(model, int(dim))
+        service = service_for(store, config.clustering, create_embedder(config.embedder).default_eps)
+        service.start()
+        try:
+            new_id: dict[int, int] = {}     # kept image id -> its id here
+            waiting: list = []              # duplicates whose original is not recorded yet
+            # one pipeline micro-batch = the images one add_ingested call recorded (same time)
+            for _, batch in groupby(images, key=lambda im: im.created_at):
+                items, later = [], []
+                for im in batch:
+                    name = _file_name(im.path)
+                    if name not in where:
+                        log.warning("%s: not in the kept run's library or inbox; left out", name)
+                        continue
+                    path = inbox / name
+                    _link_or_copy(where[name], path)
+                    st = path.stat()
+                    if im.status in ("done", "noface"):
+                        items.append((im.id, (path, inbox, im.sha256, st.st_size, st.st_mtime_ns,
+                                              faces.get(im.id, []))))
+                    else:
+                        later.append((im, path, st))
+                face_ids: list[int] = []
+                for (old_id, _), (image_id, ids) in zip(items, store.add_ingested([i for _, i in items])):
+                    new_id[old_id] = image_id
+                    face_ids += ids
+                todo, waiting = waiting + later, []
+                for im, path, st in todo:
+                    if im.status == "duplicate" and im.duplicate_of not in new_id:
+                        waiting.append((im, path, st))
+                    else:
+                        _record_other(store, config, im, path, st, new_id)
+                service.submit(face_ids)    # as the pipeline hands each stored batch over
+                service.drain()
+            for im, path, st in waiting:    # originals never recorded: ingested on their own
+                log.warning("%s: a duplicate of a photo the kept run did not record", path.name)
+            service.drain()
+            service.recluster(reason="run --once")
+        finally:
+            service.stop()
+        Placer(config, store).sync()
+    return Ingested(config, labels, time.perf_counter() - t0)
+
+
+def _check_same_photos(kept: Path, images, source: dict[str, Path]) -> None:
+    """The kept run must have sorted these very photos under these names (same datasets, same
+    order): every photo it recorded has the dataset file's name and size, and none is missing."""
+    recorded = {_file_name(im.path): im for im in images}
+    wrong = [n for n, im in recorded.items()
+             if n not in source or source[n].stat().st_size != im.size]
+    missing = [n for n in source if n not in recorded]
+    if wrong or missing:
+        example = (wrong or missing)[0]
+        raise FacesortdError(
+            f"--from-run {kept}: its photos are not these datasets' ({len(wrong)} differ, e.g. "
+            f"{example}{' = ' + str(source[example]) if example in source else ''}; "
+            f"{len(missing)} never recorded): give the same DATASET_DIRs, in the same order, as "
+            "the kept run")
+
+
+def _files_by_name(folders: Iterable[Path], names: set[str]) -> dict[str, Path]:
+    """Where each photo is now, by its neutral name, under the given folders."""
+    out: dict[str, Path] = {}
+    for folder in folders:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames.sort()
+            for f in sorted(filenames):
+                if f in names:
+                    out.setdefault(f, Path(dirpath) / f)
+    return out
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:       # another file system, or links not allowed
+        shutil.copy2(src, dst)
+
+
+def _record_other(store: Store, config: Config, im, path: Path, st: os.stat_result,
+                  new_id: dict[int, int]) -> None:
+    """A duplicate or a broken photo of the kept run, recorded as the pipeline's ledger does."""
+    inbox = config.inboxes[0].path
+    if im.status == "duplicate":
+        image_id = store.add_image(path, inbox, im.sha256, st.st_size, st.st_mtime_ns)
+        store.mark_duplicate(image_id, new_id[im.duplicate_of])
+        new_id[im.id] = image_id
+        return
+    # 'error' (set aside in the quarantine folder) or 'pending' (never finished): recorded as
+    # broken and set aside; both are noise in either score
+    store.record_error(path, inbox, None, st.st_size, st.st_mtime_ns, im.error or "not finished")
+    where = config.library / config.placement.quarantine_dir
+    where.mkdir(parents=True, exist_ok=True)
+    path.rename(where / path.name)
 
 
 def _recorded(store: Store) -> int:
@@ -350,11 +495,13 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 def evaluate(dataset_dirs: Sequence[Path], mode: str = "detect", embedder: str = "dlib",
              stream: bool = False, seed: int = 0, eps: Optional[float] = None,
-             keep: Optional[Path] = None) -> dict:
-    """Run, score and return the JSON figures of ``facesortd eval``: the store's at the top
-    level, the library folders' under ``library``."""
+             keep: Optional[Path] = None, from_run_dir: Optional[Path] = None) -> dict:
+    """Run (or, with ``from_run_dir``, re-sort a kept run), score and return the JSON figures of
+    ``facesortd eval``: the store's at the top level, the library folders' under ``library``."""
     from .embedders import create_embedder
 
+    if from_run_dir is not None and stream:
+        raise FacesortdError("--from-run replays the kept run's arrival order; --stream does not apply")
     tmp = None
     if keep is None:
         tmp = tempfile.mkdtemp(prefix="facesortd-eval-")
@@ -364,7 +511,11 @@ def evaluate(dataset_dirs: Sequence[Path], mode: str = "detect", embedder: str =
         if root.exists() and any(root.iterdir()):
             raise FacesortdError(f"--keep {root}: the folder must be new or empty")
     try:
-        run = ingest(dataset_dirs, root, mode, embedder, stream=stream, seed=seed, eps=eps)
+        if from_run_dir is not None:
+            run = from_run(from_run_dir, dataset_dirs, root, eps=eps)
+            mode, embedder = run.config.inboxes[0].mode, run.config.embedder.name
+        else:
+            run = ingest(dataset_dirs, root, mode, embedder, stream=stream, seed=seed, eps=eps)
         true, pred = predictions(run.config.state_dir, run.labels)
         figures = score(true, pred).as_dict()
         library = score_library(run.config, run.labels)
@@ -379,6 +530,7 @@ def evaluate(dataset_dirs: Sequence[Path], mode: str = "detect", embedder: str =
         "arrival": "stream" if stream else "batch", "seed": seed if stream else None,
         "eps": "auto" if eps is None else eps,
         "eps_used": ClusterParams.for_embedder(default_eps, run.config.clustering.eps).eps,
+        "from_run": None if from_run_dir is None else str(from_run_dir),
         "photos": len(true), "faces": counts["faces"],
         "identities_found": figures["n_clusters"], "identities_true": figures["n_true"],
         "noise_fraction": round(figures["noise_fraction"], 4),

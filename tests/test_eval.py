@@ -1,14 +1,19 @@
 """``facesortd eval``: the real pipeline (MTCNN + dlib, detect mode) on ``faces/`` + ``faces_singletons/``
 meets issue 3's targets. The photos are ingested once for the module; other eps values re-cluster
 the stored vectors, and streaming replays them through the identity service in random order.
-The library folders score what the store says."""
+The library folders score what the store says, a photo moved by hand is caught, and ``--from-run``
+sorts the kept run again (no embedding) to the same figures."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 
 import pytest
 
+import facesortd.evaluate as evaluate_module
 from facesortd.cli import main
 from facesortd.clustering import ClusterParams
 from facesortd.errors import FacesortdError
@@ -28,6 +33,43 @@ def batch(tmp_path_factory, data_dir):
                  embedder="dlib")
     true, pred = predictions(run.config.state_dir, run.labels)
     return run, true, pred
+
+
+def _datasets(data_dir) -> list[str]:
+    return [str(data_dir / "faces"), str(data_dir / "faces_singletons")]
+
+
+def _tree(folder) -> list[tuple[str, int]]:
+    """Every file under ``folder`` with its inode: the kept run's photos stay where they are."""
+    return sorted((os.path.relpath(os.path.join(d, f), folder), os.stat(os.path.join(d, f)).st_ino)
+                  for d, _, files in os.walk(folder) for f in files)
+
+
+def _faces(run) -> int:
+    from facesortd.store import Store
+
+    with Store.open(run.config.state_dir, load_vectors=False) as store:
+        return store.counts()["faces"]
+
+
+def _eval(argv: list[str]) -> tuple[int, dict]:
+    """``facesortd eval ...`` through the CLI: (exit code, the JSON it printed)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["eval", *argv])
+    return code, json.loads(out.getvalue())
+
+
+@pytest.fixture(scope="module")
+def rerun(batch, data_dir, tmp_path_factory):
+    """``eval --from-run`` over the module's run at the same eps, kept: (exit code, JSON, the
+    kept run's files before, the new run's folder)."""
+    run, _, _ = batch
+    kept = run.config.library.parent
+    before = _tree(run.config.library)
+    new = tmp_path_factory.mktemp("rerun") / "kept"
+    code, out = _eval([*_datasets(data_dir), "--from-run", str(kept), "--keep", str(new)])
+    return code, out, before, new
 
 
 def test_batch_quality_at_the_default_eps(batch):
@@ -66,6 +108,63 @@ def test_library_folders_score_what_the_store_says(batch):
     assert lib["bcubed_f1"] == round(store.bcubed_f1, 4)
     assert lib["pairwise_f1"] == round(store.pairwise_f1, 4)
     assert lib["person_folders"] == store.n_clusters
+
+
+def test_from_run_sorts_the_kept_photos_again_to_the_same_figures(batch, rerun):
+    run, true, pred = batch
+    store = score(true, pred)
+    code, out, before, new = rerun
+    assert code == 0 and out["from_run"] == str(run.config.library.parent)
+    assert out["photos"] == 300 and out["eps_used"] == DEFAULT_EPS
+    # the same faces, other reclusters in between: the figures agree closely, not exactly
+    assert abs(out["bcubed_f1"] - store.bcubed_f1) <= 0.01
+    assert abs(out["pairwise_f1"] - store.pairwise_f1) <= 0.02
+    assert out["faces"] == _faces(run)
+    # ... and its own library is what its store says
+    assert out["misplaced_photos"] == 0 and out["library"]["missing_photos"] == 0
+    assert out["library"]["bcubed_f1"] == out["bcubed_f1"]
+    # the photos were sorted into the new library; the kept run was only read
+    assert sum(len(f) for _, _, f in os.walk(new / "library")) >= 300
+    assert not any((new / "inbox").iterdir())
+    assert _tree(run.config.library) == before
+
+
+def test_a_photo_moved_by_hand_to_another_person_fails_the_cli(batch, rerun, data_dir,
+                                                               monkeypatch, capsys):
+    """Between the run and the scoring, one photo is moved into another person's folder: the
+    JSON still comes, the folders score lower than the store, stderr names the photo, exit 1."""
+    _, _, _, kept = rerun
+    real = evaluate_module.from_run
+    moved = {}
+
+    def then_move_one(*args, **kwargs):
+        done = real(*args, **kwargs)
+        people = sorted(d for d in done.config.library.iterdir()
+                        if d.name.startswith("Person_") and len(list(d.iterdir())) >= 2)
+        photo = min(people[0].iterdir())
+        photo.rename(people[1] / photo.name)
+        moved.update(photo=photo.name, to=people[1].name)
+        return done
+
+    monkeypatch.setattr(evaluate_module, "from_run", then_move_one)
+    code = main(["eval", *_datasets(data_dir), "--from-run", str(kept)])
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    assert code == 1
+    assert out["misplaced_photos"] == 1
+    assert out["misplaced_examples"][0]["photo"] == moved["photo"]
+    assert out["misplaced_examples"][0]["folder"] == moved["to"]
+    assert out["library"]["pairwise_f1"] < out["pairwise_f1"]
+    assert "1 of 300 photos sit outside their identity's folder" in cap.err
+    assert moved["photo"] in cap.err
+
+
+def test_from_run_refuses_other_photos_and_stream(batch, data_dir, capsys):
+    kept = str(batch[0].config.library.parent)
+    assert main(["eval", str(data_dir / "faces_cropped"), "--from-run", kept]) == 1
+    assert "give the same DATASET_DIRs" in capsys.readouterr().err
+    assert main(["eval", *_datasets(data_dir), "--from-run", kept, "--stream"]) == 1
+    assert "--stream does not apply" in capsys.readouterr().err
 
 
 def test_cli_eval_aligned_mode_prints_the_figures(data_dir, capsys):
