@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from facesortd import fsops
+from facesortd.identity_rows import retire
 from facesortd.config import parse_config
 from facesortd.journal import Op, tmp_name
 from facesortd.placer import Placer, PlacerLoop
@@ -236,8 +237,8 @@ def test_rename_merge_split_and_assignment_move_placed_files(env):
                                  f"Person_{p1:04d}/mine.txt", f"Person_{p2:04d}/p2.jpg",
                                  "_unsorted/who.jpg"]
     assert hand.read_bytes() == b"put here by hand" and hand.stat().st_ino == hand_stat.st_ino
-    with e.store.transaction() as conn:   # merge p2 into Dana
-        conn.execute("UPDATE identities SET merged_into = ? WHERE id = ?", (p1, p2))
+    with e.store.transaction() as conn:   # merge p2 into Dana (its faces go with it)
+        retire(conn, p2, p1)
     e.placer.sync()
     assert "Dana/p2.jpg" in e.files() and not (e.library / f"Person_{p2:04d}").exists()
     split = new_identity(e.store, "Eve")   # split: one of Dana's faces is someone else
@@ -250,6 +251,25 @@ def test_rename_merge_split_and_assignment_move_placed_files(env):
                                  "Eve/who.jpg", f"Person_{p1:04d}/mine.txt"]
     assert not (e.library / "_unsorted").exists()
     assert len(census(e.library, e.inbox)) == 6 and e.placer.sync() == []
+
+
+def test_two_people_never_share_a_folder(env):
+    """Same names (also differing in case), a name like another person's Person_NNNN folder, a
+    special folder's name: each identity still gets a folder of its own."""
+    e = env()
+    a, b, c, d, plain = (new_identity(e.store) for _ in range(5))
+    for ident, name in [(a, "Ada"), (b, "ada"), (c, f"Person_{plain:04d}"), (d, "_unsorted")]:
+        rename(e.store, ident, name)
+    for ident in (a, b, c, d, plain):
+        e.add(f"f{ident}.jpg", [ident], content=f"face {ident}".encode())
+    e.add("who.jpg", [None], content=b"who")
+    e.placer.sync()
+    folders = {}
+    for rel in e.files():
+        folders.setdefault(rel.split("/")[0], []).append(rel)
+    assert all(len(files) == 1 for files in folders.values()), folders
+    assert f"Ada/f{a}.jpg" in e.files() and f"Person_{plain:04d}/f{plain}.jpg" in e.files()
+    assert "_unsorted/who.jpg" in e.files() and f"_unsorted (#{d})/f{d}.jpg" in e.files()
 
 
 def test_a_placed_file_moved_away_by_hand_is_left_alone(env):
