@@ -125,11 +125,19 @@ def _correct(store: Store, rng: random.Random, log: list[str]) -> None:
 
 def stream(root: Path, vectors: np.ndarray, params: ClusterParams, *, seed: int,
            recluster_after: int, corrections_every: int = 0, pair_photos: float = 0.1,
-           checks_every: int = 1) -> tuple[Store, list[int], dict]:
-    """Feed ``vectors`` (row order = arrival order) in random micro-batches of 1..32 faces to the
-    service's thread, as the pipeline does; some photos hold two faces. Returns the open store,
-    the face id of each row, and counts."""
+           checks_every: int = 1, photos: "list[list[int]] | None" = None,
+           ) -> tuple[Store, list[int], dict]:
+    """Feed ``vectors`` in random micro-batches of 1..32 photos to the service's thread, as the
+    pipeline does. ``photos``: the rows of each photo in arrival order (default: rows in order,
+    a ``pair_photos`` share of photos holding two faces). Returns the open store, the face id of
+    each row, and counts."""
     rng = random.Random(seed)
+    if photos is None:
+        photos, k = [], 0
+        while k < len(vectors):
+            two = k + 1 < len(vectors) and rng.random() < pair_photos
+            photos.append([k, k + 1] if two else [k])
+            k += len(photos[-1])
     errors: list[logging.LogRecord] = []
     catch = logging.Handler(logging.ERROR)
     catch.emit = errors.append          # the service's thread logs what it could not write
@@ -138,24 +146,20 @@ def stream(root: Path, vectors: np.ndarray, params: ClusterParams, *, seed: int,
     store.bind_model("synthetic", vectors.shape[1])
     service = IdentityService(store, params, recluster_after_faces=recluster_after, poll_s=0.05)
     service.start()
-    face_of_row: list[int] = []
+    face_of_row = np.full(len(vectors), -1, np.int64)
     log: list[str] = []
     batches = 0
     try:
-        k = 0
-        while k < len(vectors):
-            n = rng.randint(1, 32)
+        p = 0
+        while p < len(photos):
             new: list[int] = []
-            end = min(k + n, len(vectors))
-            while k < end:
-                two = k + 1 < end and rng.random() < pair_photos
-                rows = [k, k + 1] if two else [k]
-                image = store.add_image(f"/inbox/{k:06d}.jpg", "/inbox", f"{k:064x}", 1, 1, "done")
+            for rows in photos[p:p + rng.randint(1, 32)]:
+                image = store.add_image(f"/inbox/{p:06d}.jpg", "/inbox", f"{p:064x}", 1, 1, "done")
                 ids = store.add_faces(image, [((0, 0, 10 + j, 10 + j), 0.99, vectors[r])
                                               for j, r in enumerate(rows)])
-                face_of_row += ids
+                face_of_row[rows] = ids
                 new += ids
-                k += len(rows)
+                p += 1
             service.submit(new)
             assert service.drain(120), "the identity service did not keep up"
             batches += 1
@@ -163,7 +167,7 @@ def stream(root: Path, vectors: np.ndarray, params: ClusterParams, *, seed: int,
                 _correct(store, rng, log)
             assert not errors, [str(r.exc_info and r.exc_info[1]) for r in errors[:3]]
             if batches % checks_every == 0:
-                assert_invariants(store, f"after batch {batches} ({len(face_of_row)} faces)")
+                assert_invariants(store, f"after batch {batches} ({len(new)} new faces)")
         service.request_recluster()
         assert service.drain(300)
     finally:
@@ -205,24 +209,29 @@ def test_corrections_interleaved_never_break_the_invariants(tmp_path):
 
 @pytest.mark.skipif(not VECTORS.exists(), reason="tests/data/lfw_dev_dlib.npz not made")
 def test_real_dlib_vectors_of_lfw_dev_stream_like_a_batch(tmp_path):
-    """Real vectors: lfw_dev's dlib vectors (tools/dump_vectors.py), 2,875 people, in random order."""
+    """Real vectors: every face dlib found in lfw_dev (tools/dump_eval_vectors.py; 6,445 photos of
+    2,875 people), photos in random order, a recluster every 500 faces, corrections now and then."""
+    from facesortd.metrics import score
+
     data = np.load(VECTORS)
-    x = data["vectors"].astype(np.float32)
-    order = np.random.default_rng(0).permutation(len(x))
+    x, image = data["vectors"].astype(np.float32), data["image"]
+    rows_of = [[] for _ in range(len(data["person"]))]
+    for r, i in enumerate(image):
+        rows_of[i].append(r)
+    order = np.random.default_rng(0).permutation(len(rows_of))
     params = ClusterParams.for_embedder(0.43)
-    store, rows, counts = stream(tmp_path, x[order], params, seed=3, recluster_after=500,
-                                 corrections_every=25, checks_every=5, pair_photos=0.0)
+    store, face_of_row, counts = stream(tmp_path, x, params, seed=3, recluster_after=500,
+                                        corrections_every=40, checks_every=10,
+                                        photos=[rows_of[i] for i in order])
     with store:
         assert_review_shows_every_face(store)
         assert_one_folder_per_identity(store)
         with store.read() as conn:
             ident = dict(conn.execute("SELECT id, COALESCE(identity_id, -1) FROM faces"))
-    from facesortd.metrics import score
-
-    true = data["person"][order]
-    pred = np.array([ident.get(f, -1) for f in rows])
-    figures = score([str(t) for t in true], pred).as_dict()
-    assert figures["bcubed_f1"] >= 0.93, figures
+    largest = face_of_row[data["largest"]]              # one per photo, in photo order
+    pred = np.array([ident.get(int(f), -1) for f in largest])
+    figures = score([str(t) for t in data["person"]], pred).as_dict()
+    assert figures["bcubed_f1"] >= 0.90, figures
 
 
 def test_triggers_refuse_a_face_on_a_merged_identity_and_a_chain(tmp_path):
