@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import __version__
-from .config import Config, load_config
-from .errors import ConfigError, FacesortdError
+from facesortd import __version__
+from facesortd.config import Config, load_config
+from facesortd.errors import ConfigError, FacesortdError
 
 
 def _setup_logging(level: str) -> None:
@@ -23,7 +23,7 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr,
                         force=True)
     if os.environ.get("JOURNAL_STREAM"):   # each line carries its level for journalctl -p
-        from .service import JournalFormatter
+        from facesortd.app.supervisor import JournalFormatter
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JournalFormatter(fmt))
 
@@ -40,7 +40,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import Daemon
+    from facesortd.app.daemon import Daemon
 
     config = _config(args)
     _setup_logging(config.log_level)
@@ -57,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
-    from .placer import undo_command
+    from facesortd.library.placer import undo_command
 
     config = _config(args)
     _setup_logging(config.log_level)
@@ -69,14 +69,14 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .store import Store
+    from facesortd.store.database import Store
 
     config = _config(args)
     if not (config.state_dir / "facesortd.db").exists():
         raise FacesortdError(f"no store yet in {config.state_dir}: run `facesortd run` first")
     with Store.open(config.state_dir, load_vectors=False) as store:
         counts = store.counts()
-    from .telemetry import format_snapshot, read_snapshot
+    from facesortd.telemetry import format_snapshot, read_snapshot
     live = read_snapshot(config.state_dir)  # the running daemon's figures (as on /metrics), or None
     if args.json:
         print(json.dumps(dict(counts, daemon=live), indent=2, sort_keys=True))
@@ -90,13 +90,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import doctor
+    from facesortd.app.doctor import doctor
 
     return doctor(args.config, sys.stdout)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_ingest
+    from facesortd.bench.ingest import bench_ingest
 
     _setup_logging("warning")
     result = bench_ingest(mode=args.mode, embedder=args.embedder, images=args.images,
@@ -110,7 +110,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_recluster(args: argparse.Namespace) -> int:
-    from .identities import recluster_state_dir
+    from facesortd.people.service import recluster_state_dir
 
     config = _config(args)
     _setup_logging(config.log_level)
@@ -119,7 +119,7 @@ def cmd_recluster(args: argparse.Namespace) -> int:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    from .web.serve import serve
+    from facesortd.app.review import serve
 
     config = _config(args)
     _setup_logging(config.log_level)
@@ -128,7 +128,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import disagreement, evaluate
+    from facesortd.bench.evaluate import disagreement, evaluate
 
     _setup_logging("warning")
     figures = evaluate(args.dataset, mode=args.mode, embedder=args.embedder, stream=args.stream,
@@ -142,7 +142,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_detect(args: argparse.Namespace) -> int:
-    from .bench_detect import bench_detect
+    from facesortd.bench.detect import bench_detect
 
     _setup_logging("warning")
     result = bench_detect(images=args.images, count=args.count, batch_size=args.batch_size,
@@ -153,7 +153,7 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_cluster(args: argparse.Namespace) -> int:
-    from .cluster_bench import bench_cluster
+    from facesortd.bench.cluster import bench_cluster
 
     _setup_logging("warning")
     figures = bench_cluster(args.n, args.dim, args.against, out=lambda line: print(line, file=sys.stderr))
@@ -162,7 +162,7 @@ def cmd_bench_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_web(args: argparse.Namespace) -> int:
-    from .web.bench import bench_web
+    from facesortd.bench.web import bench_web
 
     _setup_logging("warning")
     figures = bench_web(faces=args.faces, repeats=args.repeats, dim=args.dim, seed=args.seed,

@@ -17,7 +17,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
                       field_validator)
 
-from .errors import ConfigError
+from facesortd.errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "facesortd.yaml"
 LAYOUT_FIELDS = ("identity", "name", "ext", "year", "month", "day", "inbox")

@@ -11,8 +11,8 @@ from typing import Optional
 import numpy as np
 
 from facesortd.config import Config, parse_config
-from facesortd.daemon import Daemon
-from facesortd.store import Store
+from facesortd.app.daemon import Daemon
+from facesortd.store.database import Store
 
 PEOPLE = ("Allyson_Felix", "Antonio_Palocci", "Fujio_Cho", "JK_Rowling", "Paul_McCartney")
 PER_PERSON = 4

@@ -21,7 +21,7 @@ MODEL, DIM = "test-model", 4
 
 
 def open_store(config):
-    from facesortd.store import Store
+    from facesortd.store.database import Store
 
     store = Store.open(config.state_dir)
     store.bind_model(MODEL, DIM)
@@ -38,7 +38,7 @@ def fabricate(store, path: Path, inbox: Path, identities: Sequence[Optional[int]
               areas: Optional[Sequence[float]] = None) -> int:
     """Record ``path`` as ingested with one face per entry of ``identities`` (None: unassigned);
     with no entries it is a 'noface' image; with content seen before, a duplicate."""
-    from facesortd.imageio import sha256_file
+    from facesortd.ingest.imageio import sha256_file
 
     sha, size = sha256_file(path)
     st = path.stat()
@@ -58,7 +58,7 @@ def fabricate(store, path: Path, inbox: Path, identities: Sequence[Optional[int]
 
 def main(argv: Sequence[str]) -> int:
     from facesortd.config import load_config
-    from facesortd.placer import Placer
+    from facesortd.library.placer import Placer
 
     config, round_no = load_config(argv[0]), int(argv[1])
     log = open(config.state_dir.parent / "rounds.log", "a", buffering=1)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesortd.bench import bench_ingest
-from facesortd.bench_detect import bench_detect, camera_photos
+from facesortd.bench.ingest import bench_ingest
+from facesortd.bench.detect import bench_detect, camera_photos
 
 pytest.importorskip("facenet_pytorch")
 
@@ -55,9 +55,9 @@ def test_bench_detect_breakdown_on_big_photos(data_dir):
 def test_bench_web_times_every_route_and_a_thumbnail(tmp_path, data_dir):
     from facesortd.config import parse_config
     from facesortd.errors import FacesortdError
-    from facesortd.store import Store
+    from facesortd.store.database import Store
     from facesortd.web import create_app
-    from facesortd.web.bench import TARGET_MS, _get, bench_web
+    from facesortd.bench.web import TARGET_MS, _get, bench_web
 
     photo = max(data_dir.glob("faces/*/*.jpg"), key=lambda p: p.stat().st_size)
     out = bench_web(faces=2000, repeats=2, photo=photo, keep=tmp_path)

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesortd.cluster_assign import FaceIndex, assign_incremental
-from facesortd.clustering import (
+from facesortd.people.assign import FaceIndex, assign_incremental
+from facesortd.people.clustering import (
     ClusterParams, Constraints, build_graph, radius_neighbours, recluster,
 )
-from facesortd.metrics import bcubed
+from facesortd.bench.metrics import bcubed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -215,7 +215,7 @@ def test_split_keeps_the_id_on_the_larger_part_and_merge_keeps_the_older_id():
 
 
 def test_bench_runs_small_and_clusters_synthetic_people_exactly():
-    from facesortd.cluster_bench import bench_cluster
+    from facesortd.bench.cluster import bench_cluster
 
     figures = bench_cluster(n_faces=[3000], dim=64, assign_against=[3000], brute_graph_upto=3000, out=None)
     row = figures["recluster"][3000]
@@ -227,7 +227,7 @@ def test_components_match_scipy_on_random_graphs():
     import scipy.sparse as sp
     from scipy.sparse.csgraph import connected_components
 
-    from facesortd.clustering import _components
+    from facesortd.people.clustering import _components
 
     rng = np.random.default_rng(0)
     for trial in range(100):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facesortd import corrections as c
-from facesortd.daemon import Daemon
-from facesortd.identities import IdentityService
-from facesortd.clustering import ClusterParams
-from facesortd.store import Store
+from facesortd.people import corrections as c
+from facesortd.app.daemon import Daemon
+from facesortd.people.service import IdentityService
+from facesortd.people.clustering import ClusterParams
+from facesortd.store.database import Store
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 

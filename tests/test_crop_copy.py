@@ -10,8 +10,8 @@ import pytest
 
 from facesortd.config import parse_config
 from facesortd.errors import ConfigError
-from facesortd.imageio import decode, shrink
-from facesortd.store import Store
+from facesortd.ingest.imageio import decode, shrink
+from facesortd.store.database import Store
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
@@ -64,7 +64,7 @@ def test_faces_cut_from_the_larger_copy_embed_closer_to_full_resolution(tmp_path
     the 1280 px copy, the vectors sit much nearer those of full-resolution crops (measured:
     median dlib distance 0.05 against 0.14 from the detection copy)."""
     from facesortd.config import EmbedderConfig
-    from facesortd.embedders import create_embedder
+    from facesortd.models.embedders import create_embedder
 
     photo = data_dir / "scenes" / "bald_guys.jpg"
     model = create_embedder(EmbedderConfig(name="dlib"))
@@ -84,9 +84,9 @@ def test_pixels_waiting_for_the_model_are_bounded(tmp_path, monkeypatch):
     the model takes some; one over the bound on its own still passes (no deadlock)."""
     import threading
 
-    from facesortd import pipeline_model
-    from facesortd.jobs import Job
-    from facesortd.pipeline_ledger import Stats, Work
+    from facesortd.ingest import model_stage as pipeline_model
+    from facesortd.inbox.jobs import Job
+    from facesortd.ingest.ledger import Stats, Work
 
     monkeypatch.setattr(pipeline_model, "MAX_QUEUED_BYTES", 3_000_000)
     config = parse_config("{}", tmp_path / "c.yaml")

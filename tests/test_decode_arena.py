@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from facesortd.decode_arena import Arena
+from facesortd.ingest.arena import Arena
 from facesortd.errors import BadImage
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from facesortd.decode_pool import DecodePool
+from facesortd.ingest.pool import DecodePool
 
 from test_pipeline import images
 from test_pipeline_procs import _copy_crops, _gone, _jobs, _pipeline

@@ -12,13 +12,13 @@ from contextlib import closing
 
 import pytest
 
-from facesortd import store_schema
+from facesortd.store import schema as store_schema
 from facesortd.cli import main
 from facesortd.config import load_config, parse_config
-from facesortd.daemon import StateLock
-from facesortd.doctor import TUNABLES, doctor, run_checks
-from facesortd.placer import Placer
-from facesortd.store import DB_NAME, Store
+from facesortd.app.daemon import StateLock
+from facesortd.app.doctor import TUNABLES, doctor, run_checks
+from facesortd.library.placer import Placer
+from facesortd.store.database import DB_NAME, Store
 from placer_driver import DIM, fabricate, new_identity
 
 

@@ -13,13 +13,13 @@ import os
 
 import pytest
 
-import facesortd.evaluate as evaluate_module
+import facesortd.bench.evaluate as evaluate_module
 from facesortd.cli import main
-from facesortd.clustering import ClusterParams
+from facesortd.people.clustering import ClusterParams
 from facesortd.errors import FacesortdError
-from facesortd.evaluate import (agreement, collect, ingest, predictions, replay, rescore,
+from facesortd.bench.evaluate import (agreement, collect, ingest, predictions, replay, rescore,
                                 score_library)
-from facesortd.metrics import bcubed, score
+from facesortd.bench.metrics import bcubed, score
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
@@ -46,7 +46,7 @@ def _tree(folder) -> list[tuple[str, int]]:
 
 
 def _faces(run) -> int:
-    from facesortd.store import Store
+    from facesortd.store.database import Store
 
     with Store.open(run.config.state_dir, load_vectors=False) as store:
         return store.counts()["faces"]

@@ -12,10 +12,10 @@ from PIL import Image
 from pydantic import ValidationError
 
 from facesortd.config import EmbedderConfig
-from facesortd.embedders.facenet import FacenetEmbedder
+from facesortd.models.facenet import FacenetEmbedder
 
 facenet_pytorch = pytest.importorskip("facenet_pytorch")
-from facesortd.embedders.fastcpu import FoldedInceptionResnetV1  # noqa: E402
+from facesortd.models.fastcpu import FoldedInceptionResnetV1  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesortd import corrections
+from facesortd.people import corrections
 from facesortd.cli import main
-from facesortd.clustering import ClusterParams
-from facesortd.daemon import Daemon
-from facesortd.identities import IdentityService
-from facesortd.store import Store
+from facesortd.people.clustering import ClusterParams
+from facesortd.app.daemon import Daemon
+from facesortd.people.service import IdentityService
+from facesortd.store.database import Store
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesortd import corrections
-from facesortd.cluster_bench import synthetic_faces
-from facesortd.clustering import ClusterParams
-from facesortd.identities import IdentityService
-from facesortd.identity_rows import check, live_map
-from facesortd.placement_layout import identity_folders
-from facesortd.store import Store
+from facesortd.people import corrections
+from facesortd.bench.cluster import synthetic_faces
+from facesortd.people.clustering import ClusterParams
+from facesortd.people.service import IdentityService
+from facesortd.store.identity_rows import check, live_map
+from facesortd.library.layout import identity_folders
+from facesortd.store.database import Store
 from facesortd.web import queries
 
 VECTORS = Path(__file__).parent / "data" / "lfw_dev_dlib.npz"
@@ -211,7 +211,7 @@ def test_corrections_interleaved_never_break_the_invariants(tmp_path):
 def test_real_dlib_vectors_of_lfw_dev_stream_like_a_batch(tmp_path):
     """Real vectors: every face dlib found in lfw_dev (tools/dump_eval_vectors.py; 6,445 photos of
     2,875 people), photos in random order, a recluster every 500 faces, corrections now and then."""
-    from facesortd.metrics import score
+    from facesortd.bench.metrics import score
 
     data = np.load(VECTORS)
     x, image = data["vectors"].astype(np.float32), data["image"]

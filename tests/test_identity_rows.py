@@ -10,8 +10,9 @@ from contextlib import closing
 import numpy as np
 import pytest
 
-from facesortd import identity_rows, store_schema
-from facesortd.store import DB_NAME, Store
+from facesortd.store import identity_rows
+from facesortd.store import schema as store_schema
+from facesortd.store.database import DB_NAME, Store
 
 
 def v5_store(state_dir, identities, faces):

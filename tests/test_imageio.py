@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, features
 
 from facesortd.errors import BadImage
-from facesortd.imageio import Decoded, decode, decode_face_crop, sha256_file
+from facesortd.ingest.imageio import Decoded, decode, decode_face_crop, sha256_file
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from facesortd.metrics import bcubed, pairwise, score
+from facesortd.bench.metrics import bcubed, pairwise, score
 
 
 def test_perfect_clustering_scores_one():

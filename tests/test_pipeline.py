@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from facesortd.config import parse_config
-from facesortd.daemon import Daemon
+from facesortd.app.daemon import Daemon
 from facesortd.errors import FacesortdError, StoreError
-from facesortd.store import Store
+from facesortd.store.database import Store
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
@@ -209,8 +209,8 @@ def test_one_unrecordable_image_does_not_lose_its_micro_batch(tmp_path):
     """Results are recorded in one transaction per micro-batch; when one image cannot be recorded
     (here: the model returned NaN for it), the batch is rolled back and recorded image by image,
     so only that image ends as an error and the others are stored with their faces."""
-    from facesortd.jobs import Job
-    from facesortd.pipeline import Pipeline, _Work
+    from facesortd.inbox.jobs import Job
+    from facesortd.ingest.pipeline import Pipeline, _Work
 
     config = make_config(tmp_path, mode="aligned")
     store = Store.open(config.state_dir)

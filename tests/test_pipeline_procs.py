@@ -13,9 +13,9 @@ import pytest
 
 from facesortd.config import parse_config
 from facesortd.errors import ConfigError
-from facesortd.jobs import Job
-from facesortd.pipeline import Pipeline, decode_processes_for
-from facesortd.store import Store
+from facesortd.inbox.jobs import Job
+from facesortd.ingest.pipeline import Pipeline, decode_processes_for
+from facesortd.store.database import Store
 
 from test_pipeline import _bad_inputs, images, make_config, run_once
 
@@ -136,7 +136,7 @@ def test_facenet_crops_same_vectors_with_processes(tmp_path, data_dir):
 
 
 def _pipeline(tmp_path: Path, processes: int):
-    from facesortd.embedders import create_embedder
+    from facesortd.models.embedders import create_embedder
 
     config = make_config(tmp_path, mode="aligned")
     store = Store.open(config.state_dir)
@@ -209,7 +209,7 @@ def test_a_killed_decoding_process_is_replaced_and_no_file_is_lost(tmp_path, dat
 
 def test_decode_processes_setting(tmp_path):
     assert decode_processes_for("auto", on_cpu=True) == 0
-    from facesortd.embedders.torchsetup import usable_cores
+    from facesortd.models.torchsetup import usable_cores
     assert decode_processes_for("auto", on_cpu=False) == max(2, usable_cores() - 4)
     assert decode_processes_for(3, on_cpu=True) == 3
     for bad in ("-1", "65", "many", "true", "2.5"):

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from facesortd import fsops
-from facesortd.identity_rows import retire
+from facesortd.store.identity_rows import retire
 from facesortd.config import parse_config
-from facesortd.journal import Op, tmp_name
-from facesortd.placer import Placer, PlacerLoop
+from facesortd.library.journal import Op, tmp_name
+from facesortd.library.placer import Placer, PlacerLoop
 from placer_driver import fabricate, new_identity, open_store
 
 

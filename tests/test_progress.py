@@ -6,7 +6,7 @@ import io
 import logging
 import time
 
-from facesortd.progress import CLEAR, Progress, format_line
+from facesortd.app.progress import CLEAR, Progress, format_line
 
 
 class Tty(io.StringIO):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from facesortd.sdnotify import Notifier
+from facesortd.app.sdnotify import Notifier
 from facesortd.telemetry import parse_prometheus
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
@@ -340,9 +340,9 @@ def test_a_hung_pipeline_stops_the_watchdog_pings(tmp_path):
     thread, stops them (systemd then restarts the daemon) and /healthz turns 503."""
     from types import SimpleNamespace
 
-    from facesortd import service as service_mod
+    from facesortd.app import supervisor as service_mod
     from facesortd.config import parse_config
-    from facesortd.service import Service
+    from facesortd.app.supervisor import Service
     from facesortd.telemetry import Telemetry
 
     clock = [100.0]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from facesortd.errors import StoreError
-from facesortd.store import DB_NAME, ImageRow, Store
-from facesortd import store_schema
-from facesortd.store_schema import MIGRATIONS, SCHEMA_VERSION
+from facesortd.store.database import DB_NAME, ImageRow, Store
+from facesortd.store import schema as store_schema
+from facesortd.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 MODEL = "facenet-vggface2-test"
 DIM = 8

@@ -12,10 +12,10 @@ from typing import Callable, Optional
 
 import pytest
 
-from facesortd import watcher as watcher_mod
+from facesortd.inbox import watcher as watcher_mod
 from facesortd.config import InboxConfig, WatchConfig
-from facesortd.jobs import Job
-from facesortd.watcher import Watcher
+from facesortd.inbox.jobs import Job
+from facesortd.inbox.watcher import Watcher
 
 SETTLE_MS = 250
 SETTLE_S = SETTLE_MS / 1000

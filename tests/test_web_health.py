@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from facesortd.config import parse_config
-from facesortd.store import Store
+from facesortd.store.database import Store
 from facesortd.telemetry import Telemetry, parse_prometheus
 from facesortd.web import create_app
 
@@ -77,7 +77,7 @@ def test_web_server_serves_stops_and_names_a_busy_port(tmp_path, store):
     import urllib.request
 
     from facesortd.errors import FacesortdError
-    from facesortd.service import WebServer
+    from facesortd.app.supervisor import WebServer
 
     app = make_app(tmp_path, store, Telemetry())
     server = WebServer(app, "127.0.0.1", 0)

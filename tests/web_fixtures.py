@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from facesortd.config import parse_config
-from facesortd.store import Store
+from facesortd.store.database import Store
 from facesortd.web import Control, create_app, inline_control
 from identity_fixtures import copy_library, faces_by_person, main_identity
 

@@ -18,7 +18,7 @@ import numpy as np
 
 
 def main() -> None:
-    from facesortd.evaluate import collect
+    from facesortd.bench.evaluate import collect
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="the folder an `eval --keep` run kept")

@@ -103,7 +103,7 @@ def vectors(faces: DlibFaces, normalised: bool) -> np.ndarray:
 
 def score_largest(faces: DlibFaces, face_labels: np.ndarray) -> tuple[float, float, float]:
     """BCubed (P, R, F1) over images: the label of each image's largest face, -1 without a face."""
-    from facesortd.metrics import bcubed
+    from facesortd.bench.metrics import bcubed
 
     pred = np.full(len(faces.paths), -1, np.int64)
     largest = faces.largest
@@ -123,7 +123,7 @@ def plain_dbscan(faces: DlibFaces, eps: float, normalised: bool = False, min_sam
 
 def ours(faces: DlibFaces, eps: float, normalised: bool = False, min_samples: int = 2) -> np.ndarray:
     """facesortd's recluster over every detected face (bystanders included)."""
-    from facesortd.clustering import TUNED_EPS, ClusterParams, recluster
+    from facesortd.people.clustering import TUNED_EPS, ClusterParams, recluster
 
     default = TUNED_EPS["dlib-normalised" if normalised else "dlib"]
     params = ClusterParams.for_embedder(default, eps, min_samples)
@@ -134,7 +134,7 @@ def ours(faces: DlibFaces, eps: float, normalised: bool = False, min_samples: in
 def sweep(faces: DlibFaces, normalised: bool = False,
           deltas=(-0.15, -0.10, -0.05, 0.0, 0.05, 0.10, 0.15)) -> dict[str, dict[float, float]]:
     """BCubed F1 of plain DBSCAN and of ours at default eps + each delta."""
-    from facesortd.clustering import TUNED_EPS
+    from facesortd.people.clustering import TUNED_EPS
 
     default = TUNED_EPS["dlib-normalised" if normalised else "dlib"]
     out: dict[str, dict[float, float]] = {"plain": {}, "ours": {}}
@@ -151,9 +151,9 @@ def stream_vs_batch(faces: DlibFaces, seed: int = 0, normalised: bool = False,
 
     Returns (BCubed F1 of the streamed grouping against the batch one, streamed F1, batch F1).
     """
-    from facesortd.cluster_assign import FaceIndex, assign_incremental
-    from facesortd.clustering import TUNED_EPS, ClusterParams, recluster
-    from facesortd.metrics import bcubed
+    from facesortd.people.assign import FaceIndex, assign_incremental
+    from facesortd.people.clustering import TUNED_EPS, ClusterParams, recluster
+    from facesortd.bench.metrics import bcubed
 
     x = vectors(faces, normalised)
     params = ClusterParams.for_embedder(TUNED_EPS["dlib-normalised" if normalised else "dlib"])
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=Path(__file__).resolve().parents[2] / "shared" / "data")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from facesortd.clustering import TUNED_EPS
+    from facesortd.people.clustering import TUNED_EPS
 
     t0 = time.perf_counter()
     faces = load(args.data_dir)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 from flask import Flask, current_app, g
 
-from ..config import Config
+from facesortd.config import Config
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,8 @@ class Control:
 def inline_control(config: Config, store: Any) -> Control:
     """For an app with no daemon behind it (tests, tools): a recluster runs in the request and
     nothing places files, so files follow at the next ``facesortd run``."""
-    from ..embedders import create_embedder
-    from ..identities import service_for
+    from facesortd.models.embedders import create_embedder
+    from facesortd.people.service import service_for
 
     def recluster() -> None:
         eps = create_embedder(config.embedder).default_eps   # not loaded: only its tuned eps
@@ -47,9 +47,9 @@ def inline_control(config: Config, store: Any) -> Control:
 def create_app(config: Config, store: Any, telemetry: Any = None,
                test_config: Optional[dict] = None, control: Optional[Control] = None) -> Flask:
     """The app for ``config``; ``store`` is an open Store, ``telemetry`` the daemon's, if any."""
-    from ..errors import ConfigError
-    from ..telemetry import Telemetry
-    from . import api, health, hosts, media, pages, security
+    from facesortd.errors import ConfigError
+    from facesortd.telemetry import Telemetry
+    from facesortd.web import api, health, hosts, media, pages, security
 
     if not config.web.is_loopback and not config.web.token:
         raise ConfigError(config.source or "the config", [
@@ -82,7 +82,7 @@ def create_app(config: Config, store: Any, telemetry: Any = None,
 
 def read_conn() -> sqlite3.Connection:
     """This request's read-only connection to the store (opened on first use)."""
-    from .queries import connect
+    from facesortd.web.queries import connect
 
     if "facesortd_read" not in g:
         g.facesortd_read = connect(state("store").path)

@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 from flask import Blueprint, jsonify, request
 
-from .. import corrections
-from . import control, queries, read_conn, state
-from .security import csrf_token, error, require
+from facesortd.people import corrections
+from facesortd.web import control, queries, read_conn, state
+from facesortd.web.security import csrf_token, error, require
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 

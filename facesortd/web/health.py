@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from . import state
+from facesortd.web import state
 
 bp = Blueprint("health", __name__)
 

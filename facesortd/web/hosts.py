@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from flask import Response, current_app, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from ..config import WebConfig, split_host
+from facesortd.config import WebConfig, split_host
 
 log = logging.getLogger("facesortd.web")
 
@@ -113,7 +113,7 @@ def policy() -> HostPolicy:
 
 def check_host() -> Optional[Response]:
     """``before_request`` on every route: refuse a Host this page does not serve."""
-    from .security import error
+    from facesortd.web.security import error
 
     host = request.environ.get("HTTP_HOST")
     if host is None:

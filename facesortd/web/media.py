@@ -18,11 +18,11 @@ from typing import Optional
 from flask import Blueprint, Response, current_app, request, send_file
 from PIL import Image
 
-from ..errors import BadImage
-from ..imageio import FORMATS, decode, decode_face_crop
-from ..store import decode_path
-from . import queries, read_conn
-from .security import error
+from facesortd.errors import BadImage
+from facesortd.ingest.imageio import FORMATS, decode, decode_face_crop
+from facesortd.store.database import decode_path
+from facesortd.web import queries, read_conn
+from facesortd.web.security import error
 
 bp = Blueprint("media", __name__)
 

@@ -13,8 +13,8 @@ from flask import (Blueprint, Flask, current_app, make_response, redirect, rende
                    request, url_for)
 from werkzeug.exceptions import HTTPException
 
-from . import queries, read_conn
-from .security import (AUTH_COOKIE, COOKIE_MAX_AGE_S, auth_cookie_value, csrf_token, error,
+from facesortd.web import queries, read_conn
+from facesortd.web.security import (AUTH_COOKIE, COOKIE_MAX_AGE_S, auth_cookie_value, csrf_token, error,
                        safe_next, token_matches)
 
 bp = Blueprint("pages", __name__)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..placement_layout import identity_folder
+from facesortd.library.layout import identity_folder
 
 PEOPLE_PER_PAGE = 48
 FACES_PER_PAGE = 120

@@ -26,7 +26,7 @@ from typing import Optional
 
 from flask import Flask, Response, abort, current_app, jsonify, redirect, request, url_for
 
-from .hosts import check_host, origin_allowed
+from facesortd.web.hosts import check_host, origin_allowed
 
 AUTH_COOKIE = "facesortd_auth"
 CSRF_HEADER = "X-CSRF-Token"

@@ -1,0 +1,223 @@
+"""Wires the service together: lock, store, model, pipeline, watcher; runs once or until SIGTERM."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from facesortd.config import Config, load_config
+from facesortd.models.embedders import create_embedder, resolve_device
+from facesortd.errors import ConfigError, FacesortdError
+from facesortd.inbox.jobs import Job
+from facesortd.ingest.pipeline import Pipeline
+from facesortd.app.progress import Progress
+from facesortd.app.supervisor import Service, progress_counts
+from facesortd.store.database import Store
+from facesortd.telemetry import Telemetry, TimedEmbedder
+from facesortd.inbox.watcher import Watcher
+
+log = logging.getLogger("facesortd")
+
+
+class StateLock:
+    """An exclusive lock on the state folder: one daemon per store; released if the holder dies."""
+
+    def __init__(self, state_dir: Path):
+        self.path = state_dir / "lock"
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise FacesortdError(
+                f"{self.path.parent} is in use by facesortd (pid {holder}); stop that daemon "
+                "first, or give this one another state_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def make_detector(config: Config, device: Any):
+    """The MTCNN detector, only when some inbox is in detect mode (it costs memory and a load)."""
+    if not any(inbox.mode == "detect" for inbox in config.inboxes):
+        return None
+    from facesortd.models.detect import FaceDetector
+    detector = FaceDetector(config.detector, device=device)
+    detector.load()
+    return detector
+
+
+class Daemon:
+    """One running facesortd: ``run_once()`` for batch use, ``run_forever()`` for the service."""
+
+    def __init__(self, config: Config, dry_run: bool = False):
+        self.config = config
+        self.dry_run = dry_run   # run --dry-run: plan file operations, change nothing on disk
+        self.placer = None       # Placer (placer.py): the library follows the store
+        self.placer_loop = None
+        self.planned: list = []  # the operations of the last sync (planned, in a dry run)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self.changed = threading.Event()   # set when faces or identities changed: placement follows
+        self.lock = StateLock(config.state_dir)
+        self.store: Optional[Store] = None
+        self.pipeline: Optional[Pipeline] = None
+        self.watcher: Optional[Watcher] = None
+        self.identities = None   # IdentityService (identities.py): faces to people
+        self._recluster = threading.Event()   # SIGUSR1 (facesortd recluster): recluster now
+        self.telemetry = Telemetry()   # files by outcome, batches, queue: /metrics and status
+
+    def open(self) -> None:
+        """Take the lock, open the store, load the model (fails fast with what to do)."""
+        cfg = self.config
+        self.lock.acquire()
+        try:
+            self.store = Store.open(cfg.state_dir)
+            from facesortd.library.placer import Placer
+            self.placer = Placer(cfg, self.store)
+            if not self.dry_run:
+                self.placer.replay()   # complete or roll back what a crash interrupted
+            embedder = create_embedder(cfg.embedder)
+            embedder.load()
+            self.store.bind_model(embedder.model_id, embedder.dim)
+            detector = make_detector(cfg, resolve_device(cfg.embedder.device))
+            from facesortd.people.service import service_for
+            self.identities = service_for(self.store, cfg.clustering, embedder.default_eps,
+                                          on_changed=self.notify_changed)
+            log.info("model %s on %s", embedder.model_id, embedder.describe())
+            embedder = TimedEmbedder(embedder, self.telemetry)  # micro-batch size and latency
+            self.pipeline = Pipeline(cfg, self.store, embedder, detector,
+                                     on_finished=self._on_finished, on_faces=self._on_faces,
+                                     dry_run=self.dry_run)   # a dry run quarantines nothing either
+            self.watcher = Watcher(cfg.inboxes, cfg.watch, self.pipeline.submit,
+                                   exclude=[cfg.library, cfg.state_dir])
+        except BaseException:
+            self.close()
+            raise
+
+    def _on_faces(self, face_ids: list[int]) -> None:
+        """New faces are in the store (called on the model thread: hand work off, return fast)."""
+        if self.identities is not None:
+            self.identities.submit(face_ids)
+        self.notify_changed()
+
+    def notify_changed(self) -> None:
+        """Something that decides where files belong changed (faces, identities, corrections)."""
+        self.changed.set()
+
+    def _on_finished(self, job: Job, outcome: str, reason: Optional[str]) -> None:
+        self.telemetry.file_finished(outcome, reason)
+        # A file that left the inbox (quarantined, gone) may come back with the same stat later.
+        if outcome in ("error", "gone") and self.watcher is not None:
+            self.watcher.forget(job.path)
+
+    def start(self) -> None:
+        self.identities.start()
+        self.pipeline.start()
+        self.watcher.start()
+
+    def close(self) -> None:
+        """Stop taking files, finish what was taken, close the store, release the lock."""
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        if self.identities is not None:   # after the pipeline: its last faces get assigned
+            self.identities.stop()
+            self.identities = None
+        if self.placer_loop is not None:   # after identities: its last changes get placed
+            self.placer_loop.stop()
+            self.placer_loop = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self.lock.release()
+
+    def run_once(self, timeout: Optional[float] = None) -> dict:
+        """Ingest everything present in the inboxes, then return the store's counts."""
+        self.open()
+        progress = Progress(lambda: progress_counts(self))  # a terminal only
+        try:
+            self.start()
+            progress.start()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not self._stop.is_set():
+                if self.watcher.wait_idle(0.2) and self.pipeline.drain(0.2) \
+                        and self.watcher.wait_idle(0):
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise FacesortdError("run --once did not finish in time")
+            if not self._stop.is_set():   # run --once = ingest, assign, recluster
+                self.identities.drain()
+                self.identities.recluster(reason="run --once")
+            if not self._stop.is_set():   # ... and place: last, after every identity change
+                self.planned = self.placer.sync(dry_run=self.dry_run)
+            return self.store.counts()
+        finally:
+            progress.stop()
+            self.close()
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM/SIGINT; SIGHUP reloads the config (the old one stays if invalid)."""
+        self.open()
+        service = Service(self)  # web page, sd_notify READY/STATUS/WATCHDOG, health, status.json
+        try:
+            self.start()
+            service.start()
+            from facesortd.library.placer import PlacerLoop
+            self.placer_loop = PlacerLoop(self.placer, self.changed, debounce=1.0,
+                                          dry_run=self.dry_run)
+            self.placer_loop.start()
+            log.info("facesortd running: watching %s", ", ".join(str(i.path) for i in self.config.inboxes))
+            while not self._stop.wait(service.wait_s):
+                service.tick()
+                if self._recluster.is_set():
+                    self._recluster.clear()
+                    self.identities.request_recluster()
+                if self._reload.is_set():
+                    self._reload.clear()
+                    old = service.reloading()
+                    self.reload()
+                    service.reloaded(old)
+        finally:
+            service.stopping()
+            log.info("stopping: finishing the files already taken")
+            service.close()
+            self.close()
+            log.info("stopped")
+
+    def reload(self) -> None:
+        source = self.config.source
+        try:
+            new = load_config(source)
+        except ConfigError as exc:
+            log.error("config reload refused, the old config stays in force:\n%s", exc)
+            return
+        self.watcher.set_inboxes(new.inboxes)
+        self.config = new
+        if self.placer is not None:
+            self.placer.config = new
+            self.notify_changed()   # a new layout: files follow
+        log.info("config reloaded from %s", source)
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        signal.signal(signal.SIGUSR1, lambda *_: self._recluster.set())   # facesortd recluster

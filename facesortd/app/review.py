@@ -1,0 +1,115 @@
+"""``facesortd web``: the review page alone, against the store, while no daemon runs.
+
+It holds the state folder's lock like the daemon (one writer per store), so it also does what
+makes a correction real: the identity thread (recluster on request, corrections re-read) and the
+placer (files follow each correction, and an interrupted placement is finished at start). It
+needs no model and no inbox. With a daemon running, use the daemon's own page instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Optional
+
+from facesortd.config import Config
+from facesortd.errors import FacesortdError
+
+log = logging.getLogger("facesortd.web")
+
+
+class ReviewServer:
+    """``open()``, ``start()``, then ``stop.wait()``; ``close()`` stops and joins everything."""
+
+    def __init__(self, config: Config, port: Optional[int] = None):
+        self.config = config
+        self.port = config.web.port if port is None else port
+        self.changed = threading.Event()
+        self.stop = threading.Event()
+        self.store = self.identities = self.placer = self.placer_loop = self.web = None
+        self._lock = None
+
+    def open(self) -> None:
+        from facesortd.app.daemon import StateLock
+        from facesortd.models.embedders import create_embedder
+        from facesortd.people.service import service_for
+        from facesortd.library.placer import Placer
+        from facesortd.app.supervisor import WebServer
+        from facesortd.store.database import Store
+        from facesortd.web import Control, create_app
+
+        cfg = self.config
+        if not (cfg.state_dir / "facesortd.db").exists():
+            raise FacesortdError(f"no store yet in {cfg.state_dir}: run `facesortd run` first")
+        self._lock = StateLock(cfg.state_dir)
+        try:
+            self._lock.acquire()
+        except FacesortdError:
+            self._lock = None
+            raise FacesortdError(
+                f"a facesortd daemon is running on {cfg.state_dir}: it serves the review page "
+                f"itself at http://{cfg.web.host}:{cfg.web.port}/ when web.enabled is true; "
+                "stop the daemon to use `facesortd web` alone") from None
+        try:
+            self.store = Store.open(cfg.state_dir, load_vectors=False)
+            self.placer = Placer(cfg, self.store)
+            self.placer.replay()   # complete or roll back what a crash interrupted
+            eps = create_embedder(cfg.embedder).default_eps   # not loaded: only its tuned eps
+            self.identities = service_for(self.store, cfg.clustering, eps,
+                                          on_changed=self.changed.set)
+            control = Control(changed=self.changed.set,
+                              request_recluster=self.identities.request_recluster)
+            app = create_app(cfg, self.store, None, control=control)
+            self.web = WebServer(app, cfg.web.host, self.port)
+        except BaseException:
+            self.close()
+            raise
+
+    def start(self) -> None:
+        from facesortd.library.placer import PlacerLoop
+
+        self.identities.start()
+        self.placer_loop = PlacerLoop(self.placer, self.changed, debounce=0.3)
+        self.placer_loop.start()
+        self.web.start()
+        log.info("review page on %s (pid %d)", self.web.url, os.getpid())
+
+    def close(self) -> None:
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
+        if self.identities is not None:
+            self.identities.stop()
+            self.identities = None
+        if self.placer_loop is not None:   # after identities: its last changes get placed
+            self.placer_loop.stop()
+            self.placer_loop = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def serve(config: Config, port: Optional[int] = None) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    import signal
+
+    server = ReviewServer(config, port)
+    recluster = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: server.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: server.stop.set())
+    # `facesortd recluster` finds this process's pid in the lock, like the daemon's: SIGUSR1
+    signal.signal(signal.SIGUSR1, lambda *_: recluster.set())
+    server.open()
+    try:
+        server.start()
+        print(f"facesortd review page on {server.web.url}", flush=True)
+        while not server.stop.wait(0.2):
+            if recluster.is_set():
+                recluster.clear()
+                server.identities.request_recluster()
+    finally:
+        server.close()

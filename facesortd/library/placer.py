@@ -1,0 +1,538 @@
+"""The placer: makes the library agree with the store, one journaled file operation at a time.
+
+Reconciliation: ``sync()`` computes where each ingested image should be (``placement_layout``),
+compares it with where its file is (the ``placements`` table; an image without a row is still at
+its inbox path) and carries out the difference through the ``Journal``. Renames, merges, splits and
+reassignments need nothing special: the wanted folder changes and the file follows. Files the
+placer did not put in the library have no row and are never touched; a placed file someone moved
+away is marked 'gone' and left alone. ``undo()`` puts files back in their inbox and holds them.
+``audit()`` says, read-only, where each placed file is against where the placer wants it
+(``facesortd doctor``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from facesortd.config import Config
+from facesortd.fsops import candidate_names
+from facesortd.library.journal import Journal, Op, content_id
+from facesortd.library.layout import Folder, identity_folders, is_candidate, layout_fields, photo_date, render
+from facesortd.store.database import DB_NAME, ImageRow, Store, decode_path, encode_path
+
+log = logging.getLogger("facesortd.placer")
+
+
+@dataclass(frozen=True)
+class _Placement:
+    image_id: int
+    path: Path
+    kind: str
+    action: str
+    sha256: Optional[str]
+    mtime_ns: Optional[int]
+
+
+@dataclass
+class _Snapshot:
+    images: dict[int, ImageRow]
+    faces: dict[int, list[tuple[float, Optional[int]]]]       # image -> [(area, identity root)]
+    folders: dict[int, Folder]                                 # identity root -> folder
+    placements: dict[int, list[_Placement]]
+    by_path: dict[Path, _Placement]
+    dates: dict[int, tuple[Optional[str], str]]
+    reserved: set[Path] = field(default_factory=set)           # destinations chosen this sync
+
+
+class Placer:
+    """``replay()`` at start, ``sync(dry_run)`` whenever placement may have changed, ``undo()``."""
+
+    def __init__(self, config: Config, store: Store):
+        self.config = config
+        self.store = store
+        self.journal = Journal(store)
+        self._lock = threading.Lock()   # one sync (or undo) at a time
+        self._cache_dates = True        # False: capture dates found are not written (audit)
+
+    # -- public --------------------------------------------------------------------------------
+    def replay(self) -> dict[str, int]:
+        with self._lock:
+            return self.journal.replay()
+
+    def sync(self, dry_run: bool = False) -> list[Op]:
+        """Carry out (or, dry, only list) the operations that put every file where it belongs."""
+        with self._lock:
+            snap = self._load()
+            done: list[Op] = []
+            for image in snap.images.values():
+                try:
+                    self._reconcile(image, snap, dry_run, done)
+                except OSError as exc:  # one file's trouble never stops the others
+                    log.error("could not place %s: %s", image.path, exc)
+            if done and not dry_run:
+                log.info("placed: %d file operation(s)", len(done))
+            return done
+
+    def undo(self, last: Optional[int] = None, since: Optional[float] = None,
+             dry_run: bool = False) -> list[Op]:
+        """Put the files of the last ``last`` placement operations (or those since ``since``)
+        back where they came from, and hold them there (the placer leaves them alone until the
+        file changes)."""
+        with self._lock:
+            sql = ("SELECT id, image_id FROM journal WHERE status = 'done' AND image_id IS NOT NULL "
+                   "AND reason IN ('place', 'follow') AND op != 'retire'")
+            args: tuple = ()
+            if since is not None:
+                sql, args = sql + " AND created_at >= ?", (since,)
+            sql += " ORDER BY id DESC"
+            if last is not None:
+                sql += f" LIMIT {int(last):d}"
+            with self.store.read() as conn:
+                rows = conn.execute(sql, args).fetchall()
+            snap = self._load()
+            done: list[Op] = []
+            for image_id in dict.fromkeys(r[1] for r in rows):
+                image = snap.images.get(image_id) or self.store.get_image(image_id)
+                if image is not None:
+                    self._undo_image(image, snap, dry_run, done)
+            if not dry_run and rows:
+                with self.store.transaction() as conn:
+                    conn.executemany("UPDATE journal SET status = 'undone' WHERE id = ?",
+                                     [(r[0],) for r in rows])
+            return done
+
+    # -- reconciliation ------------------------------------------------------------------------
+    def _reconcile(self, image: ImageRow, snap: _Snapshot, dry_run: bool, done: list[Op]) -> None:
+        placements = self._current(image, snap.placements.get(image.id, []), dry_run)
+        if placements is None:
+            return
+        targets = self._targets(image, snap)
+        if not targets:
+            return
+        main = next((p for p in placements if p.kind == "main"), None)
+        extras = [p for p in placements if p.kind == "extra"]
+        action = self.config.placement.action
+        if main is None:
+            try:
+                st = os.lstat(image.path)
+            except FileNotFoundError:
+                return  # gone from the inbox before it could be placed
+            if (st.st_size, st.st_mtime_ns) != (image.size, image.mtime_ns):
+                return  # a new version: the pipeline ingests it first
+            template = Op(action, image.path, None, image.id,
+                          "main", image.sha256, "place", action)
+            main_path = self._carry_out(template, targets[0], image, snap, dry_run, done)
+        elif not os.path.lexists(main.path):
+            log.warning("%s was placed at %s but is not there any more; leaving it be",
+                        image.path, main.path)
+            if not dry_run:
+                self._mark_gone(main)
+            return
+        elif self._acceptable(main.path, targets[0], image, snap):
+            main_path = main.path
+        else:
+            sha = content_id(main.path) if os.path.islink(main.path) else image.sha256
+            template = Op("move", main.path, None, image.id, "main", sha, "follow", main.action)
+            main_path = self._carry_out(template, targets[0], image, snap, dry_run, done)
+            if main_path is None:
+                main_path = main.path
+            elif not dry_run:
+                _prune_empty(main.path.parent, self.config.library)
+        if main_path is None:
+            return
+        unmatched = list(extras)
+        for rel in targets[1:]:
+            keep = next((e for e in unmatched if self._acceptable(e.path, rel, image, snap)), None)
+            if keep is not None:
+                unmatched.remove(keep)
+                continue
+            # extra entries are links (a copy where links are impossible), never a second move
+            src, op = (image.path, "symlink") if action == "symlink" else (main_path, "hardlink")
+            self._carry_out(Op(op, src, None, image.id, "extra", image.sha256, "place", op),
+                            rel, image, snap, dry_run, done)
+        for extra in unmatched:
+            self._do(Op("retire", extra.path, None, image.id, "extra", image.sha256, "follow",
+                        extra.action), dry_run, done)
+
+    def _current(self, image: ImageRow, placements: list[_Placement],
+                 dry_run: bool) -> Optional[list[_Placement]]:
+        """This image's live placements; None if it is held or gone (leave it alone)."""
+        live = []
+        for p in placements:
+            if p.kind == "held":
+                if (p.sha256, p.mtime_ns) == (image.sha256, image.mtime_ns):
+                    return None
+                if not dry_run:  # the file changed since undo: sort it again
+                    self._forget(p, "DELETE FROM placements WHERE image_id = ? AND path = ?")
+            elif p.kind == "gone":
+                return None
+            elif p.sha256 != image.sha256:
+                # the inbox path now holds other content: the old file stays where it is, untracked
+                if not dry_run:
+                    self._forget(p, "UPDATE placements SET image_id = NULL "
+                                    "WHERE image_id = ? AND path = ?")
+            else:
+                live.append(p)
+        return live
+
+    def _targets(self, image: ImageRow, snap: _Snapshot) -> list[Path]:
+        """Library-relative paths wanted for this image: the main one first, then extras."""
+        folders = self._wanted_folders(image, snap)
+        if not folders:
+            return []
+        pc = self.config.placement
+        date = self._date(image, snap) if layout_fields(pc.layout) & {"year", "month", "day"} \
+            else None
+        return [render(pc, f, image.path, image.inbox, date) for f in folders]
+
+    def _wanted_folders(self, image: ImageRow, snap: _Snapshot) -> list[Folder]:
+        """The folders wanted for this image, the main one first; none while it is not sorted."""
+        pc = self.config.placement
+        if image.status == "duplicate":
+            if pc.on_conflict == "skip_identical":
+                return [Folder(pc.duplicates_dir, True)]
+            original = snap.images.get(image.duplicate_of)
+            if original is None or original.status not in ("done", "noface"):
+                return []
+            return self._folders(original, snap)
+        if image.status in ("done", "noface"):
+            return self._folders(image, snap)
+        return []
+
+    def _folders(self, image: ImageRow, snap: _Snapshot) -> list[Folder]:
+        pc = self.config.placement
+        faces = snap.faces.get(image.id, [])
+        if image.status == "noface" or not faces:
+            return [Folder(pc.noface_dir, True)]
+        unknown = Folder(pc.unknown_dir, True)
+        if pc.multi_face == "largest":
+            root = faces[0][1]
+            return [snap.folders[root] if root is not None else unknown]
+        if pc.multi_face == "group" and len(faces) > 1:
+            return [Folder(pc.group_dir, True)]
+        people = list(dict.fromkeys(snap.folders[r] for _, r in faces if r is not None))
+        return people or [unknown]
+
+    def _date(self, image: ImageRow, snap: _Snapshot) -> tuple[str, str, str]:
+        sha, taken = snap.dates.get(image.id, (None, ""))
+        if taken and sha == image.sha256:
+            return tuple(taken.split("-"))  # type: ignore[return-value]
+        mains = [p.path for p in snap.placements.get(image.id, []) if p.kind == "main"]
+        date = photo_date(mains[0] if mains else image.path, image.mtime_ns)
+        if self._cache_dates:
+            with self.store.transaction() as conn:
+                conn.execute("INSERT OR REPLACE INTO image_dates (image_id, sha256, taken) "
+                             "VALUES (?, ?, ?)", (image.id, image.sha256, "-".join(date)))
+        snap.dates[image.id] = (image.sha256, "-".join(date))
+        return date
+
+    def _acceptable(self, path: Path, rel: Path, image: ImageRow, snap: _Snapshot) -> bool:
+        """Is ``path`` a fine place for a file wanted at ``rel`` (the name or a rename_new
+        variant of it; or, with skip_identical, the duplicates folder when ``rel`` is taken by
+        the same bytes)?"""
+        want = self.config.library / rel
+        if path.parent == want.parent and is_candidate(path.name, want.name):
+            return True
+        pc = self.config.placement
+        if pc.on_conflict != "skip_identical":
+            return False
+        divert = self._divert(image, snap)
+        return (path.parent == divert.parent and is_candidate(path.name, divert.name)
+                and self._holds_same(want, image, snap))
+
+    def _divert(self, image: ImageRow, snap: _Snapshot) -> Path:
+        """Where skip_identical puts a file whose bytes are already at its wanted path."""
+        pc = self.config.placement
+        date = self._date(image, snap) if layout_fields(pc.layout) & {"year", "month", "day"} \
+            else None
+        return self.config.library / render(pc, Folder(pc.duplicates_dir, True), image.path,
+                                            image.inbox, date)
+
+    def _holds_same(self, path: Path, image: ImageRow, snap: _Snapshot) -> bool:
+        """Does ``path`` (someone else's file) hold exactly this image's bytes?"""
+        if not os.path.lexists(path):
+            return False
+        other = snap.by_path.get(path)
+        if other is not None:
+            return other.image_id != image.id and other.sha256 == image.sha256
+        try:
+            return content_id(path) == image.sha256
+        except OSError:
+            return False
+
+    def _choose(self, rel: Path, image: ImageRow, kind: str, snap: _Snapshot) -> Path:
+        """A free destination for ``rel`` under the conflict policy (never an existing path)."""
+        want = self.config.library / rel
+        if (self.config.placement.on_conflict == "skip_identical" and kind == "main"
+                and want not in snap.reserved and self._holds_same(want, image, snap)):
+            log.info("%s: the same bytes are already at %s; into the duplicates folder",
+                     image.path, want)
+            want = self._divert(image, snap)
+        for name in candidate_names(want.name):
+            path = want.parent / name
+            if path not in snap.reserved and not os.path.lexists(path):
+                return path
+        raise AssertionError("unreachable")
+
+    def _carry_out(self, template: Op, rel: Path, image: ImageRow, snap: _Snapshot,
+                   dry_run: bool, done: list[Op]) -> Optional[Path]:
+        """Pick a destination and do the operation, taking the next name if it was taken meanwhile."""
+        for _ in range(1000):
+            dst = self._choose(rel, image, template.kind, snap)
+            snap.reserved.add(dst)
+            op = Op(template.op, template.src, dst, template.image_id, template.kind,
+                    template.sha256, template.reason, template.action)
+            try:
+                self._do(op, dry_run, done)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                log.error("%s failed: %s (the file stays where it was)", op.describe(), exc)
+                return None
+            return dst
+        return None
+
+    def _do(self, op: Op, dry_run: bool, done: list[Op]) -> None:
+        if dry_run:
+            done.append(op)
+            return
+        done.append(self.journal.execute(op))
+
+    # -- undo ----------------------------------------------------------------------------------
+    def _undo_image(self, image: ImageRow, snap: _Snapshot, dry_run: bool, done: list[Op]) -> None:
+        placements = [p for p in snap.placements.get(image.id, []) if p.kind in ("main", "extra")]
+        try:
+            for p in sorted(placements, key=lambda p: p.kind != "extra"):
+                if not os.path.lexists(p.path):
+                    continue
+                if p.kind == "main" and p.action == "move":
+                    target = self._free_beside(image.path, snap)
+                    sha = content_id(p.path) if os.path.islink(p.path) else image.sha256
+                    self._do(Op("move", p.path, target, image.id, "held", sha, "undo", "move"),
+                             dry_run, done)
+                else:
+                    self._do(Op("retire", p.path, None, image.id, p.kind, image.sha256, "undo",
+                                p.action), dry_run, done)
+        except OSError as exc:
+            log.error("could not undo %s: %s", image.path, exc)
+            return
+        if not dry_run:
+            self._hold(image)
+            for p in placements:
+                _prune_empty(p.path.parent, self.config.library)
+
+    def _free_beside(self, path: Path, snap: _Snapshot) -> Path:
+        for name in candidate_names(path.name):
+            candidate = path.parent / name
+            if candidate not in snap.reserved and not os.path.lexists(candidate):
+                snap.reserved.add(candidate)
+                return candidate
+        raise AssertionError("unreachable")
+
+    def _hold(self, image: ImageRow) -> None:
+        now = time.time()
+        with self.store.transaction() as conn:
+            conn.execute("UPDATE placements SET mtime_ns = ?, updated_at = ? "
+                         "WHERE image_id = ? AND kind = 'held'", (image.mtime_ns, now, image.id))
+            if not conn.execute("SELECT 1 FROM placements WHERE image_id = ? AND kind = 'held'",
+                                (image.id,)).fetchone():
+                conn.execute("INSERT INTO placements (image_id, path, kind, action, sha256, "
+                             "mtime_ns, created_at, updated_at) VALUES (?, ?, 'held', 'none', ?, "
+                             "?, ?, ?)", (image.id, encode_path(image.path), image.sha256,
+                                          image.mtime_ns, now, now))
+
+    # -- store reads and small writes ----------------------------------------------------------
+    def _load(self, identities: Optional[Iterable[tuple[int, Optional[str], Optional[int]]]] = None
+              ) -> _Snapshot:
+        """What sync needs, read in one go; ``identities`` (id, name, merged_into) rows stand in
+        for the store's (``audit``)."""
+        with self.store.read() as conn:
+            images = {r.id: r for r in self.store.images_with_status("done", "noface", "duplicate")}
+            merged, names = {}, {}
+            rows = conn.execute("SELECT id, name, merged_into FROM identities") \
+                if identities is None else identities
+            for iid, name, into in rows:
+                names[iid], merged[iid] = name, into
+            faces: dict[int, list] = defaultdict(list)
+            for image_id, area, identity in conn.execute(
+                    "SELECT image_id, (box_x2 - box_x1) * (box_y2 - box_y1), identity_id "
+                    "FROM faces WHERE rejected = 0 ORDER BY image_id, id"):
+                faces[image_id].append((area, _root(identity, merged)))
+            placements: dict[int, list] = defaultdict(list)
+            by_path = {}
+            for row in conn.execute("SELECT image_id, path, kind, action, sha256, mtime_ns "
+                                    "FROM placements WHERE image_id IS NOT NULL ORDER BY id"):
+                p = _Placement(row[0], decode_path(row[1]), *row[2:])
+                placements[p.image_id].append(p)
+                by_path[p.path] = p
+            dates = {r[0]: (r[1], r[2]) for r in
+                     conn.execute("SELECT image_id, sha256, taken FROM image_dates")}
+        for image_faces in faces.values():
+            image_faces.sort(key=lambda f: -f[0])   # largest face first (stable: lowest id wins)
+        pc = self.config.placement
+        live = {i: name for i, name in names.items() if merged[i] is None}
+        folders = identity_folders(live, (pc.unknown_dir, pc.noface_dir, pc.quarantine_dir,
+                                          pc.group_dir, pc.duplicates_dir))
+        return _Snapshot(images, dict(faces), folders, dict(placements), by_path, dates)
+
+    def _mark_gone(self, p: _Placement) -> None:
+        self._forget(p, "UPDATE placements SET kind = 'gone' WHERE image_id = ? AND path = ?")
+
+    def _forget(self, p: _Placement, sql: str) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(sql, (p.image_id, encode_path(p.path)))
+
+
+@dataclass(frozen=True)
+class Placed:
+    """One image's main file in the library (``audit``): where it is and where the placer wants it."""
+
+    image_id: int
+    path: Path                  # where the placer put it (the placements table)
+    wanted: Path                # where the placer wants it now (a rename_new variant is as good)
+    identity: Optional[int]     # the live identity whose folder ``wanted`` is in; None: a special one
+    exists: bool                # the file is still at ``path``
+    in_place: bool              # ``path`` is fine for ``wanted``: sync leaves the file there
+
+
+def audit(config: Config, conn: sqlite3.Connection,
+          identities: Optional[Iterable[tuple[int, Optional[str], Optional[int]]]] = None
+          ) -> list[Placed]:
+    """Each placed image's main file against the folder the placer wants for it now, by the
+    placer's own rules: what ``sync(dry_run=True)`` would move with reason 'follow', and why.
+
+    Read-only, for ``facesortd doctor``: ``conn`` may be a read-only connection to a store the
+    daemon is writing (no ``Store.open``, which migrates), and nothing is written, not even the
+    capture-date cache. ``identities`` (id, name, merged_into) rows stand in for the store's, so
+    a store that the next start repairs can be judged as it will be. Images that undo holds or
+    whose file someone moved away ('gone') are left out: sync leaves them alone too.
+    """
+    placer = Placer(config, Store(conn, config.state_dir / DB_NAME))
+    placer._cache_dates = False
+    snap = placer._load(identities)
+    owners = {folder: identity for identity, folder in snap.folders.items()}
+    out = []
+    for image in snap.images.values():
+        live = placer._current(image, snap.placements.get(image.id, []), dry_run=True)
+        main = next((p for p in live or () if p.kind == "main"), None)
+        folders = placer._wanted_folders(image, snap) if main is not None else []
+        if not folders:
+            continue
+        rel = placer._targets(image, snap)[0]
+        out.append(Placed(image.id, main.path, config.library / rel, owners.get(folders[0]),
+                          os.path.lexists(main.path),
+                          placer._acceptable(main.path, rel, image, snap)))
+    return out
+
+
+def _root(identity: Optional[int], merged: dict[int, Optional[int]]) -> Optional[int]:
+    """Follow ``merged_into`` to the identity that survives (a cycle stops where it closes)."""
+    seen = set()
+    while identity is not None and merged.get(identity) is not None and identity not in seen:
+        seen.add(identity)
+        identity = merged[identity]
+    return identity if identity is None or identity in merged else None
+
+
+def _prune_empty(folder: Path, library: Path) -> None:
+    """Remove folders the placer emptied (an old person's folder after a rename), up to the
+    library; a folder with anything in it stays."""
+    while folder != library and library in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+class PlacerLoop:
+    """The daemon's placer thread: syncs at start and then whenever ``changed`` is set, after a
+    quiet ``debounce`` so a burst of changes is one sync."""
+
+    def __init__(self, placer: Placer, changed: threading.Event, debounce: float = 1.0,
+                 dry_run: bool = False, on_synced: Optional[Callable[[list[Op]], None]] = None):
+        self.placer = placer
+        self.changed = changed
+        self.debounce = debounce
+        self.dry_run = dry_run
+        self.on_synced = on_synced
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="facesortd-placer")
+        self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        first = True
+        while not self._stop.is_set():
+            if not first and not self.changed.wait(0.2):
+                continue
+            first = False
+            if self._stop.wait(self.debounce):
+                return
+            self.changed.clear()
+            try:
+                ops = self.placer.sync(dry_run=self.dry_run)
+            except Exception:
+                log.exception("placement failed; retrying at the next change")
+                continue
+            for op in ops if self.dry_run else ():
+                log.info("dry run: would %s", op.describe())
+            if self.on_synced is not None:
+                self.on_synced(ops)
+
+
+def parse_since(text: str) -> float:
+    """``--since``: unix seconds, an ISO date or date-time (local time), or an age like 30m, 2h, 1d."""
+    import datetime
+    import re
+
+    from facesortd.errors import FacesortdError
+
+    text = text.strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text)
+    if m:
+        return time.time() - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise FacesortdError(f"--since {text!r}: give unix seconds, a date like 2024-05-01 or "
+                             "2024-05-01T13:00, or an age like 30m, 2h, 1d") from None
+
+
+def undo_command(config: Config, last: Optional[int], since: Optional[str],
+                 dry_run: bool = False) -> list[Op]:
+    """``facesortd undo``: takes the state lock (never beside a running daemon), replays the
+    journal, then undoes."""
+    from facesortd.app.daemon import StateLock
+
+    when = parse_since(since) if since is not None else None
+    lock = StateLock(config.state_dir)
+    lock.acquire()
+    try:
+        with Store.open(config.state_dir, load_vectors=False) as store:
+            placer = Placer(config, store)
+            if not dry_run:
+                placer.replay()
+            return placer.undo(last=last, since=when, dry_run=dry_run)
+    finally:
+        lock.release()

@@ -1,0 +1,129 @@
+"""dlib's face-recognition ResNet (face_recognition_models): 128-d vectors, CPU, fully offline.
+
+``prepare`` finds five landmarks in the box and cuts dlib's aligned 150x150 chip; ``embed`` runs
+the ResNet on a list of chips in one call.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from facesortd.config import EmbedderConfig
+from facesortd.errors import ModelUnavailable
+from facesortd.models.base import Box
+
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25
+INSTALL_HINT = "pip install 'facesortd[dlib]' (dlib-bin and face_recognition_models)"
+
+
+class DlibEmbedder:
+    """dlib ResNet descriptors, L2-normalised (see ``default_eps`` for why)."""
+
+    name = "dlib"
+    dim = 128
+    model_id = "dlib-resnet-v1"
+    #: Euclidean distance between the *normalised* descriptors. dlib's raw descriptors have norms
+    #: 1.16-1.64 (mean 1.40) on shared/data/faces, so distances shrink by ~1/1.4 once normalised;
+    #: normalising separates people slightly better (270 faces, HOG detector, largest face: same
+    #: person 0.32 +- 0.06, different 0.57 +- 0.06, AUC 0.9943, d' 4.34; raw: AUC 0.9939, d' 4.11;
+    #: nearest neighbour 98.9% either way). At 0.43, 96% of same-person pairs and 1.5% of
+    #: different-person pairs are within reach: the value facesortd.clustering is tuned for
+    #: (it splits chained clusters). Plain DBSCAN peaks lower, at 0.35 (BCubed F1 0.94-0.955).
+    default_eps = 0.43
+
+    def __init__(self, cfg: Optional[EmbedderConfig] = None):
+        self.cfg = cfg
+        self._lock = threading.Lock()        # loading, and the ResNet
+        self._shape_lock = threading.Lock()  # dlib objects are not documented as thread-safe
+        self._dlib: Any = None
+        self._predictor: Any = None
+        self._encoder: Any = None
+
+    def load(self) -> None:
+        """Import dlib and read the shape predictor and the ResNet (once)."""
+        with self._lock:
+            if self._encoder is not None:
+                return
+            try:
+                import dlib
+            except ImportError as exc:
+                raise ModelUnavailable(f"the dlib embedder needs dlib ({exc}); {INSTALL_HINT}") from None
+            landmarks, resnet = _model_files()
+            self._predictor = dlib.shape_predictor(str(landmarks))
+            self._encoder = dlib.face_recognition_model_v1(str(resnet))
+            self._dlib = dlib
+
+    def describe(self) -> dict:
+        return {"name": self.name, "dim": self.dim, "model_id": self.model_id,
+                "loaded": self._encoder is not None, "device": "cpu", "precision": "fp32",
+                "normalised": True, "chip": f"{CHIP_SIZE}px padding {CHIP_PADDING}"}
+
+    def prepare(self, image: np.ndarray, box: Box) -> np.ndarray:
+        """Five landmarks inside ``box`` (rounded, clipped), then dlib's aligned chip:
+        uint8 (150, 150, 3). For a whole face crop pass the whole image as the box."""
+        if self._predictor is None:
+            self.load()
+        dlib = self._dlib
+        image = np.ascontiguousarray(image, dtype=np.uint8)
+        h, w = image.shape[:2]
+        left, top = max(0, int(round(box[0]))), max(0, int(round(box[1])))
+        right, bottom = min(w - 1, int(round(box[2]))), min(h - 1, int(round(box[3])))
+        if right <= left or bottom <= top:
+            raise ValueError(f"face box {tuple(box)} is empty inside a {w}x{h} image")
+        rect = dlib.rectangle(left, top, right, bottom)
+        with self._shape_lock:
+            shape = self._predictor(image, rect)
+        return dlib.get_face_chip(image, shape, size=CHIP_SIZE, padding=CHIP_PADDING)
+
+    def embed(self, faces: Sequence[np.ndarray]) -> np.ndarray:
+        """float32 [N, 128] unit vectors for chips made by ``prepare``."""
+        if self._encoder is None:
+            self.load()
+        if len(faces) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        shape = (CHIP_SIZE, CHIP_SIZE, 3)
+        chips = []
+        for i, face in enumerate(faces):
+            if getattr(face, "shape", None) != shape or face.dtype != np.uint8:
+                raise ValueError(f"face {i}: expected a uint8 chip of shape {shape} from prepare(), "
+                                 f"got {getattr(face, 'dtype', type(face).__name__)} "
+                                 f"{getattr(face, 'shape', '')}")
+            chips.append(np.ascontiguousarray(face))
+        with self._lock:   # the pipeline calls this from one thread; the lock keeps it so
+            vectors = self._encoder.compute_face_descriptor(chips, num_jitters=0)
+        out = np.asarray([np.asarray(v) for v in vectors], dtype=np.float32)
+        return raw_to_unit(out)
+
+
+def raw_to_unit(vectors: np.ndarray) -> np.ndarray:
+    """dlib's descriptors have norms near, not at, 1; the Embedder contract is unit rows."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _model_files() -> tuple[Path, Path]:
+    """The 5-point shape predictor and the ResNet from face_recognition_models. Its
+    ``__init__`` imports pkg_resources, which setuptools >= 81 no longer ships, so fall back to
+    finding the package folder without importing it."""
+    try:
+        import face_recognition_models as frm
+        files = (Path(frm.pose_predictor_five_point_model_location()),
+                 Path(frm.face_recognition_model_location()))
+    except ImportError:
+        spec = importlib.util.find_spec("face_recognition_models")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelUnavailable(
+                f"the dlib embedder needs the face_recognition_models package; {INSTALL_HINT}") from None
+        models = Path(list(spec.submodule_search_locations)[0]) / "models"
+        files = (models / "shape_predictor_5_face_landmarks.dat",
+                 models / "dlib_face_recognition_resnet_model_v1.dat")
+    for path in files:
+        if not path.is_file():
+            raise ModelUnavailable(f"dlib model file {path} is missing; reinstall it: {INSTALL_HINT}")
+    return files

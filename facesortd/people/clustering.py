@@ -1,0 +1,364 @@
+"""Faces to people: DBSCAN over an eps-neighbour graph, split where it chained, matched to old ids.
+
+Pure functions over numpy arrays; the store and the daemon own persistence. Public API:
+
+- ``ClusterParams``: ``eps`` and ``min_samples`` (the config) plus the split check's
+  ``max_link`` / ``min_gap``, which belong to the embedder (``ClusterParams.for_embedder``).
+- ``Constraints``: what a person decided (pinned faces, "not this person", named identities).
+- ``recluster(ids, matrix, image_ids, params, constraints, previous, graph=None)``: cluster every
+  face, keep identity ids stable, return a ``ReclusterResult``.
+- ``assign_incremental(index, new_ids, new_vectors, new_image_ids, params, constraints)`` (in
+  ``cluster_assign``): place a micro-batch against a ``FaceIndex``, same algorithm on the region
+  the batch touches, return an ``AssignResult`` with the new eps-edges for the store's graph.
+- ``radius_neighbours(matrix, queries, radius)``: chunked float32 products, bounded memory.
+
+Labels everywhere: ``>= 0`` an existing identity id, ``-1`` unassigned, ``<= -2`` a provisional new
+identity (``-2`` is the first) that the caller turns into a row.
+
+The algorithm (issue 3 §3). Plain DBSCAN chains people through in-between faces, so:
+1. the eps-graph drops edges between faces of the same photo and between faces pinned to two
+   different identities; DBSCAN core points and components run on what is left;
+2. every component is split top-down along its average-linkage dendrogram wherever the mean
+   distance between the two halves is above ``max_link``, or above the halves' own mean spread
+   by more than ``min_gap`` (two tight groups side by side are two people), or a half would hold
+   two faces of one photo; parts smaller than ``min_samples`` stay unassigned;
+3. clusters are matched to previous identities (named first, then oldest), each taking the
+   cluster holding most of its faces (pins weigh most); a cluster that would join a named
+   identity with another identity is cut back along the old identities and yields a
+   ``MergeSuggestion`` instead; pins are then forced and "not this person" faces unassigned.
+The incremental path runs the same steps on the faces the batch touches, so streaming ≈ batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Optional
+
+import numpy as np
+from scipy.cluster.hierarchy import linkage
+from scipy.spatial.distance import pdist
+
+__all__ = [
+    "ClusterParams", "Constraints", "MergeSuggestion", "ReclusterResult", "Graph",
+    "TUNED_EPS", "radius_neighbours", "build_graph", "cluster_labels", "recluster",
+    "match_to_previous", "NEW_LABEL_BASE", "provisional",
+]
+
+NEW_LABEL_BASE = -2
+#: ``eps: auto`` per embedder vector kind, tuned with tools/tune_clustering.py on shared/data.
+TUNED_EPS = {"dlib": 0.60, "dlib-normalised": 0.43}
+_CHUNK_BYTES = 64 << 20
+
+
+def provisional(k: int) -> int:
+    """The label of the k-th (0-based) new identity of a result."""
+    return NEW_LABEL_BASE - k
+
+
+@dataclass(frozen=True)
+class ClusterParams:
+    eps: float
+    min_samples: int = 2
+    max_link: Optional[float] = None   # split a component where halves are this far apart on average
+    min_gap: Optional[float] = None    # ... or this much farther apart than their own spread
+    max_component: int = 2500          # larger components are first re-cut with a tighter eps
+
+    def __post_init__(self) -> None:
+        if not self.eps > 0 or self.min_samples < 1:
+            raise ValueError("eps must be > 0 and min_samples >= 1")
+
+    @property
+    def link(self) -> float:
+        return self.max_link if self.max_link is not None else self.eps
+
+    @property
+    def gap(self) -> float:
+        return self.min_gap if self.min_gap is not None else self.link / 6
+
+    @classmethod
+    def for_embedder(cls, default_eps: float, eps: "float | str" = "auto",
+                     min_samples: int = 2) -> "ClusterParams":
+        """The config's eps/min_samples; the split check stays at the embedder's tuned distance,
+        so a user's eps moves how far DBSCAN reaches, not how far apart one person may be."""
+        chosen = default_eps if eps == "auto" else float(eps)
+        return cls(eps=chosen, min_samples=min_samples, max_link=default_eps, min_gap=default_eps / 6)
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What a person decided; it always wins over the clustering."""
+
+    pinned: Mapping[int, int] = field(default_factory=dict)          # face id -> identity id
+    cannot_link: frozenset = frozenset()                              # {(face id, identity id)}
+    named: frozenset = frozenset()                                    # identity ids with a name
+
+
+@dataclass(frozen=True)
+class MergeSuggestion:
+    a: int            # identity ids, a < b
+    b: int
+    distance: float   # between the two identities' mean vectors
+
+
+@dataclass
+class ReclusterResult:
+    ids: np.ndarray                 # face ids, as given
+    identity: np.ndarray            # label per face (>=0 id, -1 none, <=-2 provisional new)
+    created: int = 0
+    merged: int = 0
+    split: int = 0
+    dissolved: int = 0              # identities left with no face at all (all unassigned)
+    faces_moved: int = 0            # previously known faces whose label changed
+    suggestions: list[MergeSuggestion] = field(default_factory=list)
+
+    def new_identities(self) -> dict[int, np.ndarray]:
+        """Provisional label -> the face ids it holds."""
+        return {int(k): self.ids[self.identity == k] for k in np.unique(self.identity[self.identity <= NEW_LABEL_BASE])}
+
+    def counts(self) -> dict[str, int]:
+        return {"created": self.created, "merged": self.merged, "split": self.split,
+                "dissolved": self.dissolved, "faces_moved": self.faces_moved,
+                "suggestions": len(self.suggestions)}
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Undirected eps-neighbour edges by position (each pair once, i < j), with distances."""
+
+    i: np.ndarray   # int32 (int64 past 2^31 rows)
+    j: np.ndarray   # same
+    d: np.ndarray   # float32
+
+    @staticmethod
+    def empty() -> "Graph":
+        return Graph(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+
+# ---------------------------------------------------------------------------- neighbour search
+
+def _sqnorms(x: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", x, x, dtype=np.float32)
+
+
+def radius_neighbours(matrix: np.ndarray, queries: np.ndarray, radius: float,
+                      sqnorms: Optional[np.ndarray] = None,
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (query row, matrix row, distance) for every pair within ``radius``, chunk by chunk.
+
+    float32 products over row blocks of ``matrix``; memory stays at one block × len(queries).
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    q_sq = _sqnorms(queries)
+    r2 = np.float32(radius * radius)
+    rows = max(1, _CHUNK_BYTES // (4 * max(1, len(queries))))
+    for start in range(0, len(matrix), rows):
+        block = matrix[start:start + rows]
+        b_sq = sqnorms[start:start + rows] if sqnorms is not None else _sqnorms(block)
+        if not len(block):
+            break
+        dot = block @ queries.T                      # [rows, Q]
+        # |b-q|² <= r² needs b·q >= (|b|²+|q|²-r²)/2 >= (min|b|²+|q|²-r²)/2: one cheap
+        # comparison finds the few candidates, which are then checked exactly
+        floor = (b_sq.min() + q_sq - r2) / 2
+        bi, qi = np.nonzero(dot >= floor[None, :])
+        if len(bi):
+            d2 = b_sq[bi] + q_sq[qi] - 2 * dot[bi, qi]
+            ok = d2 <= r2
+            yield qi[ok], bi[ok] + start, np.sqrt(np.maximum(d2[ok], 0))
+
+
+def build_graph(matrix: np.ndarray, radius: float, block: int = 4096) -> Graph:
+    """Every pair within ``radius`` by brute force (N²·d work; the store normally keeps the graph
+    and extends it one batch at a time instead)."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    sq = _sqnorms(matrix)
+    parts_i, parts_j, parts_d = [], [], []
+    for start in range(0, len(matrix), block):
+        q = matrix[start:start + block]
+        # only rows >= start: each pair once
+        for qi, bi, d in radius_neighbours(matrix[start:], q, radius, sq[start:]):
+            bi = bi + start
+            qi = qi + start
+            keep = bi > qi
+            parts_i.append(qi[keep]); parts_j.append(bi[keep]); parts_d.append(d[keep].astype(np.float32))
+    if not parts_i:
+        return Graph.empty()
+    index_type = np.int32 if len(matrix) < 2**31 else np.int64
+    return Graph(np.concatenate(parts_i).astype(index_type), np.concatenate(parts_j).astype(index_type),
+                 np.concatenate(parts_d))
+
+
+# ----------------------------------------------------------------------------- the clustering
+
+def cluster_labels(matrix: np.ndarray, image_ids: np.ndarray, params: ClusterParams,
+                   graph: Optional[Graph] = None, pin: Optional[np.ndarray] = None) -> np.ndarray:
+    """Cluster index per row (0..k-1) or -1, ignoring previous identities.
+
+    ``pin`` (identity per row or -1) keeps faces pinned to different identities apart.
+    """
+    n = len(matrix)
+    image_ids = np.asarray(image_ids, dtype=np.int64)
+    pin = np.full(n, -1, np.int64) if pin is None else np.asarray(pin, np.int64)
+    if graph is None:
+        graph = build_graph(matrix, params.eps)
+    gi, gj, gd = _usable_edges(graph, image_ids, pin, params.eps)
+    labels = np.full(n, -1, np.int64)
+    next_label = 0
+    for members in _dbscan_components(n, gi, gj, gd, params.min_samples):
+        for part in _split_component(matrix, image_ids, pin, members, params, gi, gj, gd):
+            if len(part) >= params.min_samples:
+                labels[part] = next_label
+                next_label += 1
+    return labels
+
+
+def _components(n: int, gi: np.ndarray, gj: np.ndarray, use: Optional[np.ndarray] = None,
+                chunk: int = 1 << 20) -> np.ndarray:
+    """Connected components of the edges (gi[use], gj[use]): each row's label is the smallest row
+    of its component. Union by hooking roots to the smaller root, then path halving to the root,
+    repeated until no edge joins two roots; edge chunks keep it to a few MB where scipy's
+    ``connected_components`` copies the graph to float64 CSR and its transpose."""
+    parent = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+    while True:
+        hooked = False
+        for s in range(0, len(gi), chunk):
+            a, b = parent[gi[s:s + chunk]], parent[gj[s:s + chunk]]
+            differ = a != b
+            if use is not None:
+                differ &= use[s:s + chunk]
+            if differ.any():
+                a, b = a[differ], b[differ]
+                np.minimum.at(parent, np.maximum(a, b), np.minimum(a, b))
+                hooked = True
+        while True:                       # every row straight to its root
+            up = parent[parent]
+            if np.array_equal(up, parent):
+                break
+            parent = up
+        if not hooked:
+            return parent
+
+
+def _usable_edges(graph: Graph, image_ids: np.ndarray, pin: np.ndarray, eps: float):
+    """The graph's edges within eps, minus those within one photo or between two pins; one
+    selection (no copy when nothing is dropped), rows as int32 where they fit (half the memory
+    at millions of edges)."""
+    gi, gj, gd = graph.i, graph.j, graph.d
+    keep = gd <= eps
+    keep &= gi != gj
+    for s in range(0, len(gi), 1 << 20):       # chunked: no full-length int64 temporaries
+        a, b = gi[s:s + (1 << 20)], gj[s:s + (1 << 20)]
+        k = keep[s:s + (1 << 20)]
+        k &= image_ids[a] != image_ids[b]
+        pa, pb = pin[a], pin[b]
+        k &= ~((pa >= 0) & (pb >= 0) & (pa != pb))
+    index_type = np.int32 if len(image_ids) < 2**31 else np.int64
+    if keep.all():
+        return gi.astype(index_type, copy=False), gj.astype(index_type, copy=False), gd
+    return gi[keep].astype(index_type, copy=False), gj[keep].astype(index_type, copy=False), gd[keep]
+
+
+def _dbscan_components(n: int, gi: np.ndarray, gj: np.ndarray, gd: np.ndarray,
+                       min_samples: int) -> list[np.ndarray]:
+    """DBSCAN's clusters as arrays of rows: components of core points plus their border points."""
+    degree = np.bincount(gi, minlength=n) + np.bincount(gj, minlength=n)
+    core = degree + 1 >= min_samples
+    cc = core[gi] & core[gj]
+    comp = np.where(core, _components(n, gi, gj, None if cc.all() else cc), -1)
+    # border point: non-core with a core neighbour -> that neighbour's component (nearest wins)
+    s1 = ~core[gi] & core[gj]        # gi is the border point
+    s2 = core[gi] & ~core[gj]        # gj is
+    if s1.any() or s2.any():
+        bi = np.concatenate([gi[s1], gj[s2]]); bj = np.concatenate([gj[s1], gi[s2]])
+        bd = np.concatenate([gd[s1], gd[s2]])
+        order = np.lexsort((bd, bi))
+        b, c = bi[order], bj[order]
+        first = np.r_[True, b[1:] != b[:-1]]
+        comp[b[first]] = comp[c[first]]
+    rows = np.flatnonzero(comp >= 0)
+    if not len(rows):
+        return []
+    order = rows[np.argsort(comp[rows], kind="stable")]
+    bounds = np.flatnonzero(np.diff(comp[order])) + 1
+    return [g for g in np.split(order, bounds) if len(g) >= 2]
+
+
+def _split_component(matrix, image_ids, pin, members, params, gi, gj, gd) -> list[np.ndarray]:
+    if len(members) <= params.max_component:
+        return _linkage_split(matrix[members], image_ids[members], pin[members], members, params)
+    # Too big for an n² dendrogram (a chain through a big library): re-run DBSCAN inside it with a
+    # tighter eps until the parts fit; the faces that drop out stay unassigned until they fit.
+    inside = np.zeros(len(matrix), bool); inside[members] = True
+    tighter = params.eps * 0.9
+    sel = inside[gi] & inside[gj] & (gd <= tighter)
+    sub = ClusterParams(tighter, params.min_samples, params.link, params.gap, params.max_component)
+    out = []
+    for part in _dbscan_components(len(matrix), gi[sel], gj[sel], gd[sel], params.min_samples):
+        out.extend(_split_component(matrix, image_ids, pin, part, sub, gi[sel], gj[sel], gd[sel]))
+    return out
+
+
+def _linkage_split(x: np.ndarray, img: np.ndarray, pin: np.ndarray, members: np.ndarray,
+                   params: ClusterParams) -> list[np.ndarray]:
+    """Cut one component top-down along its average-linkage dendrogram (see the module doc)."""
+    n = len(x)
+    if n < 2:
+        return [members]
+    d = pdist(np.asarray(x, np.float64))
+    # faces of one photo, or pinned to two identities, must end apart: push them apart here and
+    # enforce it exactly in the cut below
+    ii, jj = np.triu_indices(n, 1)
+    conflict = (img[ii] == img[jj]) | ((pin[ii] >= 0) & (pin[jj] >= 0) & (pin[ii] != pin[jj]))
+    if conflict.any():
+        d[conflict] = max(2.0 * params.link, float(d.max()))
+    z = linkage(d, "average")
+    size = np.ones(2 * n - 1); wsum = np.zeros(2 * n - 1); pairs = np.zeros(2 * n - 1)
+    left = np.empty(n - 1, np.int64); right = np.empty(n - 1, np.int64); height = z[:, 2]
+    for k, (a, b) in enumerate(z[:, :2].astype(np.int64)):
+        node = n + k
+        left[k], right[k] = a, b
+        size[node] = size[a] + size[b]
+        pairs[node] = pairs[a] + pairs[b] + size[a] * size[b]
+        wsum[node] = wsum[a] + wsum[b] + height[k] * size[a] * size[b]
+    # leaf order: each node's leaves are one contiguous run of it
+    lo = np.zeros(2 * n - 1, np.int64)
+    order = np.empty(n, np.int64)
+    stack = [2 * n - 2]
+    while stack:
+        node = stack.pop()
+        if node < n:
+            order[lo[node]] = node
+            continue
+        a, b = left[node - n], right[node - n]
+        lo[a] = lo[node]; lo[b] = lo[node] + int(size[a])
+        stack += [a, b]
+    out = []
+    stack = [2 * n - 2]
+    while stack:
+        node = stack.pop()
+        leaves = order[lo[node]:lo[node] + int(size[node])]
+        if node < n:
+            out.append(members[leaves]); continue
+        k = node - n
+        a, b = left[k], right[k]
+        cut = height[k] > params.link
+        if not cut and min(size[a], size[b]) >= 2:
+            spread = (wsum[a] + wsum[b]) / (pairs[a] + pairs[b])
+            cut = height[k] - spread > params.gap
+        if not cut:
+            pins = pin[leaves]
+            cut = len(np.unique(img[leaves])) < len(leaves) or len(np.unique(pins[pins >= 0])) > 1
+        if cut:
+            stack += [a, b]
+        else:
+            out.append(members[leaves])
+    return out
+
+
+def __getattr__(name: str):
+    # ``recluster`` and ``match_to_previous`` live in cluster_recluster (which needs the types
+    # above); they are part of this module's API all the same.
+    if name in ("recluster", "match_to_previous"):
+        from facesortd.people import recluster as cluster_recluster
+        return getattr(cluster_recluster, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
