@@ -1,10 +1,17 @@
-"""Service telemetry: counters, gauges and histograms, rendered in the Prometheus text format.
+"""Service telemetry: counters, gauges and histograms, exposed in the Prometheus text format.
 
 The daemon feeds it from the pipeline's ``on_finished`` hook (files by outcome, errors by kind), a
 timing wrapper around the embedder (micro-batch size and latency), and a tick in its main loop
 (queue depth, images/s). Figures that live in the store (images by status, faces, identities) are
 read at scrape time. ``snapshot()`` is the same data as a dict: the daemon writes it to
-``<state_dir>/status.json`` for ``facesortd status``. No dependency beyond the standard library.
+``<state_dir>/status.json`` for ``facesortd status``.
+
+The metrics are prometheus_client's, in a registry of each ``Telemetry``'s own (never the
+library's global one, so tests and two apps in one process do not collide); ``render()`` is
+``generate_latest`` of that registry. The small wrappers below add what the daemon reads back
+(``get``, ``items``, a histogram's ``count`` and ``sum``) and leave out prometheus_client's
+``<name>_created`` series: those would be new series on every dashboard, and the library only
+turns them off for the whole process.
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import prometheus_client as prom
+from prometheus_client.parser import text_string_to_metric_families
 
 SNAPSHOT_NAME = "status.json"
 #: Outcomes the pipeline reports through ``on_finished``.
@@ -25,6 +35,8 @@ ERROR_KINDS = ("bad_image", "model", "store", "unexpected")
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 BATCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RATE_WINDOW_S = 30.0
+#: The text format ``generate_latest`` writes (prometheus_client's CONTENT_TYPE_LATEST names 1.0.0).
+CONTENT_TYPE = prom.CONTENT_TYPE_PLAIN_0_0_4
 
 
 def error_kind(reason: str) -> str:
@@ -39,110 +51,89 @@ def error_kind(reason: str) -> str:
     return "bad_image"
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
-
-
 class _Metric:
-    kind = "untyped"
+    """One prometheus_client metric, registered through this wrapper (a collector of its own)."""
 
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()):
-        self.name, self.help, self.labels = name, help_text, tuple(labels)
-        self._lock = threading.Lock()
-        self._values: dict[tuple[str, ...], Any] = {} if self.labels else {(): 0}
+    def __init__(self, metric: Any, name: str, labels: Sequence[str]):
+        self._metric = metric
+        self.name, self.labels = name, tuple(labels)
 
-    def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
+    def _child(self, labels: dict[str, str]) -> Any:
+        self._check(labels)
+        return self._metric.labels(**labels) if self.labels else self._metric
+
+    def _check(self, labels: dict[str, str]) -> None:
         if set(labels) != set(self.labels):
             raise ValueError(f"{self.name} takes labels {self.labels}, got {tuple(labels)}")
-        return tuple(str(labels[k]) for k in self.labels)
 
-    def _label_text(self, key: tuple[str, ...], extra: str = "") -> str:
-        parts = [f'{k}="{_escape(v)}"' for k, v in zip(self.labels, key)]
-        if extra:
-            parts.append(extra)
-        return "{" + ",".join(parts) + "}" if parts else ""
+    def _samples(self, name: str) -> Iterator[Any]:
+        for family in self._metric.collect():
+            yield from (s for s in family.samples if s.name == name)
 
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+    def collect(self) -> Iterator[Any]:
+        for family in self._metric.collect():   # a fresh family each call: safe to trim
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
+
+    def describe(self) -> Iterator[Any]:
+        return iter(self._metric.describe())
+
+    def render(self) -> list[str]:
+        """This metric alone in the text format, line by line."""
+        registry = prom.CollectorRegistry()
+        registry.register(self)
+        return prom.generate_latest(registry).decode("utf-8").splitlines()
 
 
 class Counter(_Metric):
     """A value that only goes up (``inc``); resets only when the process restarts."""
 
-    kind = "counter"
+    _type = prom.Counter
+
+    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()):
+        super().__init__(self._type(name, help_text, tuple(labels), registry=None), name, labels)
 
     def inc(self, amount: float = 1, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0) + amount
+        self._child(labels).inc(amount)
 
     def get(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0)
+        self._check(labels)
+        want = {k: str(v) for k, v in labels.items()}
+        return next((s.value for s in self._samples(self.name) if s.labels == want), 0)
 
     def items(self) -> list[tuple[tuple[str, ...], float]]:
-        with self._lock:
-            return sorted(self._values.items())
-
-    def render(self) -> list[str]:
-        return self.header() + [f"{self.name}{self._label_text(k)} {_number(v)}" for k, v in self.items()]
+        """``[((label values...), value), ...]`` sorted by label values."""
+        return sorted((tuple(s.labels[k] for k in self.labels), s.value)
+                      for s in self._samples(self.name))
 
 
 class Gauge(Counter):
     """A value that goes up and down (``set``)."""
 
-    kind = "gauge"
+    _type = prom.Gauge
 
     def set(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = value
+        self._child(labels).set(value)
 
 
 class Histogram(_Metric):
     """Observations counted into cumulative buckets, with their sum and count (no labels)."""
 
-    kind = "histogram"
-
     def __init__(self, name: str, help_text: str, buckets: Sequence[float]):
-        super().__init__(name, help_text)
         self.buckets = tuple(sorted(buckets))
-        self._counts = [0] * (len(self.buckets) + 1)
-        self._sum = 0.0
-        self._count = 0
+        super().__init__(prom.Histogram(name, help_text, buckets=self.buckets, registry=None),
+                         name, ())
 
     def observe(self, value: float) -> None:
-        with self._lock:
-            i = next((i for i, b in enumerate(self.buckets) if value <= b), len(self.buckets))
-            self._counts[i] += 1
-            self._sum += value
-            self._count += 1
+        self._metric.observe(value)
 
     @property
     def count(self) -> int:
-        return self._count
+        return int(next(self._samples(self.name + "_count")).value)
 
     @property
     def sum(self) -> float:
-        return self._sum
-
-    def render(self) -> list[str]:
-        with self._lock:
-            counts, total, n = list(self._counts), self._sum, self._count
-        lines, running = self.header(), 0
-        for bound, c in zip(self.buckets + (math.inf,), counts):
-            running += c
-            lines.append(f'{self.name}_bucket{{le="{_number(bound)}"}} {running}')
-        lines += [f"{self.name}_sum {_number(total)}", f"{self.name}_count {n}"]
-        return lines
+        return next(self._samples(self.name + "_sum")).value
 
 
 class Telemetry:
@@ -180,6 +171,9 @@ class Telemetry:
         self._store_read_at = -math.inf
         self._lock = threading.Lock()
         self.last_progress = self.started
+        self.registry = prom.CollectorRegistry()   # this Telemetry's own, never the global one
+        for metric in self.metrics():
+            self.registry.register(metric)
 
     # -- feeding ---------------------------------------------------------------------------------
     def file_finished(self, outcome: str, error_reason: Optional[str] = None) -> None:
@@ -241,10 +235,7 @@ class Telemetry:
         if store is not None:
             self.read_store(store)
         self.uptime.set(round(self._clock() - self.started, 3))
-        lines: list[str] = []
-        for metric in self.metrics():
-            lines.extend(metric.render())
-        return "\n".join(lines) + "\n"
+        return prom.generate_latest(self.registry).decode("utf-8")
 
     def snapshot(self) -> dict:
         """The live figures as plain data (for status.json and STATUS= lines)."""
@@ -345,15 +336,19 @@ class TimedEmbedder:
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
-    """``{'name{labels}': value}`` from exposition text; for tests and `doctor`-style checks."""
+    """``{'name{labels}': value}`` from exposition text (prometheus_client's parser), for tests
+    and `doctor`-style checks; labels are written as the text format writes them."""
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name, _, value = line.rpartition(" ")
-        out[name] = float(value)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
+            out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
     return out
 
 
-__all__: Iterable[str] = ["Counter", "Gauge", "Histogram", "Telemetry", "TimedEmbedder",
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+__all__: Iterable[str] = ["CONTENT_TYPE", "Counter", "Gauge", "Histogram", "Telemetry", "TimedEmbedder",
                           "error_kind", "parse_prometheus", "read_snapshot"]

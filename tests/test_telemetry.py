@@ -26,7 +26,7 @@ def test_counter_labels_are_escaped_and_rendered():
     c.inc(2, kind="b")
     text = "\n".join(c.render())
     assert "# TYPE x_total counter" in text
-    assert 'x_total{kind="a \\"quoted\\"\\nname"} 1' in text
+    assert 'x_total{kind="a \\"quoted\\"\\nname"} 1.0' in text
     assert parse_prometheus(text)['x_total{kind="b"}'] == 2
 
 
@@ -39,6 +39,19 @@ def test_histogram_buckets_are_cumulative():
     assert m['lat_seconds_bucket{le="1.0"}'] == 3
     assert m['lat_seconds_bucket{le="+Inf"}'] == 4
     assert m["lat_seconds_count"] == 4 and abs(m["lat_seconds_sum"] - 3.65) < 1e-9
+
+
+def test_each_telemetry_has_its_own_registry():
+    """Two apps (or tests) in one process count apart; nothing lands in prometheus_client's global
+    registry; no `_created` series appear beside the ones dashboards know."""
+    import prometheus_client
+
+    a, b = Telemetry(), Telemetry()
+    a.file_finished("done")
+    assert parse_prometheus(a.render())['facesortd_files_total{outcome="done"}'] == 1
+    assert parse_prometheus(b.render())['facesortd_files_total{outcome="done"}'] == 0
+    assert not any(f.name.startswith("facesortd") for f in prometheus_client.REGISTRY.collect())
+    assert "_created" not in a.render()
 
 
 def test_error_kinds_follow_the_stored_reason():

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
 from facesortd.config import parse_config
 from facesortd.store.database import Store
-from facesortd.telemetry import Telemetry, parse_prometheus
+from facesortd.telemetry import (BATCH_SECONDS_BUCKETS, BATCH_SIZE_BUCKETS, Telemetry,
+                                 parse_prometheus)
 from facesortd.web import create_app
 
 
@@ -91,3 +95,75 @@ def test_web_server_serves_stops_and_names_a_busy_port(tmp_path, store):
         server.stop()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=2)
+
+
+def test_metrics_parse_with_prometheus_clients_parser_after_a_real_run(tmp_path, data_dir):
+    """A real `run --once` (dlib, aligned crops, a duplicate, an empty file), then /metrics read
+    back by prometheus_client's own parser: every family, its type, and the figures of the run."""
+    import shutil
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from facesortd.app.daemon import Daemon
+
+    pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
+    (tmp_path / "inbox").mkdir()
+    crops = sorted((data_dir / "faces_cropped").rglob("*.jp*g"))[:5]
+    for p in crops:
+        shutil.copy(p, tmp_path / "inbox" / f"{p.parent.name}_{p.name}")
+    shutil.copy(crops[0], tmp_path / "inbox" / "again.jpg")      # same bytes: a duplicate
+    (tmp_path / "inbox" / "empty.jpg").write_bytes(b"")           # a bad image
+    text = ("inboxes:\n  - path: inbox\n    mode: aligned\n"
+            "watch:\n  settle_ms: 100\n  rescan_interval_s: 0\n"
+            "embedder:\n  name: dlib\n  batch_size: 16\n  max_wait_ms: 50\nweb:\n  enabled: false\n")
+    (tmp_path / "facesortd.yaml").write_text(text)
+    config = parse_config(text, tmp_path / "facesortd.yaml")
+    daemon = Daemon(config)
+    daemon.run_once(timeout=300)
+
+    with Store.open(config.state_dir) as store:
+        app = create_app(config, store, daemon.telemetry, test_config={"TESTING": True})
+        r = app.test_client().get("/metrics")
+    assert r.status_code == 200 and r.headers["Content-Type"] == CONTENT_TYPE_PLAIN_0_0_4
+    families = {f.name: f for f in text_string_to_metric_families(r.get_data(as_text=True))}
+    # The parser names a counter's family without `_total`; its samples keep it.
+    assert {name: f.type for name, f in families.items()} == {
+        "facesortd_files": "counter", "facesortd_errors": "counter",
+        "facesortd_faces_ingested": "counter", "facesortd_reclusters": "counter",
+        "facesortd_batch_faces": "histogram", "facesortd_batch_seconds": "histogram",
+        "facesortd_queue_depth": "gauge", "facesortd_watcher_pending": "gauge",
+        "facesortd_images_per_second": "gauge", "facesortd_store_images": "gauge",
+        "facesortd_store_faces": "gauge", "facesortd_store_faces_unassigned": "gauge",
+        "facesortd_store_identities": "gauge", "facesortd_uptime_seconds": "gauge",
+        "facesortd_healthy": "gauge"}
+
+    def values(family: str) -> dict:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in families[family].samples}
+
+    files = values("facesortd_files")
+    assert {labels[0][1]: v for (name, labels), v in files.items()} == {
+        "done": 5, "noface": 0, "duplicate": 1, "error": 1, "gone": 0}
+    assert {name for name, _ in files} == {"facesortd_files_total"}
+    errors = {labels[0][1]: v for (_, labels), v in values("facesortd_errors").items()}
+    assert errors == {"bad_image": 1, "model": 0, "store": 0, "unexpected": 0}
+    assert values("facesortd_faces_ingested") == {("facesortd_faces_ingested_total", ()): 5}
+
+    for name, bounds in (("facesortd_batch_faces", BATCH_SIZE_BUCKETS),
+                         ("facesortd_batch_seconds", BATCH_SECONDS_BUCKETS)):
+        samples = families[name].samples
+        buckets = [(float(s.labels["le"]), s.value) for s in samples if s.name == name + "_bucket"]
+        assert [b for b, _ in buckets] == [float(b) for b in bounds] + [math.inf]
+        counts = [v for _, v in buckets]
+        assert counts == sorted(counts)                          # cumulative
+        total = {s.name: s.value for s in samples if s.name != name + "_bucket"}
+        assert set(total) == {name + "_count", name + "_sum"}   # no `_created` series
+        assert total[name + "_count"] == counts[-1] >= 1
+    batch = {s.name: s.value for s in families["facesortd_batch_faces"].samples}
+    assert batch["facesortd_batch_faces_sum"] == 5
+
+    stored = {labels[0][1]: v for (_, labels), v in values("facesortd_store_images").items()}
+    assert stored["done"] == 5 and stored["error"] == 1
+    assert values("facesortd_store_faces") == {("facesortd_store_faces", ()): 5}
+    assert values("facesortd_store_identities")[("facesortd_store_identities", ())] >= 1
+    assert values("facesortd_healthy") == {("facesortd_healthy", ()): 1}
+    assert values("facesortd_uptime_seconds")[("facesortd_uptime_seconds", ())] > 0

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from facesortd.telemetry import CONTENT_TYPE
 from facesortd.web import state
 
 bp = Blueprint("health", __name__)
-
-PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @bp.get("/healthz")
@@ -32,5 +31,5 @@ def healthz():
 
 @bp.get("/metrics")
 def metrics():
-    return Response(state("telemetry").render(state("store")), mimetype=None,
-                    content_type=PROMETHEUS_TYPE)
+    """prometheus_client's ``generate_latest`` of the telemetry's registry, in text format 0.0.4."""
+    return Response(state("telemetry").render(state("store")), content_type=CONTENT_TYPE)
