@@ -57,11 +57,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
-    from facesortd.library.placer import undo_command
+    from facesortd.app.commands import undo
 
     config = _config(args)
     _setup_logging(config.log_level)
-    ops = undo_command(config, args.last, args.since, dry_run=args.dry_run)
+    ops = undo(config, args.last, args.since, dry_run=args.dry_run)
     for op in ops:
         print(f"{'would ' if args.dry_run else ''}{op.describe()}")
     print(f"{len(ops)} file operation(s){' planned' if args.dry_run else ''}")
@@ -110,11 +110,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_recluster(args: argparse.Namespace) -> int:
-    from facesortd.people.service import recluster_state_dir
+    from facesortd.app.commands import recluster
 
     config = _config(args)
     _setup_logging(config.log_level)
-    print(json.dumps(recluster_state_dir(config), indent=2, sort_keys=True))
+    print(json.dumps(recluster(config), indent=2, sort_keys=True))
     return 0
 
 

@@ -15,7 +15,7 @@ import pytest
 from facesortd.store import schema as store_schema
 from facesortd.cli import main
 from facesortd.config import load_config, parse_config
-from facesortd.app.daemon import StateLock
+from facesortd.store.lock import StateLock
 from facesortd.app.doctor import TUNABLES, doctor, run_checks
 from facesortd.library.placer import Placer
 from facesortd.store.database import DB_NAME, Store

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -19,38 +18,12 @@ from facesortd.ingest.pipeline import Pipeline
 from facesortd.app.progress import Progress
 from facesortd.app.supervisor import Service, progress_counts
 from facesortd.store.database import Store
+from facesortd.store.lock import StateLock
+from facesortd.app.state import State, open_state
 from facesortd.telemetry import Telemetry, TimedEmbedder
 from facesortd.inbox.watcher import Watcher
 
 log = logging.getLogger("facesortd")
-
-
-class StateLock:
-    """An exclusive lock on the state folder: one daemon per store; released if the holder dies."""
-
-    def __init__(self, state_dir: Path):
-        self.path = state_dir / "lock"
-        self._fd: Optional[int] = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise FacesortdError(
-                f"{self.path.parent} is in use by facesortd (pid {holder}); stop that daemon "
-                "first, or give this one another state_dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 def make_detector(config: Config, device: Any):
@@ -75,7 +48,8 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self.changed = threading.Event()   # set when faces or identities changed: placement follows
-        self.lock = StateLock(config.state_dir)
+        self.state: Optional[State] = None   # the open state folder (app.state.open_state)
+        self.lock: Optional[StateLock] = None
         self.store: Optional[Store] = None
         self.pipeline: Optional[Pipeline] = None
         self.watcher: Optional[Watcher] = None
@@ -86,20 +60,15 @@ class Daemon:
     def open(self) -> None:
         """Take the lock, open the store, load the model (fails fast with what to do)."""
         cfg = self.config
-        self.lock.acquire()
+        embedder = create_embedder(cfg.embedder)
+        self.state = open_state(cfg, replay=not self.dry_run,   # a dry run changes nothing on disk
+                                eps_of=embedder.name, on_changed=self.notify_changed)
+        self.lock, self.store = self.state.lock, self.state.store
+        self.placer, self.identities = self.state.placer, self.state.identities
         try:
-            self.store = Store.open(cfg.state_dir)
-            from facesortd.library.placer import Placer
-            self.placer = Placer(cfg, self.store)
-            if not self.dry_run:
-                self.placer.replay()   # complete or roll back what a crash interrupted
-            embedder = create_embedder(cfg.embedder)
             embedder.load()
             self.store.bind_model(embedder.model_id, embedder.dim)
             detector = make_detector(cfg, resolve_device(cfg.embedder.device))
-            from facesortd.people.service import service_for
-            self.identities = service_for(self.store, cfg.clustering, embedder.default_eps,
-                                          on_changed=self.notify_changed)
             log.info("model %s on %s", embedder.model_id, embedder.describe())
             embedder = TimedEmbedder(embedder, self.telemetry)  # micro-batch size and latency
             self.pipeline = Pipeline(cfg, self.store, embedder, detector,
@@ -144,10 +113,10 @@ class Daemon:
         if self.placer_loop is not None:   # after identities: its last changes get placed
             self.placer_loop.stop()
             self.placer_loop = None
-        if self.store is not None:
-            self.store.close()
+        if self.state is not None:
+            self.state.close()
+            self.state = None
             self.store = None
-        self.lock.release()
 
     def run_once(self, timeout: Optional[float] = None) -> dict:
         """Ingest everything present in the inboxes, then return the store's counts."""

@@ -27,37 +27,26 @@ class ReviewServer:
         self.port = config.web.port if port is None else port
         self.changed = threading.Event()
         self.stop = threading.Event()
-        self.store = self.identities = self.placer = self.placer_loop = self.web = None
-        self._lock = None
+        self.state = self.store = self.identities = self.placer = self.placer_loop = self.web = None
 
     def open(self) -> None:
-        from facesortd.app.daemon import StateLock
-        from facesortd.models.embedders import create_embedder
-        from facesortd.people.service import service_for
-        from facesortd.library.placer import Placer
+        from facesortd.app.state import open_state
         from facesortd.app.supervisor import WebServer
-        from facesortd.store.database import Store
+        from facesortd.store.lock import StateBusy
         from facesortd.web import Control, create_app
 
         cfg = self.config
-        if not (cfg.state_dir / "facesortd.db").exists():
-            raise FacesortdError(f"no store yet in {cfg.state_dir}: run `facesortd run` first")
-        self._lock = StateLock(cfg.state_dir)
         try:
-            self._lock.acquire()
-        except FacesortdError:
-            self._lock = None
+            self.state = open_state(cfg, existing=True, load_vectors=False,
+                                    on_changed=self.changed.set)
+        except StateBusy:
             raise FacesortdError(
                 f"a facesortd daemon is running on {cfg.state_dir}: it serves the review page "
                 f"itself at http://{cfg.web.host}:{cfg.web.port}/ when web.enabled is true; "
                 "stop the daemon to use `facesortd web` alone") from None
+        self.store, self.placer = self.state.store, self.state.placer
+        self.identities = self.state.identities
         try:
-            self.store = Store.open(cfg.state_dir, load_vectors=False)
-            self.placer = Placer(cfg, self.store)
-            self.placer.replay()   # complete or roll back what a crash interrupted
-            eps = create_embedder(cfg.embedder).default_eps   # not loaded: only its tuned eps
-            self.identities = service_for(self.store, cfg.clustering, eps,
-                                          on_changed=self.changed.set)
             control = Control(changed=self.changed.set,
                               request_recluster=self.identities.request_recluster)
             app = create_app(cfg, self.store, None, control=control)
@@ -85,12 +74,9 @@ class ReviewServer:
         if self.placer_loop is not None:   # after identities: its last changes get placed
             self.placer_loop.stop()
             self.placer_loop = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        if self.state is not None:
+            self.state.close()
+            self.state = self.store = None
 
 
 def serve(config: Config, port: Optional[int] = None) -> None:

@@ -517,22 +517,3 @@ def parse_since(text: str) -> float:
     except ValueError:
         raise FacesortdError(f"--since {text!r}: give unix seconds, a date like 2024-05-01 or "
                              "2024-05-01T13:00, or an age like 30m, 2h, 1d") from None
-
-
-def undo_command(config: Config, last: Optional[int], since: Optional[str],
-                 dry_run: bool = False) -> list[Op]:
-    """``facesortd undo``: takes the state lock (never beside a running daemon), replays the
-    journal, then undoes."""
-    from facesortd.app.daemon import StateLock
-
-    when = parse_since(since) if since is not None else None
-    lock = StateLock(config.state_dir)
-    lock.acquire()
-    try:
-        with Store.open(config.state_dir, load_vectors=False) as store:
-            placer = Placer(config, store)
-            if not dry_run:
-                placer.replay()
-            return placer.undo(last=last, since=when, dry_run=dry_run)
-    finally:
-        lock.release()

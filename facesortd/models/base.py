@@ -11,7 +11,12 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the decoded image
+from facesortd.store.database import Box  # noqa: F401 (x1, y1, x2, y2; models hand boxes to the store)
+
+#: ``clustering.eps: auto`` per embedder name: the tuned distance between two faces of one person
+#: (each embedder's ``default_eps`` says how it was chosen). A table, so that code that only
+#: needs the number (the review page, ``facesortd recluster``) loads no model.
+TUNED_EPS = {"facenet": 0.9, "dlib": 0.43}
 
 
 class Embedder(Protocol):

@@ -15,7 +15,7 @@ import numpy as np
 
 from facesortd.config import EmbedderConfig
 from facesortd.errors import ModelUnavailable
-from facesortd.models.base import Box
+from facesortd.models.base import TUNED_EPS, Box
 
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
@@ -35,7 +35,7 @@ class DlibEmbedder:
     #: nearest neighbour 98.9% either way). At 0.43, 96% of same-person pairs and 1.5% of
     #: different-person pairs are within reach: the value facesortd.clustering is tuned for
     #: (it splits chained clusters). Plain DBSCAN peaks lower, at 0.35 (BCubed F1 0.94-0.955).
-    default_eps = 0.43
+    default_eps = TUNED_EPS["dlib"]
 
     def __init__(self, cfg: Optional[EmbedderConfig] = None):
         self.cfg = cfg

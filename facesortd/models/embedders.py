@@ -10,12 +10,21 @@ from typing import TYPE_CHECKING
 
 from facesortd.config import EmbedderConfig
 from facesortd.errors import ModelUnavailable
-from facesortd.models.base import Box, Embedder
+from facesortd.models.base import TUNED_EPS, Box, Embedder
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Box", "Embedder", "create_embedder", "resolve_device"]
+__all__ = ["Box", "Embedder", "create_embedder", "resolve_device", "tuned_eps"]
+
+
+def tuned_eps(name: str) -> float:
+    """``clustering.eps: auto`` for an embedder name (``dlib``) or a store's model id
+    (``dlib-resnet-v1``), without building or loading the model."""
+    for embedder, eps in TUNED_EPS.items():
+        if name == embedder or name.startswith(embedder + "-"):
+            return eps
+    raise ModelUnavailable(f"embedder.name: unknown embedder {name!r}; use facenet or dlib")
 
 
 def create_embedder(cfg: EmbedderConfig) -> Embedder:

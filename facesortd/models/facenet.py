@@ -25,7 +25,7 @@ from facesortd.config import EmbedderConfig
 from facesortd.errors import ModelUnavailable
 from facesortd.fsops import sha256_of
 from facesortd.models import torchsetup
-from facesortd.models.base import Box
+from facesortd.models.base import TUNED_EPS, Box
 from facesortd.models.cudagraph import GraphedEmbed, standardize
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class FacenetEmbedder:
     #: L2 distance between unit vectors. VGGFace2 InceptionResnetV1 verification thresholds sit
     #: around 1.0-1.1; DBSCAN chains through borderline pairs, so clustering starts tighter. Not
     #: measured here: the real weights cannot be downloaded on the build machines.
-    default_eps = 0.9
+    default_eps = TUNED_EPS["facenet"]
 
     def __init__(self, cfg: EmbedderConfig):
         self.cfg = cfg

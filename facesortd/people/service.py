@@ -26,14 +26,13 @@ from facesortd.people.assign import FaceIndex, assign_incremental
 from facesortd.people.index import SearchCache
 from facesortd.people.recluster import recluster
 from facesortd.people.clustering import ClusterParams, Graph, ReclusterResult, build_graph, radius_neighbours
-from facesortd.people.storage import (  # noqa: F401 (history_marker, load_constraints, recluster_state_dir: public)
+from facesortd.people.storage import (  # noqa: F401 (history_marker, load_constraints: public)
     history_marker, load_constraints, load_pinned_ids, meta_get, meta_set, read_graph,
-    record_merges, record_suggestion, recluster_state_dir, rows_of, to_live, write_edges,
+    record_merges, record_suggestion, rows_of, to_live, write_edges,
 )
 from facesortd.store.database import Store
 
-__all__ = ["IdentityService", "service_for", "load_constraints", "history_marker",
-           "recluster_state_dir"]
+__all__ = ["IdentityService", "service_for", "load_constraints", "history_marker"]
 
 log = logging.getLogger("facesortd.identities")
 

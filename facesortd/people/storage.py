@@ -1,6 +1,6 @@
 """What the identity service reads from and writes to the store: the correction marker and
 constraints, its meta keys, the stored eps-graph, and the rows a result changes (merges of
-emptied identities, merge suggestions). Also ``facesortd recluster`` outside the daemon.
+emptied identities, merge suggestions).
 """
 
 from __future__ import annotations
@@ -139,39 +139,3 @@ def write_edges(conn, a: np.ndarray, b: np.ndarray, d: np.ndarray) -> None:
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     rows = zip(lo.tolist(), hi.tolist(), np.asarray(d, np.float64).tolist())
     conn.executemany("INSERT OR REPLACE INTO face_edges (a, b, d) VALUES (?, ?, ?)", rows)
-
-
-def recluster_state_dir(config) -> dict:
-    """``facesortd recluster``: when a daemon holds the state dir, ask it (SIGUSR1; the pid is in
-    ``<state_dir>/lock``); otherwise take the lock, recluster the store here and return the counts."""
-    import fcntl
-    import os
-    import signal
-
-    from facesortd.models.embedders import create_embedder
-    from facesortd.errors import FacesortdError
-
-    state_dir = config.state_dir
-    if not (state_dir / "facesortd.db").exists():
-        raise FacesortdError(f"no store yet in {state_dir}: run `facesortd run` first")
-    fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 64).decode(errors="replace").strip()
-            if not text.isdigit():
-                raise FacesortdError(f"{state_dir} is locked by a process that wrote no pid "
-                                     f"in {state_dir / 'lock'}; try again in a moment") from None
-            os.kill(int(text), signal.SIGUSR1)
-            return {"signalled_daemon": int(text)}
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        with Store.open(state_dir) as store:
-            embedder = create_embedder(config.embedder)   # not loaded: only its tuned eps
-            from facesortd.people.service import service_for
-
-            service = service_for(store, config.clustering, embedder.default_eps)
-            return service.recluster(reason="facesortd recluster").counts() | (service.last_counts or {})
-    finally:
-        os.close(fd)

@@ -19,12 +19,12 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from facesortd.models.base import Box
 from facesortd.errors import StoreError
 from facesortd.store.schema import SCHEMA_VERSION, migrate, schema_version
 
 DB_NAME = "facesortd.db"
 STATUSES = ("pending", "done", "noface", "error", "duplicate")
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the decoded image
 FaceIn = tuple[Box, float, np.ndarray]  # box (x1, y1, x2, y2), detector score, vector [dim]
 PathLike = Union[str, "os.PathLike[str]"]
 

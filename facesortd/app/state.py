@@ -1,0 +1,76 @@
+"""One way to open a state folder: the lock, the store, the journal replayed, the identity service
+and the placer, for ``run``, ``web``, ``recluster`` and ``undo`` alike."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from facesortd.config import Config
+from facesortd.errors import FacesortdError
+from facesortd.library.placer import Placer
+from facesortd.models.embedders import tuned_eps
+from facesortd.people.service import IdentityService, service_for
+from facesortd.store.database import DB_NAME, Store
+from facesortd.store.lock import StateLock
+
+__all__ = ["State", "open_state"]
+
+log = logging.getLogger("facesortd")
+
+
+@dataclass
+class State:
+    """An open state folder; ``close()`` stops the identity thread, closes the store and releases
+    the lock (in that order)."""
+
+    config: Config
+    lock: StateLock
+    store: Store
+    placer: Placer
+    identities: IdentityService
+
+    def close(self) -> None:
+        try:
+            self.identities.stop()
+            self.store.close()
+        finally:
+            self.lock.release()
+
+    def __enter__(self) -> "State":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_state(config: Config, *, existing: bool = False, load_vectors: bool = True,
+               replay: bool = True, eps_of: Optional[str] = None,
+               on_changed: Optional[Callable[[], None]] = None) -> State:
+    """Take the lock (``store.lock.StateBusy`` when another process holds it), open the store
+    (migrating it forward), finish or roll back what a crash interrupted (``replay``), and build
+    the identity service (not started) and the placer.
+
+    ``existing``: refuse a state folder without a store instead of creating one. ``eps_of``: the
+    embedder whose tuned eps ``clustering.eps: auto`` means (default: the store's model, else
+    ``embedder.name``); no model is loaded here.
+    """
+    if existing and not (config.state_dir / DB_NAME).exists():
+        raise FacesortdError(f"no store yet in {config.state_dir}: run `facesortd run` first")
+    lock = StateLock(config.state_dir)
+    lock.acquire()
+    store = None
+    try:
+        store = Store.open(config.state_dir, load_vectors=load_vectors)
+        placer = Placer(config, store)
+        if replay:
+            placer.replay()
+        model = eps_of or store.model_id or config.embedder.name
+        identities = service_for(store, config.clustering, tuned_eps(model), on_changed=on_changed)
+        return State(config, lock, store, placer, identities)
+    except BaseException:
+        if store is not None:
+            store.close()
+        lock.release()
+        raise
