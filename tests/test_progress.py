@@ -1,12 +1,14 @@
-"""The run --once progress line: only on a terminal, cleared by log lines, final figures kept."""
+"""The run --once progress bar: only on a terminal, log lines never garble it, final figures kept."""
 
 from __future__ import annotations
 
 import io
 import logging
+import re
+import sys
 import time
 
-from facesortd.app.progress import CLEAR, Progress, format_line
+from facesortd.app.progress import Progress, format_line
 
 
 class Tty(io.StringIO):
@@ -14,36 +16,56 @@ class Tty(io.StringIO):
         return True
 
 
-def test_format_line():
-    assert format_line(0, 0, 0.0) == "0/0 files  0.0/s"
-    assert format_line(250, 1000, 10.0) == "250/1000 files (25%)  25.0/s  ETA 30s"
-    assert format_line(100, 10100, 1.0).endswith("ETA 1m40s")
-    assert format_line(5, 3, 1.0).startswith("5/5 files (100%)")
+def test_format_line_has_done_total_rate_and_eta():
+    assert format_line(0, 0, 0.0).startswith("0 files")
+    line = format_line(250, 1000, 10.0)
+    assert " 25%" in line and "250/1000" in line and "25.00 files/s" in line
+    assert "<00:30" in line   # ETA
+    assert "<01:40" in format_line(100, 10100, 1.0)
+    assert "5/5" in format_line(5, 3, 1.0) and "100%" in format_line(5, 3, 1.0)
 
 
 def test_silent_when_not_a_terminal():
     out = io.StringIO()
+    root = logging.getLogger()
+    handlers = list(root.handlers)
     with Progress(lambda: (1, 2), stream=out, interval=0.01, delay=0):
+        assert root.handlers == handlers   # logging untouched
         time.sleep(0.05)
     assert out.getvalue() == ""
 
 
-def test_draws_on_a_terminal_and_log_lines_clear_it():
+def test_draws_on_a_terminal_and_log_lines_clear_it(monkeypatch):
     out = Tty()
+    monkeypatch.setattr(sys, "stderr", out)   # what the CLI's log handler writes to
     handler = logging.StreamHandler(out)
     root = logging.getLogger()
     root.addHandler(handler)
+    handlers = list(root.handlers)
     counts = [0]
     try:
         with Progress(lambda: (counts[0], 40), stream=out, interval=0.01, delay=0):
             time.sleep(0.05)
+            assert handler not in root.handlers   # logging goes through tqdm.write meanwhile
             logging.getLogger("facesortd.test").warning("a log line")
             counts[0] = 40
             time.sleep(0.05)
+        assert root.handlers == handlers   # and is given back
     finally:
         root.removeHandler(handler)
     text = out.getvalue()
-    assert CLEAR + "0/40 files" in text
-    assert CLEAR + "a log line\n" in text  # the progress line was cleared before the log line
-    assert text.endswith("\n") and "40/40 files (100%)" in text.splitlines()[-1]
-    assert not handler.filters
+    assert "0/40" in text
+    # The bar was blanked (carriage return, spaces over it, carriage return) before the log
+    # line, which has a line of its own; then the bar came back.
+    before, line, after = re.split(r"(\r +\ra log line\n)", text)
+    assert "0/40" in before.rsplit("\r", 1)[-1] and "/40" in after
+    assert text.endswith("\n")
+    last = text.rstrip("\n").rsplit("\r", 1)[-1]
+    assert "40/40" in last and "100%" in last
+
+
+def test_small_runs_draw_nothing():
+    out = Tty()
+    with Progress(lambda: (3, 3), stream=out, interval=0.01, delay=5):
+        time.sleep(0.02)
+    assert out.getvalue() == ""

@@ -1,50 +1,42 @@
-"""A one-line progress display for ``run --once`` on a terminal: files done/total, rate, ETA.
+"""The ``run --once`` progress bar on a terminal: files done/total, rate, ETA (tqdm's).
 
-Silent unless the stream is a TTY (cron, systemd and tests see only the log). Log lines written
-to the same stream clear the progress line first, so the two never garble each other.
+Silent unless the stream is a TTY (cron, systemd and tests see only the log). While the bar is
+shown, the root logger's console handlers go through tqdm's ``logging_redirect_tqdm``, which
+clears the bar, writes the log line and draws the bar again, so the two never garble each other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
-import time
 from typing import Callable, Optional, TextIO
 
-CLEAR = "\r\x1b[K"
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+UNIT = " files"
+
+
+class _Bar(tqdm):
+    """tqdm with no monitor thread (our own thread paces the bar) and a lock of its own: the
+    default lock is a multiprocessing one, which this in-process bar does not need."""
+
+    monitor_interval = 0
+
+
+_Bar.set_lock(threading.RLock())
+
+
+def _console(handler: logging.Handler) -> bool:
+    """A handler ``logging_redirect_tqdm`` takes over: a stream handler on stdout or stderr."""
+    return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
 
 
 def format_line(done: int, total: int, elapsed: float) -> str:
-    """``1234/10000 files  45.1/s  ETA 3m14s`` (no ETA until the rate is known)."""
-    total = max(total, done)
-    rate = done / elapsed if elapsed > 0 else 0.0
-    line = f"{done}/{total} files"
-    if total:
-        line += f" ({100.0 * done / total:.0f}%)"
-    line += f"  {rate:.1f}/s"
-    if rate > 0 and total > done:
-        line += f"  ETA {_duration((total - done) / rate)}"
-    return line
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-class _ClearLine(logging.Filter):
-    def __init__(self, progress: "Progress"):
-        super().__init__()
-        self._progress = progress
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        self._progress.clear()
-        return True
+    """The bar's text for these figures, as tqdm draws it (``total`` never below ``done``)."""
+    return _Bar.format_meter(done, max(total, done), elapsed, unit=UNIT)
 
 
 class Progress:
@@ -58,12 +50,8 @@ class Progress:
         self._delay = delay  # small runs finish before anything is drawn
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._lock = threading.Lock()
-        self._shown = False
-        self._drawn = False  # drawn at least once: the final figures get their own line
-        self._filter = _ClearLine(self)
-        self._handlers: list[logging.Handler] = []
-        self._started = 0.0
+        self._bar: Optional[_Bar] = None
+        self._logging = contextlib.ExitStack()
 
     @property
     def active(self) -> bool:
@@ -82,50 +70,45 @@ class Progress:
     def start(self) -> None:
         if not self.active:
             return
-        self._started = time.monotonic()
-        for handler in logging.getLogger().handlers:
-            if getattr(handler, "stream", None) is self._stream:
-                handler.addFilter(self._filter)
-                self._handlers.append(handler)
+        if any(_console(h) for h in logging.getLogger().handlers):   # else it would add one
+            self._logging.enter_context(logging_redirect_tqdm(tqdm_class=_Bar))
         self._thread = threading.Thread(target=self._run, name="facesortd-progress", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Draw the final figures on their own line and join the thread."""
+        """Draw the final figures on their own line, join the thread, give logging back."""
         if self._thread is None:
             return
         self._stop.set()
         self._thread.join()
         self._thread = None
-        if self._drawn:
-            self._draw(final=True)
-        for handler in self._handlers:
-            handler.removeFilter(self._filter)
-        self._handlers.clear()
-
-    def clear(self) -> None:
-        with self._lock:
-            if self._shown:
-                self._stream.write(CLEAR)
-                self._stream.flush()
-                self._shown = False
+        if self._bar is not None:
+            self._update()
+            self._bar.close()   # leave=True: the last figures stay, then a newline
+            self._bar = None
+        self._logging.close()
 
     def _run(self) -> None:
         if self._stop.wait(self._delay):
             return
-        while True:
-            self._draw()
-            if self._stop.wait(self._interval):
-                return
+        try:
+            done, total = self._counts()
+        except Exception:
+            done, total = 0, 0
+        # initial=done: the rate and ETA count from here, not from files done before the bar.
+        self._bar = _Bar(total=max(total, done), initial=done, file=self._stream, unit=UNIT,
+                         mininterval=0, miniters=1, dynamic_ncols=True, leave=True)
+        while not self._stop.wait(self._interval):
+            self._update()
 
-    def _draw(self, final: bool = False) -> None:
+    def _update(self) -> None:
         try:
             done, total = self._counts()
         except Exception:
             return
-        line = format_line(done, total, time.monotonic() - self._started)
-        with self._lock:
-            self._stream.write(CLEAR + line + ("\n" if final else ""))
-            self._stream.flush()
-            self._shown = not final
-            self._drawn = True
+        bar = self._bar
+        bar.total = max(total, done, bar.n)
+        if done > bar.n:
+            bar.update(done - bar.n)   # tqdm keeps the rate (smoothed) and redraws
+        else:
+            bar.refresh()              # nothing new: keep the clock and ETA moving
