@@ -9,39 +9,14 @@ CSRF and headers: ``security``; the Host names it answers and the proxies it bel
 
 from __future__ import annotations
 
-import sqlite3
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from flask import Flask, current_app, g
+from flask import Flask
 
 from facesortd.config import Config
-
-
-@dataclass(frozen=True)
-class Control:
-    """What the page may ask of whoever runs it: the placer should look again (after a
-    correction), and a recluster (queued on the identity thread; returns at once)."""
-
-    changed: Callable[[], None]
-    request_recluster: Callable[[], None]
-
-    def recluster(self) -> dict:
-        self.request_recluster()
-        return {"recluster": "queued"}
-
-
-def inline_control(config: Config, store: Any) -> Control:
-    """For an app with no daemon behind it (tests, tools): a recluster runs in the request and
-    nothing places files, so files follow at the next ``facesortd run``."""
-    from facesortd.models.embedders import tuned_eps
-    from facesortd.people.service import service_for
-
-    def recluster() -> None:
-        eps = tuned_eps(store.model_id or config.embedder.name)
-        service_for(store, config.clustering, eps).recluster(reason="review page")
-
-    return Control(changed=lambda: None, request_recluster=recluster)
+from facesortd.web.context import (
+    Control, close_read_conn, control, inline_control, read_conn, state,
+)
 
 
 def create_app(config: Config, store: Any, telemetry: Any = None,
@@ -73,35 +48,11 @@ def create_app(config: Config, store: Any, telemetry: Any = None,
     }
     app.wsgi_app = hosts.ProxyGate(app.wsgi_app, config.web.trusted_proxies)  # type: ignore
     security.install(app)
-    app.teardown_appcontext(_close_read_conn)
+    app.teardown_appcontext(close_read_conn)
     for blueprint in (health.bp, api.bp, media.bp, pages.bp):
         app.register_blueprint(blueprint)
     pages.install_error_pages(app)
     return app
-
-
-def read_conn() -> sqlite3.Connection:
-    """This request's read-only connection to the store (opened on first use)."""
-    from facesortd.web.queries import connect
-
-    if "facesortd_read" not in g:
-        g.facesortd_read = connect(state("store").path)
-    return g.facesortd_read
-
-
-def _close_read_conn(_exc: Optional[BaseException]) -> None:
-    conn = g.pop("facesortd_read", None)
-    if conn is not None:
-        conn.close()
-
-
-def state(name: str) -> Any:
-    """The store or telemetry this app was made with (``state("store")``)."""
-    return current_app.extensions["facesortd"][name]
-
-
-def control() -> Control:
-    return state("control")
 
 
 __all__ = ["Control", "create_app", "inline_control", "state", "control", "read_conn"]

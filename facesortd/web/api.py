@@ -14,7 +14,8 @@ from typing import Any, Callable
 from flask import Blueprint, jsonify, request
 
 from facesortd.people import corrections
-from facesortd.web import control, queries, read_conn, state
+from facesortd.web import queries
+from facesortd.web.context import control, read_conn, state
 from facesortd.web.security import csrf_token, error, require
 
 bp = Blueprint("api", __name__, url_prefix="/api")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from facesortd.telemetry import CONTENT_TYPE
-from facesortd.web import state
+from facesortd.web.context import state
 
 bp = Blueprint("health", __name__)
 

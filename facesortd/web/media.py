@@ -21,7 +21,8 @@ from PIL import Image
 from facesortd.errors import BadImage
 from facesortd.ingest.imageio import FORMATS, decode, decode_face_crop
 from facesortd.store.database import decode_path
-from facesortd.web import queries, read_conn
+from facesortd.web import queries
+from facesortd.web.context import read_conn
 from facesortd.web.security import error
 
 bp = Blueprint("media", __name__)

@@ -13,7 +13,8 @@ from flask import (Blueprint, Flask, current_app, make_response, redirect, rende
                    request, url_for)
 from werkzeug.exceptions import HTTPException
 
-from facesortd.web import queries, read_conn
+from facesortd.web import queries
+from facesortd.web.context import read_conn
 from facesortd.web.security import (AUTH_COOKIE, COOKIE_MAX_AGE_S, auth_cookie_value, csrf_token, error,
                        safe_next, token_matches)
 
