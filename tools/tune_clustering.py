@@ -3,7 +3,7 @@
 Run ``python tools/tune_clustering.py [DATA_DIR]``. It computes (once; cached in
 /tmp/facesortd_dlib_vectors.npz) a dlib descriptor for *every* face the HOG detector finds, then
 prints an eps sweep of BCubed F1 for plain DBSCAN (largest face per image, as in
-``dlib_reference_dev.txt``) and for ``facesortd.clustering.recluster`` (every face stored, as the
+``dlib_reference_dev.txt``) and for ``facesortd.people.recluster.recluster`` (every face stored, as the
 daemon does), with raw and L2-normalised vectors, plus a streaming-vs-batch figure.
 
 Scoring: the largest face of each image carries the folder label; the other faces of an image are
@@ -123,7 +123,8 @@ def plain_dbscan(faces: DlibFaces, eps: float, normalised: bool = False, min_sam
 
 def ours(faces: DlibFaces, eps: float, normalised: bool = False, min_samples: int = 2) -> np.ndarray:
     """facesortd's recluster over every detected face (bystanders included)."""
-    from facesortd.people.clustering import TUNED_EPS, ClusterParams, recluster
+    from facesortd.people.clustering import TUNED_EPS, ClusterParams
+    from facesortd.people.recluster import recluster
 
     default = TUNED_EPS["dlib-normalised" if normalised else "dlib"]
     params = ClusterParams.for_embedder(default, eps, min_samples)
@@ -152,7 +153,8 @@ def stream_vs_batch(faces: DlibFaces, seed: int = 0, normalised: bool = False,
     Returns (BCubed F1 of the streamed grouping against the batch one, streamed F1, batch F1).
     """
     from facesortd.people.assign import FaceIndex, assign_incremental
-    from facesortd.people.clustering import TUNED_EPS, ClusterParams, recluster
+    from facesortd.people.clustering import TUNED_EPS, ClusterParams
+    from facesortd.people.recluster import recluster
     from facesortd.bench.metrics import bcubed
 
     x = vectors(faces, normalised)

@@ -5,10 +5,10 @@ Pure functions over numpy arrays; the store and the daemon own persistence. Publ
 - ``ClusterParams``: ``eps`` and ``min_samples`` (the config) plus the split check's
   ``max_link`` / ``min_gap``, which belong to the embedder (``ClusterParams.for_embedder``).
 - ``Constraints``: what a person decided (pinned faces, "not this person", named identities).
-- ``recluster(ids, matrix, image_ids, params, constraints, previous, graph=None)``: cluster every
-  face, keep identity ids stable, return a ``ReclusterResult``.
+- ``recluster(ids, matrix, image_ids, params, constraints, previous, graph=None)`` (in
+  ``people.recluster``): cluster every face, keep identity ids stable, return a ``ReclusterResult``.
 - ``assign_incremental(index, new_ids, new_vectors, new_image_ids, params, constraints)`` (in
-  ``cluster_assign``): place a micro-batch against a ``FaceIndex``, same algorithm on the region
+  ``people.assign``): place a micro-batch against a ``FaceIndex``, same algorithm on the region
   the batch touches, return an ``AssignResult`` with the new eps-edges for the store's graph.
 - ``radius_neighbours(matrix, queries, radius)``: chunked float32 products, bounded memory.
 
@@ -40,8 +40,8 @@ from scipy.spatial.distance import pdist
 
 __all__ = [
     "ClusterParams", "Constraints", "MergeSuggestion", "ReclusterResult", "Graph",
-    "TUNED_EPS", "radius_neighbours", "build_graph", "cluster_labels", "recluster",
-    "match_to_previous", "NEW_LABEL_BASE", "provisional",
+    "TUNED_EPS", "radius_neighbours", "build_graph", "cluster_labels", "NEW_LABEL_BASE",
+    "provisional",
 ]
 
 NEW_LABEL_BASE = -2
@@ -353,12 +353,3 @@ def _linkage_split(x: np.ndarray, img: np.ndarray, pin: np.ndarray, members: np.
         else:
             out.append(members[leaves])
     return out
-
-
-def __getattr__(name: str):
-    # ``recluster`` and ``match_to_previous`` live in cluster_recluster (which needs the types
-    # above); they are part of this module's API all the same.
-    if name in ("recluster", "match_to_previous"):
-        from facesortd.people import recluster as cluster_recluster
-        return getattr(cluster_recluster, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
