@@ -63,10 +63,11 @@ def _eval(argv: list[str]) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def rerun(batch, data_dir, tmp_path_factory):
     """``eval --from-run`` over the module's run at the same eps, kept: (exit code, JSON, the
-    kept run's files before, the new run's folder)."""
+    kept run's photos and store file before, the new run's folder)."""
     run, _, _ = batch
     kept = run.config.library.parent
-    before = _tree(run.config.library)
+    db = os.stat(run.config.state_dir / "facesortd.db")
+    before = _tree(run.config.library), (db.st_size, db.st_mtime_ns)
     new = tmp_path_factory.mktemp("rerun") / "kept"
     code, out = _eval([*_datasets(data_dir), "--from-run", str(kept), "--keep", str(new)])
     return code, out, before, new
@@ -123,10 +124,11 @@ def test_from_run_sorts_the_kept_photos_again_to_the_same_figures(batch, rerun):
     # ... and its own library is what its store says
     assert out["misplaced_photos"] == 0 and out["library"]["missing_photos"] == 0
     assert out["library"]["bcubed_f1"] == out["bcubed_f1"]
-    # the photos were sorted into the new library; the kept run was only read
+    # the photos were sorted into the new library; the kept run's photos and store untouched
     assert sum(len(f) for _, _, f in os.walk(new / "library")) >= 300
     assert not any((new / "inbox").iterdir())
-    assert _tree(run.config.library) == before
+    db = os.stat(run.config.state_dir / "facesortd.db")
+    assert (_tree(run.config.library), (db.st_size, db.st_mtime_ns)) == before
 
 
 def test_a_photo_moved_by_hand_to_another_person_fails_the_cli(batch, rerun, data_dir,

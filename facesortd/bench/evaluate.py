@@ -28,6 +28,7 @@ import os
 import random
 import re
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections import Counter
@@ -44,7 +45,7 @@ from facesortd.config import Config, load_config, parse_config
 from facesortd.errors import FacesortdError
 from facesortd.bench.metrics import bcubed, score
 from facesortd.library.layout import identity_folders
-from facesortd.store.database import Store
+from facesortd.store.database import DB_NAME, ImageRow, Store, decode_path
 
 __all__ = ["Ingested", "collect", "ingest", "from_run", "predictions", "rescore", "replay",
            "score_library", "disagreement", "evaluate", "agreement"]
@@ -154,7 +155,7 @@ def from_run(kept: Path, dataset_dirs: Sequence[Path], root: Path,
     the real identity service (reclusters every ``recluster_after_faces`` faces, and once at the
     end as ``run --once`` does) before the real placer moves the files into a new library. Only
     ``eps`` differs from the kept run (``None``: the embedder's tuned default). The kept folder is
-    only read."""
+    only read (its store over a read-only connection)."""
     from facesortd.models.embedders import create_embedder
     from facesortd.people.service import service_for
     from facesortd.library.placer import Placer
@@ -168,18 +169,7 @@ def from_run(kept: Path, dataset_dirs: Sequence[Path], root: Path,
     names = _names(photos)
     labels = {name: label for name, (_, label) in zip(names, photos)}
     source = dict(zip(names, (path for path, _ in photos)))
-    with Store.open(old.state_dir, load_vectors=False) as src:
-        images = src.images_with_status("done", "noface", "duplicate", "error", "pending")
-        with src.read() as conn:
-            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('model_id', 'dim')"))
-            faces: dict[int, list] = {}
-            for row in conn.execute("SELECT image_id, box_x1, box_y1, box_x2, box_y2, score, "
-                                    "vector FROM faces WHERE rejected = 0 ORDER BY id"):
-                faces.setdefault(row[0], []).append(
-                    (tuple(row[1:5]), row[5], np.frombuffer(row[6], "<f4")))
-    model, dim = meta.get("model_id"), meta.get("dim")
-    if model is None or dim is None:
-        raise FacesortdError(f"--from-run {kept}: its store holds no faces")
+    model, dim, images, faces = _read_kept(kept, old.state_dir)
     _check_same_photos(kept, images, source)
     where = _files_by_name([old.library, *(i.path for i in old.inboxes)], set(labels))
     mode, embedder = old.inboxes[0].mode, old.embedder.name
@@ -188,7 +178,7 @@ def from_run(kept: Path, dataset_dirs: Sequence[Path], root: Path,
     inbox = config.inboxes[0].path
     t0 = time.perf_counter()
     with Store.open(config.state_dir) as store:
-        store.bind_model(model, int(dim))
+        store.bind_model(model, dim)
         service = service_for(store, config.clustering, create_embedder(config.embedder).default_eps)
         service.start()
         try:
@@ -230,6 +220,33 @@ def from_run(kept: Path, dataset_dirs: Sequence[Path], root: Path,
             service.stop()
         Placer(config, store).sync()
     return Ingested(config, labels, time.perf_counter() - t0)
+
+
+def _read_kept(kept: Path, state_dir: Path) -> tuple[str, int, list[ImageRow], dict[int, list]]:
+    """The kept run's model and vector size, images (oldest first) and faces by image, read over
+    a read-only connection: its store is neither migrated nor written."""
+    uri = (Path(state_dir) / DB_NAME).absolute().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise FacesortdError(f"--from-run {kept}: cannot read its store: {exc}") from None
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('model_id', 'dim')"))
+        images = [ImageRow(r[0], decode_path(r[1]), decode_path(r[2]), *r[3:]) for r in
+                  conn.execute("SELECT id, path, inbox, sha256, size, mtime_ns, status, error, "
+                               "created_at, updated_at, duplicate_of FROM images ORDER BY id")]
+        faces: dict[int, list] = {}
+        for row in conn.execute("SELECT image_id, box_x1, box_y1, box_x2, box_y2, score, vector "
+                                "FROM faces WHERE rejected = 0 ORDER BY id"):
+            faces.setdefault(row[0], []).append(
+                (tuple(row[1:5]), row[5], np.frombuffer(row[6], "<f4")))
+    except sqlite3.Error as exc:
+        raise FacesortdError(f"--from-run {kept}: cannot read its store: {exc}") from None
+    finally:
+        conn.close()
+    if "model_id" not in meta or "dim" not in meta:
+        raise FacesortdError(f"--from-run {kept}: its store holds no faces")
+    return meta["model_id"], int(meta["dim"]), images, faces
 
 
 def _check_same_photos(kept: Path, images, source: dict[str, Path]) -> None:
