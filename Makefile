@@ -7,7 +7,7 @@ CONFIG ?= config/facesortd.yaml
 # back in on the next one; these tunables keep them mapped (big batches run ~4x faster on CPU).
 export GLIBC_TUNABLES := glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184
 
-.PHONY: run test install install-test chromium bench clean-state
+.PHONY: run test lint install install-test chromium bench clean-state
 
 $(VENV)/.installed: pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,13 @@ install-test: $(VENV)/.installed-test chromium
 run: install
 	$(VENV)/bin/facesortd run --config $(CONFIG)
 
-test: install-test
+# The layering (pyproject's import-linter contracts: no import cycle, no upward import) and the lint
+# (ruff: pyflakes, import order, bugbear) run before the tests; either failing fails `make test`.
+lint: install-test
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check facesortd tests tools
+
+test: install-test lint
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; \
 	  exit $$rc

@@ -10,8 +10,8 @@ from typing import Optional
 
 import numpy as np
 
-from facesortd.config import Config, parse_config
 from facesortd.app.daemon import Daemon
+from facesortd.config import Config, parse_config
 from facesortd.store.database import Store
 
 PEOPLE = ("Allyson_Felix", "Antonio_Palocci", "Fujio_Cho", "JK_Rowling", "Paul_McCartney")

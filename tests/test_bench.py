@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesortd.bench.ingest import bench_ingest
 from facesortd.bench.detect import bench_detect, camera_photos
+from facesortd.bench.ingest import bench_ingest
 
 pytest.importorskip("facenet_pytorch")
 
@@ -53,11 +53,11 @@ def test_bench_detect_breakdown_on_big_photos(data_dir):
 
 
 def test_bench_web_times_every_route_and_a_thumbnail(tmp_path, data_dir):
+    from facesortd.bench.web import TARGET_MS, _get, bench_web
     from facesortd.config import parse_config
     from facesortd.errors import FacesortdError
     from facesortd.store.database import Store
     from facesortd.web import create_app
-    from facesortd.bench.web import TARGET_MS, _get, bench_web
 
     photo = max(data_dir.glob("faces/*/*.jpg"), key=lambda p: p.stat().st_size)
     out = bench_web(faces=2000, repeats=2, photo=photo, keep=tmp_path)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facesortd.people.index import IdentityBounds, SearchCache, index_neighbours, sqnorms, tailnorms
 from facesortd.people.clustering import radius_neighbours
+from facesortd.people.index import IdentityBounds, SearchCache, index_neighbours, sqnorms, tailnorms
 
 
 def pairs(found) -> set[tuple[int, int]]:

@@ -9,11 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facesortd.bench.metrics import bcubed
 from facesortd.people.assign import FaceIndex, assign_incremental
 from facesortd.people.clustering import (
-    ClusterParams, Constraints, build_graph, radius_neighbours, recluster,
+    NO_CONSTRAINTS,
+    ClusterParams,
+    Constraints,
+    build_graph,
+    radius_neighbours,
+    recluster,
 )
-from facesortd.bench.metrics import bcubed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +38,7 @@ def index_of(x, identity, image_ids=None) -> FaceIndex:
                                  np.arange(n) if image_ids is None else image_ids)
 
 
-def place(index, vectors, params=P, constraints=Constraints(), image_ids=None, first_id=100):
+def place(index, vectors, params=P, constraints=NO_CONSTRAINTS, image_ids=None, first_id=100):
     ids = np.arange(first_id, first_id + len(vectors))
     img = ids if image_ids is None else np.asarray(image_ids)
     return assign_incremental(index, ids, vectors, img, params, constraints)

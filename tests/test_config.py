@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from facesortd.cli import main
@@ -47,7 +48,7 @@ def test_defaults_match_the_design(tmp_path):
 
 def test_config_is_frozen(tmp_path):
     config = parse_config("{}", tmp_path / "c.yaml")
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError):
         config.embedder.batch_size = 3  # type: ignore[misc]
 
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facesortd.people import corrections as c
 from facesortd.app.daemon import Daemon
-from facesortd.people.service import IdentityService
+from facesortd.people import corrections as c
 from facesortd.people.clustering import ClusterParams
+from facesortd.people.service import IdentityService
 from facesortd.store.database import Store
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
 from identity_fixtures import (  # noqa: E402
-    copy_library, faces_by_person, main_identity, small_library,
+    copy_library,
+    faces_by_person,
+    main_identity,
+    small_library,
 )
 
 

@@ -96,7 +96,7 @@ def crash_rounds(root: Path, library: Path, n_files: int, kills_wanted: int, see
         # mostly while files move (every identity is renamed each round); sometimes at start-up,
         # in the journal replay or while recording
         early = rounds % 5 == 0
-        delay = (lambda: rng.uniform(0.1, 1.0)) if early else (lambda: rng.uniform(0, 0.7 * moving))
+        delay = (lambda: rng.uniform(0.1, 1.0)) if early else (lambda m=moving: rng.uniform(0, 0.7 * m))
         if run_driver(config, rounds, delay, when_syncing=not early):
             kills += 1
             phases = (root / "rounds.log").read_text()

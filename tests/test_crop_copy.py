@@ -84,8 +84,8 @@ def test_pixels_waiting_for_the_model_are_bounded(tmp_path, monkeypatch):
     the model takes some; one over the bound on its own still passes (no deadlock)."""
     import threading
 
-    from facesortd.ingest import model_stage as pipeline_model
     from facesortd.inbox.jobs import Job
+    from facesortd.ingest import model_stage as pipeline_model
     from facesortd.ingest.ledger import Stats, Work
 
     monkeypatch.setattr(pipeline_model, "MAX_QUEUED_BYTES", 3_000_000)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from facesortd.ingest.arena import Arena
 from facesortd.errors import BadImage
+from facesortd.ingest.arena import Arena
 
 
 @pytest.fixture

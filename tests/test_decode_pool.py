@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from facesortd.ingest.pool import DecodePool
-
 from test_pipeline import images
 from test_pipeline_procs import _copy_crops, _gone, _jobs, _pipeline
+
+from facesortd.ingest.pool import DecodePool
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from facesortd.config import DetectorConfig
-from facesortd.models.detect import Detection, FaceDetector
 from facesortd.ingest.imageio import decode
+from facesortd.models.detect import Detection, FaceDetector
 
 # Looked at by eye: every scene except john1.jpeg shows at least two people facing the camera.
 ONE_FACE_SCENES = {"john1.jpeg"}

@@ -11,15 +11,15 @@ import stat
 from contextlib import closing
 
 import pytest
+from placer_driver import DIM, fabricate, new_identity
 
-from facesortd.store import schema as store_schema
+from facesortd.app.doctor import TUNABLES, doctor, run_checks
 from facesortd.cli import main
 from facesortd.config import load_config, parse_config
-from facesortd.store.lock import StateLock
-from facesortd.app.doctor import TUNABLES, doctor, run_checks
 from facesortd.library.placer import Placer
+from facesortd.store import schema as store_schema
 from facesortd.store.database import DB_NAME, Store
-from placer_driver import DIM, fabricate, new_identity
+from facesortd.store.lock import StateLock
 
 
 def write_config(root, embedder="dlib", extra=""):

@@ -10,17 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
 from facesortd.config import EmbedderConfig
-from facesortd.models.embedders import create_embedder, resolve_device
+from facesortd.errors import ModelUnavailable
 from facesortd.models import torchsetup
 from facesortd.models.dlib import DlibEmbedder
-from facesortd.models.facenet import (WEIGHTS_NAME, WEIGHTS_URL, FacenetEmbedder,
-                                         bare_model_images_per_s)
-from facesortd.errors import ModelUnavailable
+from facesortd.models.embedders import create_embedder, resolve_device
+from facesortd.models.facenet import WEIGHTS_NAME, WEIGHTS_URL, FacenetEmbedder, bare_model_images_per_s
 
 facenet_pytorch = pytest.importorskip("facenet_pytorch")
 

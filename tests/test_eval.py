@@ -14,12 +14,11 @@ import os
 import pytest
 
 import facesortd.bench.evaluate as evaluate_module
-from facesortd.cli import main
-from facesortd.people.clustering import ClusterParams
-from facesortd.errors import FacesortdError
-from facesortd.bench.evaluate import (agreement, collect, ingest, predictions, replay, rescore,
-                                score_library)
+from facesortd.bench.evaluate import agreement, collect, ingest, predictions, replay, rescore, score_library
 from facesortd.bench.metrics import bcubed, score
+from facesortd.cli import main
+from facesortd.errors import FacesortdError
+from facesortd.people.clustering import ClusterParams
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 

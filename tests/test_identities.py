@@ -14,17 +14,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesortd.people import corrections
-from facesortd.cli import main
-from facesortd.people.clustering import ClusterParams
 from facesortd.app.daemon import Daemon
+from facesortd.cli import main
+from facesortd.people import corrections
+from facesortd.people.clustering import ClusterParams
 from facesortd.people.service import IdentityService
 from facesortd.store.database import Store
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
 from identity_fixtures import (  # noqa: E402
-    PEOPLE, PER_PERSON, add_photos, copy_library, faces_by_person, main_identity, small_library,
+    PEOPLE,
+    PER_PERSON,
+    add_photos,
+    copy_library,
+    faces_by_person,
+    main_identity,
+    small_library,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesortd.people import corrections
 from facesortd.bench.cluster import synthetic_faces
+from facesortd.library.layout import identity_folders
+from facesortd.people import corrections
 from facesortd.people.clustering import ClusterParams
 from facesortd.people.service import IdentityService
-from facesortd.store.identity_rows import check, live_map
-from facesortd.library.layout import identity_folders
 from facesortd.store.database import Store
+from facesortd.store.identity_rows import check, live_map
 from facesortd.web import queries
 
 VECTORS = Path(__file__).parent / "data" / "lfw_dev_dlib.npz"

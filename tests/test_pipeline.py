@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesortd.config import parse_config
 from facesortd.app.daemon import Daemon
+from facesortd.config import parse_config
 from facesortd.errors import FacesortdError, StoreError
 from facesortd.store.database import Store
 

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_pipeline import _bad_inputs, images, make_config, run_once
 
 from facesortd.config import parse_config
 from facesortd.errors import ConfigError
 from facesortd.inbox.jobs import Job
 from facesortd.ingest.pipeline import Pipeline, decode_processes_for
 from facesortd.store.database import Store
-
-from test_pipeline import _bad_inputs, images, make_config, run_once
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 

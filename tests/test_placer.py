@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from placer_driver import fabricate, new_identity, open_store
 
 from facesortd import fsops
-from facesortd.store.identity_rows import retire
 from facesortd.config import parse_config
 from facesortd.library.journal import Op, tmp_name
 from facesortd.library.placer import Placer, PlacerLoop
-from placer_driver import fabricate, new_identity, open_store
-
+from facesortd.store.identity_rows import retire
 
 # -- helpers ---------------------------------------------------------------------------------
 

@@ -341,8 +341,8 @@ def test_a_hung_pipeline_stops_the_watchdog_pings(tmp_path):
     from types import SimpleNamespace
 
     from facesortd.app import supervisor as service_mod
-    from facesortd.config import parse_config
     from facesortd.app.supervisor import Service
+    from facesortd.config import parse_config
     from facesortd.telemetry import Telemetry
 
     clock = [100.0]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from facesortd.errors import StoreError
-from facesortd.store.database import DB_NAME, ImageRow, Store
 from facesortd.store import schema as store_schema
+from facesortd.store.database import DB_NAME, ImageRow, Store
 from facesortd.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 MODEL = "facenet-vggface2-test"

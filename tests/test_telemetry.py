@@ -8,8 +8,16 @@ import time
 
 import numpy as np
 
-from facesortd.telemetry import (Counter, Histogram, Telemetry, TimedEmbedder, error_kind,
-                                 format_snapshot, parse_prometheus, read_snapshot)
+from facesortd.telemetry import (
+    Counter,
+    Histogram,
+    Telemetry,
+    TimedEmbedder,
+    error_kind,
+    format_snapshot,
+    parse_prometheus,
+    read_snapshot,
+)
 
 
 class Clock:

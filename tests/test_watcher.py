@@ -12,8 +12,8 @@ from typing import Callable, Optional
 
 import pytest
 
-from facesortd.inbox import watcher as watcher_mod
 from facesortd.config import InboxConfig, WatchConfig
+from facesortd.inbox import watcher as watcher_mod
 from facesortd.inbox.jobs import Job
 from facesortd.inbox.watcher import Watcher
 

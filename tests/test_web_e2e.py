@@ -200,7 +200,7 @@ class Browser:
         except PlaywrightTimeout:
             status = self.page.locator("#status")
             said = status.inner_text() if status.is_visible() else "(nothing)"
-            raise AssertionError(f"the page did not reload after the action; it says: {said}")
+            raise AssertionError(f"the page did not reload after the action; it says: {said}") from None
         self.page.wait_for_load_state("load")
         self.thumbs_loaded()
 

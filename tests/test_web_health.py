@@ -10,8 +10,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
 from facesortd.config import parse_config
 from facesortd.store.database import Store
-from facesortd.telemetry import (BATCH_SECONDS_BUCKETS, BATCH_SIZE_BUCKETS, Telemetry,
-                                 parse_prometheus)
+from facesortd.telemetry import BATCH_SECONDS_BUCKETS, BATCH_SIZE_BUCKETS, Telemetry, parse_prometheus
 from facesortd.web import create_app
 
 
@@ -80,8 +79,8 @@ def test_web_server_serves_stops_and_names_a_busy_port(tmp_path, store):
     import socket
     import urllib.request
 
-    from facesortd.errors import FacesortdError
     from facesortd.app.supervisor import WebServer
+    from facesortd.errors import FacesortdError
 
     app = make_app(tmp_path, store, Telemetry())
     server = WebServer(app, "127.0.0.1", 0)

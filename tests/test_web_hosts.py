@@ -7,11 +7,11 @@ import logging
 import sqlite3
 
 import pytest
+from web_fixtures import open_review
 
 from facesortd.cli import main
 from facesortd.config import parse_config
-from facesortd.web.hosts import HostPolicy, LISTEN_PORT
-from web_fixtures import open_review
+from facesortd.web.hosts import LISTEN_PORT, HostPolicy
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 

@@ -12,11 +12,12 @@ from PIL import Image
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
-from facesortd.errors import ConfigError, FacesortdError  # noqa: E402
-from facesortd.config import parse_config  # noqa: E402
-from facesortd.web import create_app  # noqa: E402
-from facesortd.app.review import ReviewServer  # noqa: E402
 from web_fixtures import open_review  # noqa: E402
+
+from facesortd.app.review import ReviewServer  # noqa: E402
+from facesortd.config import parse_config  # noqa: E402
+from facesortd.errors import ConfigError, FacesortdError  # noqa: E402
+from facesortd.web import create_app  # noqa: E402
 
 TOKEN = "s3cret-token-for-tests"
 

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from identity_fixtures import copy_library, faces_by_person, main_identity
 
 from facesortd.config import parse_config
 from facesortd.store.database import Store
 from facesortd.web import Control, create_app, inline_control
-from identity_fixtures import copy_library, faces_by_person, main_identity
 
 CHROMIUM = Path(os.environ.get("FACESORTD_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -152,10 +152,10 @@ def stream_vs_batch(faces: DlibFaces, seed: int = 0, normalised: bool = False,
 
     Returns (BCubed F1 of the streamed grouping against the batch one, streamed F1, batch F1).
     """
+    from facesortd.bench.metrics import bcubed
     from facesortd.people.assign import FaceIndex, assign_incremental
     from facesortd.people.clustering import TUNED_EPS, ClusterParams
     from facesortd.people.recluster import recluster
-    from facesortd.bench.metrics import bcubed
 
     x = vectors(faces, normalised)
     params = ClusterParams.for_embedder(TUNED_EPS["dlib-normalised" if normalised else "dlib"])

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any, Optional
 
+from facesortd.app.progress import Progress
+from facesortd.app.state import State, open_state
+from facesortd.app.supervisor import Service, progress_counts
 from facesortd.config import Config, load_config
-from facesortd.models.embedders import create_embedder, resolve_device
 from facesortd.errors import ConfigError, FacesortdError
 from facesortd.inbox.jobs import Job
+from facesortd.inbox.watcher import Watcher
 from facesortd.ingest.pipeline import Pipeline
-from facesortd.app.progress import Progress
-from facesortd.app.supervisor import Service, progress_counts
+from facesortd.models.embedders import create_embedder, resolve_device
 from facesortd.store.database import Store
 from facesortd.store.lock import StateLock
-from facesortd.app.state import State, open_state
 from facesortd.telemetry import Telemetry, TimedEmbedder
-from facesortd.inbox.watcher import Watcher
 
 log = logging.getLogger("facesortd")
 
@@ -73,6 +71,7 @@ class Daemon:
             embedder = TimedEmbedder(embedder, self.telemetry)  # micro-batch size and latency
             self.pipeline = Pipeline(cfg, self.store, embedder, detector,
                                      on_finished=self._on_finished, on_faces=self._on_faces,
+                                     set_aside=self.placer.quarantine,   # journaled
                                      dry_run=self.dry_run)   # a dry run quarantines nothing either
             self.watcher = Watcher(cfg.inboxes, cfg.watch, self.pipeline.submit,
                                    exclude=[cfg.library, cfg.state_dir])

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, TextIO
 
-from facesortd.store import identity_rows
 from facesortd.config import Config, load_config
 from facesortd.errors import ConfigError, FacesortdError
 from facesortd.library.layout import layout_fields
 from facesortd.library.placer import Placed, audit
+from facesortd.store import identity_rows
 from facesortd.store.database import DB_NAME, decode_path
 from facesortd.store.schema import SCHEMA_VERSION, schema_version
 
@@ -494,7 +494,7 @@ def _find_moved(config: Config, conn: sqlite3.Connection, missing: list[Placed])
                 sha = sha256_of(path)
             except OSError:
                 continue
-            for image_id, (size, want) in wanted.items():
+            for image_id, (_size, want) in wanted.items():
                 if sha == want and image_id not in found:
                     found[image_id] = path
     return found

@@ -13,9 +13,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from facesortd.app.sdnotify import Notifier
 from facesortd.config import Config
 from facesortd.errors import FacesortdError
-from facesortd.app.sdnotify import Notifier
 
 if TYPE_CHECKING:
     from facesortd.app.daemon import Daemon

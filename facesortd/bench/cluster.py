@@ -18,8 +18,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from facesortd.people.assign import FaceIndex, assign_incremental
-from facesortd.people.recluster import recluster
 from facesortd.people.clustering import ClusterParams, Graph, build_graph, radius_neighbours
+from facesortd.people.recluster import recluster
 
 __all__ = ["synthetic_faces", "bench_cluster"]
 

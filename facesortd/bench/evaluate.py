@@ -39,12 +39,12 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from facesortd.people.recluster import recluster
-from facesortd.people.clustering import ClusterParams
+from facesortd.bench.metrics import bcubed, score
 from facesortd.config import Config, load_config, parse_config
 from facesortd.errors import FacesortdError
-from facesortd.bench.metrics import bcubed, score
 from facesortd.library.layout import identity_folders
+from facesortd.people.clustering import ClusterParams
+from facesortd.people.recluster import recluster
 from facesortd.store.database import DB_NAME, ImageRow, Store, decode_path
 
 __all__ = ["Ingested", "collect", "ingest", "from_run", "predictions", "rescore", "replay",
@@ -156,9 +156,9 @@ def from_run(kept: Path, dataset_dirs: Sequence[Path], root: Path,
     end as ``run --once`` does) before the real placer moves the files into a new library. Only
     ``eps`` differs from the kept run (``None``: the embedder's tuned default). The kept folder is
     only read (its store over a read-only connection)."""
-    from facesortd.models.embedders import create_embedder
-    from facesortd.people.service import service_for
     from facesortd.library.placer import Placer
+    from facesortd.models.embedders import tuned_eps
+    from facesortd.people.service import service_for
 
     kept = Path(kept)
     if not (kept / "facesortd.yaml").is_file() or not (kept / "state").is_dir():
@@ -179,7 +179,7 @@ def from_run(kept: Path, dataset_dirs: Sequence[Path], root: Path,
     t0 = time.perf_counter()
     with Store.open(config.state_dir) as store:
         store.bind_model(model, dim)
-        service = service_for(store, config.clustering, create_embedder(config.embedder).default_eps)
+        service = service_for(store, config.clustering, tuned_eps(config.embedder.name))
         service.start()
         try:
             new_id: dict[int, int] = {}     # kept image id -> its id here
@@ -212,7 +212,7 @@ def from_run(kept: Path, dataset_dirs: Sequence[Path], root: Path,
                         _record_other(store, config, im, path, st, new_id)
                 service.submit(face_ids)    # as the pipeline hands each stored batch over
                 service.drain()
-            for im, path, st in waiting:    # originals never recorded: ingested on their own
+            for _image, path, _stat in waiting:    # originals never recorded: ingested on their own
                 log.warning("%s: a duplicate of a photo the kept run did not record", path.name)
             service.drain()
             service.recluster(reason="run --once")
@@ -515,7 +515,7 @@ def evaluate(dataset_dirs: Sequence[Path], mode: str = "detect", embedder: str =
              keep: Optional[Path] = None, from_run_dir: Optional[Path] = None) -> dict:
     """Run (or, with ``from_run_dir``, re-sort a kept run), score and return the JSON figures of
     ``facesortd eval``: the store's at the top level, the library folders' under ``library``."""
-    from facesortd.models.embedders import create_embedder
+    from facesortd.models.embedders import tuned_eps
 
     if from_run_dir is not None and stream:
         raise FacesortdError("--from-run replays the kept run's arrival order; --stream does not apply")
@@ -541,7 +541,7 @@ def evaluate(dataset_dirs: Sequence[Path], mode: str = "detect", embedder: str =
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    default_eps = create_embedder(run.config.embedder).default_eps   # not loaded: its tuned eps
+    default_eps = tuned_eps(run.config.embedder.name)
     return {
         "datasets": [str(d) for d in dataset_dirs], "mode": mode, "embedder": embedder,
         "arrival": "stream" if stream else "batch", "seed": seed if stream else None,

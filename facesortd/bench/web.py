@@ -23,9 +23,9 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-from facesortd.people import corrections
 from facesortd.config import parse_config
 from facesortd.errors import FacesortdError
+from facesortd.people import corrections
 from facesortd.store.database import Store, encode_path
 from facesortd.web import create_app, queries
 

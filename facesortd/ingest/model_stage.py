@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
 from facesortd.config import Config
-from facesortd.models.base import Embedder
 from facesortd.ingest.ledger import Ledger, Stats, Work
+from facesortd.models.base import Embedder
 from facesortd.store.database import Store
 
 log = logging.getLogger("facesortd.pipeline")

@@ -16,7 +16,8 @@ device the model's thread pool already uses every core, and a worker decoding in
 forward pass preempts one of its threads and stalls the others at the next barrier; there the
 workers decode only while no forward pass runs ("gated"): the next batch is decoded on all cores
 between two forward passes, which costs the model less than sharing cores during them.
-A file that cannot be decoded is recorded with its reason and moved to the quarantine folder.
+A file that cannot be decoded is recorded with its reason and handed to ``set_aside`` (the app
+wires in the library's journaled quarantine) to be moved to the quarantine folder.
 All torch work (detector and embedder) happens on the model thread: one torch thread pool only.
 On an accelerator the model thread feeds the device from Python and needs the GIL, which decode
 threads hold for much of their work; there hashing and decoding run in worker processes instead
@@ -31,14 +32,14 @@ import sys
 from typing import Any, Callable, Optional
 
 from facesortd.config import Config
-from facesortd.models.base import Embedder
 from facesortd.inbox.jobs import Job
-from facesortd.ingest.ledger import Ledger, Stats, Work
+from facesortd.ingest.ledger import Ledger, SetAside, Stats, Work
 from facesortd.ingest.model_stage import ModelStage
 from facesortd.ingest.prepare import Preparer
+from facesortd.models.base import Embedder
 from facesortd.store.database import Store
 
-__all__ = ["Pipeline", "Stats", "Work", "decode_processes_for"]
+__all__ = ["Pipeline", "SetAside", "Stats", "Work", "decode_processes_for"]
 
 _Work = Work   # the name tests and tools have used for a Work item
 _GPU_SWITCH_INTERVAL_S = 0.0002
@@ -51,7 +52,7 @@ class Pipeline:
                  workers: Optional[int] = None, queue_size: int = 1024,
                  on_finished: Optional[Callable[[Job, str, Optional[str]], None]] = None,
                  on_faces: Optional[Callable[[list[int]], None]] = None, dry_run: bool = False,
-                 decode_processes: Optional[int] = None):
+                 decode_processes: Optional[int] = None, set_aside: Optional[SetAside] = None):
         self.config = config
         self.store = store
         self.embedder = embedder
@@ -60,7 +61,9 @@ class Pipeline:
         self.on_faces = on_faces   # called on the model thread with the ids of newly stored faces
         self.dry_run = dry_run     # run --dry-run: a broken file is recorded but not moved
         self.stats = Stats()
-        self._ledger = Ledger(config, store, self.stats, self.submit, on_finished, dry_run)
+        # set_aside: where broken files go (Placer.quarantine); None: they stay, recorded
+        self._ledger = Ledger(config, store, self.stats, self.submit, on_finished, dry_run,
+                              set_aside)
         self._model = ModelStage(config, store, embedder, detector, self._ledger, self.stats,
                                  on_faces)
         self._prep = Preparer(config, store, embedder, self._ledger, self.stats,

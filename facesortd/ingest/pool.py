@@ -28,9 +28,9 @@ import time
 from collections import deque
 from typing import Any, Callable, Optional
 
+from facesortd.errors import BadImage
 from facesortd.ingest.worker import IN_FLIGHT as _IN_FLIGHT
 from facesortd.ingest.worker import Request, Result, Worker, decode_request, hash_and_decode
-from facesortd.errors import BadImage
 
 __all__ = ["CHUNK", "DecodePool", "Request", "Result", "decode_request", "hash_and_decode"]
 

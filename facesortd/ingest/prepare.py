@@ -17,12 +17,12 @@ from typing import Callable, Optional
 import numpy as np
 
 from facesortd.config import Config
+from facesortd.errors import BadImage
+from facesortd.inbox.jobs import Job
+from facesortd.ingest.imageio import sha256_file, shrink
+from facesortd.ingest.ledger import Ledger, Stats, Work
 from facesortd.ingest.pool import DecodePool, Request, Result, decode_request
 from facesortd.models.base import Embedder
-from facesortd.errors import BadImage
-from facesortd.ingest.imageio import sha256_file, shrink
-from facesortd.inbox.jobs import Job
-from facesortd.ingest.ledger import Ledger, Stats, Work
 from facesortd.store.database import Store
 
 log = logging.getLogger("facesortd.pipeline")

@@ -21,8 +21,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-from facesortd.ingest.arena import Arena
 from facesortd.errors import BadImage
+from facesortd.ingest.arena import Arena
 from facesortd.ingest.imageio import decode, decode_face_crop, sha256_file
 
 #: ("crop", side): aligned mode, the whole image resized to side x side;

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from facesortd.config import DetectorConfig
-from facesortd.models.base import Box
 from facesortd.errors import ModelUnavailable
+from facesortd.models.base import Box
 from facesortd.models.mtcnn import run_stages
 
 __all__ = ["Detection", "FaceDetector"]
@@ -72,13 +72,13 @@ class FaceDetector:
     to the same multiple of it share a batch, padded by less than ``bucket_px`` on each side.
     """
 
-    def __init__(self, config: DetectorConfig = DetectorConfig(),
+    def __init__(self, config: Optional[DetectorConfig] = None,
                  device: Union[torch.device, str] = "cpu", *, max_batch: int = 8,
                  bucket_px: int = 64, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
                  factor: float = 0.709):
         if max_batch < 1 or bucket_px < 1:
             raise ValueError("max_batch and bucket_px must be positive")
-        self.config = config
+        self.config = config if config is not None else DetectorConfig()
         self.device = torch.device(device)
         self.max_batch = max_batch
         self.bucket_px = bucket_px

@@ -74,8 +74,7 @@ def run_stages(mtcnn, imgs: torch.Tensor, minsize: int, thresholds: tuple[float,
 
     Returns boxes (m, 5: x1 y1 x2 y2 p) in the batch's pixels and the image index of each box.
     """
-    from facenet_pytorch.models.utils.detect_face import (
-        batched_nms_numpy, bbreg, generateBoundingBox, rerec)
+    from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, generateBoundingBox, rerec
     from torchvision.ops import batched_nms
 
     t1, t2, t3 = thresholds

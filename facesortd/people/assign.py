@@ -19,9 +19,17 @@ from typing import Optional
 
 import numpy as np
 
-from facesortd.people.recluster import _count_changes, match_to_previous, pins_of
+from facesortd.people.clustering import (
+    NO_CONSTRAINTS,
+    ClusterParams,
+    Constraints,
+    Graph,
+    ReclusterResult,
+    build_graph,
+    cluster_labels,
+)
 from facesortd.people.index import IdentityBounds, index_neighbours, sqnorms, tailnorms
-from facesortd.people.clustering import ClusterParams, Constraints, Graph, ReclusterResult, build_graph, cluster_labels
+from facesortd.people.recluster import _count_changes, match_to_previous, pins_of
 
 __all__ = ["FaceIndex", "AssignResult", "assign_incremental"]
 
@@ -87,7 +95,7 @@ class AssignResult(ReclusterResult):
 
 def assign_incremental(index: FaceIndex, new_ids: np.ndarray, new_vectors: np.ndarray,
                        new_image_ids: np.ndarray, params: ClusterParams,
-                       constraints: Constraints = Constraints(),
+                       constraints: Constraints = NO_CONSTRAINTS,
                        max_region: Optional[int] = None) -> AssignResult:
     """Place new faces; see the module doc. Never changes ``index``."""
     new_ids = np.asarray(new_ids, np.int64)

@@ -41,7 +41,7 @@ from scipy.spatial.distance import pdist
 __all__ = [
     "ClusterParams", "Constraints", "MergeSuggestion", "ReclusterResult", "Graph",
     "TUNED_EPS", "radius_neighbours", "build_graph", "cluster_labels", "NEW_LABEL_BASE",
-    "provisional",
+    "provisional", "NO_CONSTRAINTS",
 ]
 
 NEW_LABEL_BASE = -2
@@ -91,6 +91,10 @@ class Constraints:
     pinned: Mapping[int, int] = field(default_factory=dict)          # face id -> identity id
     cannot_link: frozenset = frozenset()                              # {(face id, identity id)}
     named: frozenset = frozenset()                                    # identity ids with a name
+
+
+#: No decisions at all (the default of the functions that take constraints).
+NO_CONSTRAINTS = Constraints()
 
 
 @dataclass(frozen=True)

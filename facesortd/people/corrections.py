@@ -17,8 +17,8 @@ import time
 from typing import Iterable, Optional, Union
 
 from facesortd.errors import FacesortdError
-from facesortd.store.identity_rows import resolve, retire
 from facesortd.store.database import Store
+from facesortd.store.identity_rows import resolve, retire
 
 __all__ = ["CorrectionError", "UnknownId", "rename", "merge", "split", "move_faces", "not_this_person",
            "reject", "accept_suggestion", "dismiss_suggestion", "undo", "history"]

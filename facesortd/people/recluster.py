@@ -15,7 +15,14 @@ from typing import Mapping, Optional, Union
 import numpy as np
 
 from facesortd.people.clustering import (
-    ClusterParams, Constraints, Graph, MergeSuggestion, ReclusterResult, cluster_labels, provisional,
+    NO_CONSTRAINTS,
+    ClusterParams,
+    Constraints,
+    Graph,
+    MergeSuggestion,
+    ReclusterResult,
+    cluster_labels,
+    provisional,
 )
 
 __all__ = ["recluster", "match_to_previous", "pins_of"]
@@ -128,7 +135,7 @@ def _count_changes(res: ReclusterResult, prev: np.ndarray, out: np.ndarray) -> N
 
 
 def recluster(ids: np.ndarray, matrix: np.ndarray, image_ids: np.ndarray, params: ClusterParams,
-              constraints: Constraints = Constraints(),
+              constraints: Constraints = NO_CONSTRAINTS,
               previous: Optional[Union[Mapping[int, int], np.ndarray]] = None,
               graph: Optional[Graph] = None) -> ReclusterResult:
     """Cluster every face and match the clusters to ``previous`` identities.

@@ -23,12 +23,21 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from facesortd.people.assign import FaceIndex, assign_incremental
+from facesortd.people.clustering import ClusterParams, Graph, ReclusterResult, build_graph, radius_neighbours
 from facesortd.people.index import SearchCache
 from facesortd.people.recluster import recluster
-from facesortd.people.clustering import ClusterParams, Graph, ReclusterResult, build_graph, radius_neighbours
 from facesortd.people.storage import (  # noqa: F401 (history_marker, load_constraints: public)
-    history_marker, load_constraints, load_pinned_ids, meta_get, meta_set, read_graph,
-    record_merges, record_suggestion, rows_of, to_live, write_edges,
+    history_marker,
+    load_constraints,
+    load_pinned_ids,
+    meta_get,
+    meta_set,
+    read_graph,
+    record_merges,
+    record_suggestion,
+    rows_of,
+    to_live,
+    write_edges,
 )
 from facesortd.store.database import Store
 

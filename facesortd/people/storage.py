@@ -10,8 +10,9 @@ from typing import Optional
 import numpy as np
 
 from facesortd.people.clustering import Constraints, Graph
-from facesortd.store.identity_rows import live_map, retire
 from facesortd.store.database import Store
+from facesortd.store.identity_rows import live_map, retire
+
 
 def history_marker(conn) -> tuple[int, int]:
     """Changes whenever a correction is made or undone (by this process or another one)."""

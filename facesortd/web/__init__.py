@@ -15,7 +15,12 @@ from flask import Flask
 
 from facesortd.config import Config
 from facesortd.web.context import (
-    Control, close_read_conn, control, inline_control, read_conn, state,
+    Control,
+    close_read_conn,
+    control,
+    inline_control,
+    read_conn,
+    state,
 )
 
 

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import time
 
-from flask import (Blueprint, Flask, current_app, make_response, redirect, render_template,
-                   request, url_for)
+from flask import Blueprint, Flask, current_app, make_response, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from facesortd.web import queries
 from facesortd.web.context import read_conn
-from facesortd.web.security import (AUTH_COOKIE, COOKIE_MAX_AGE_S, auth_cookie_value, csrf_token, error,
-                       safe_next, token_matches)
+from facesortd.web.security import (
+    AUTH_COOKIE,
+    COOKIE_MAX_AGE_S,
+    auth_cookie_value,
+    csrf_token,
+    error,
+    safe_next,
+    token_matches,
+)
 
 bp = Blueprint("pages", __name__)
 
