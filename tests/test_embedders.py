@@ -14,12 +14,13 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
+from facesortd.bench.model import bare_model_images_per_s
 from facesortd.config import EmbedderConfig
 from facesortd.errors import ModelUnavailable
 from facesortd.models import torchsetup
 from facesortd.models.dlib import DlibEmbedder
 from facesortd.models.embedders import create_embedder, resolve_device
-from facesortd.models.facenet import WEIGHTS_NAME, WEIGHTS_URL, FacenetEmbedder, bare_model_images_per_s
+from facesortd.models.facenet import WEIGHTS_NAME, WEIGHTS_URL, FacenetEmbedder
 
 facenet_pytorch = pytest.importorskip("facenet_pytorch")
 
@@ -366,7 +367,7 @@ def test_contiguous_layout_gives_the_same_vectors(weights, crops, fp32_vectors):
 
 
 def test_bare_model_throughput_median_and_mean(fp32):
-    from facesortd.models.facenet import bare_model_throughput
+    from facesortd.bench.model import bare_model_throughput
     figures = bare_model_throughput(fp32, batch_size=2, seconds=0)
     assert figures["median"] > 0 and figures["mean"] > 0
 

@@ -14,6 +14,7 @@ from facesortd.app.daemon import Daemon
 from facesortd.config import parse_config
 from facesortd.errors import FacesortdError, StoreError
 from facesortd.store.database import Store
+from facesortd.store.lock import StateLock
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
@@ -195,14 +196,14 @@ def test_store_refuses_another_embedder(tmp_path, data_dir):
 
 def test_second_daemon_on_same_state_refused(tmp_path):
     config = make_config(tmp_path)
-    first = Daemon(config)
-    first.lock.acquire()
+    first = StateLock(config.state_dir)     # what a running daemon holds
+    first.acquire()
     try:
         with pytest.raises(FacesortdError) as info:
             Daemon(config).run_once(timeout=30)
-        assert "in use" in str(info.value)
+        assert "in use" in str(info.value) and str(os.getpid()) in str(info.value)
     finally:
-        first.lock.release()
+        first.release()
 
 
 def test_one_unrecordable_image_does_not_lose_its_micro_batch(tmp_path):

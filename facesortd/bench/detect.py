@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from facesortd.bench.ingest import _jobs, _machine, _replicated, _rounded, _run_pipeline, _untrained_weights
+from facesortd.bench.common import jobs_for, machine, replicated, rounded, run_pipeline, untrained_weights
 from facesortd.config import Config, DetectorConfig, EmbedderConfig, InboxConfig, WatchConfig
 
 TARGET_IMAGES_PER_S = 10
@@ -25,7 +25,7 @@ def camera_photos(folder: Path, source: Path, count: int, size: tuple[int, int] 
                   quality: int = 90) -> list[Path]:
     """``count`` 12-megapixel camera-like JPEGs: real photos from ``source`` upscaled (bicubic)
     to ``size`` and saved at ``quality``; one pixel differs per copy so none is a duplicate."""
-    return _replicated(folder, source, count, size=size, prefix="camera", quality=quality)
+    return replicated(folder, source, count, size=size, prefix="camera", quality=quality)
 
 
 def detector_vs_stock(files: list[Path], detector, max_side: int, repeats: int = 3) -> dict:
@@ -79,7 +79,7 @@ def bench_detect(images: Path, count: int = 24, batch_size: int = 64, device: st
         inbox = tmp / "inbox"
         inbox.mkdir()
         files = camera_photos(inbox, images, count, size)
-        emb_cfg = EmbedderConfig(name="facenet", weights=_untrained_weights(tmp), device=device,
+        emb_cfg = EmbedderConfig(name="facenet", weights=untrained_weights(tmp), device=device,
                                  batch_size=batch_size, precision=precision)
         det_cfg = DetectorConfig() if max_side_px is None else DetectorConfig(max_side_px=max_side_px)
         model = create_embedder(emb_cfg)
@@ -92,7 +92,7 @@ def bench_detect(images: Path, count: int = 24, batch_size: int = 64, device: st
                          watch=WatchConfig(settle_ms=0, rescan_interval_s=0), embedder=emb_cfg)
             if detector is None:
                 detector = make_detector(cfg, resolve_device(device))
-            run = _run_pipeline(cfg, model, detector, _jobs(files, inbox, "detect"))
+            run = run_pipeline(cfg, model, detector, jobs_for(files, inbox, "detect"))
             run.pop("counts")
             n = len(files)
             run.update(decode_ms_per_image=1000 * run["prepare_seconds_all_workers"] / n,
@@ -119,7 +119,7 @@ def bench_detect(images: Path, count: int = 24, batch_size: int = 64, device: st
         if stock:
             out["detector_vs_facenet_pytorch"] = detector_vs_stock(
                 files, detector, det_cfg.max_side_px, repeats)
-        out.update(runs=[_rounded(r) for r in runs], machine=_machine())
+        out.update(runs=[rounded(r) for r in runs], machine=machine())
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,9 +10,7 @@ into the convolutions) are chosen once at load and reported by ``describe()``.
 from __future__ import annotations
 
 import logging
-import statistics
 import threading
-import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -286,6 +284,24 @@ class FacenetEmbedder:
             _check_faces(faces)
             raise
 
+    def standard_batch(self, batch_size: int, seed: int = 0) -> torch.Tensor:
+        """A standardized random float batch as ``forward`` takes it: on the device, in the
+        memory format in force (for measuring the bare model; ``embed`` makes its own)."""
+        self.load()
+        fmt = torch.channels_last if self._channels_last else torch.contiguous_format
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.rand((batch_size, 3, INPUT_SIZE, INPUT_SIZE), generator=gen) * 2 - 1
+        return x.to(self._device).contiguous(memory_format=fmt)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The bare model on a batch from ``standard_batch``, under the settings in force; returns
+        once the device has finished (the upper bound the pipeline is measured against)."""
+        with torch.inference_mode():
+            out = self._forward(x)
+            if self._device.type == "cuda":
+                torch.cuda.synchronize(self._device)
+        return out
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The bare model under the chosen autocast; ``x`` is standardized, on the device."""
         assert self._model is not None
@@ -356,39 +372,3 @@ def _load_state_dict(model: torch.nn.Module, path: Path) -> None:
         raise ModelUnavailable(f"{what}: has the right names but wrong shapes ("
                                + "; ".join(lines[:3]) + "). Expected the VGGFace2 file from "
                                f"{WEIGHTS_URL}.") from None
-
-
-def bare_model_images_per_s(embedder: FacenetEmbedder, batch_size: int,
-                            seconds: float = 3.0) -> float:
-    """Images/s of the bare forward pass at the embedder's own settings (device, autocast, memory
-    format): a standardized float batch already on the device, median of timed runs after
-    warm-up. The upper bound the pipeline is compared against."""
-    return bare_model_throughput(embedder, batch_size, seconds)["median"]
-
-
-def bare_model_throughput(embedder: FacenetEmbedder, batch_size: int,
-                          seconds: float = 3.0) -> dict[str, float]:
-    """The bare forward pass's images/s two ways: ``median`` (batch size ÷ median batch time,
-    its steady state on a quiet machine) and ``mean`` (images ÷ total time, measured the way a
-    pipeline run is, slow moments included)."""
-    embedder.load()
-    fmt = torch.channels_last if embedder._channels_last else torch.contiguous_format
-    gen = torch.Generator().manual_seed(0)
-    x = (torch.rand((batch_size, 3, INPUT_SIZE, INPUT_SIZE), generator=gen) * 2 - 1)
-    x = x.to(embedder._device).contiguous(memory_format=fmt)
-    cuda = embedder._device.type == "cuda"
-    times: list[float] = []
-    with torch.inference_mode():
-        for _ in range(2):                      # warm-up: oneDNN/cudnn pick their kernels
-            embedder._forward(x)
-        if cuda:
-            torch.cuda.synchronize(embedder._device)
-        deadline = time.perf_counter() + seconds
-        while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
-            t0 = time.perf_counter()
-            embedder._forward(x)
-            if cuda:
-                torch.cuda.synchronize(embedder._device)
-            times.append(time.perf_counter() - t0)
-    return {"median": batch_size / statistics.median(times),
-            "mean": batch_size * len(times) / sum(times)}
