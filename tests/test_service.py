@@ -335,22 +335,26 @@ def test_a_burst_of_files_is_all_taken_with_bounded_memory(tmp_path, data_dir):
 
 
 def test_a_hung_pipeline_stops_the_watchdog_pings(tmp_path):
-    """Service's health check over real threads and a real notify socket: pings flow while the
-    daemon's threads run and files finish; a queue with no progress for STALL_S, or a dead model
-    thread, stops them (systemd then restarts the daemon) and /healthz turns 503."""
+    """The supervisor's health check over real threads and a real notify socket: pings flow while
+    the components' threads run and files finish; a queue with no progress for STALL_S, or a dead
+    model thread, stops them (systemd then restarts the daemon) and /healthz turns 503."""
     from types import SimpleNamespace
 
     from facesortd.app import supervisor as service_mod
-    from facesortd.app.supervisor import Service
+    from facesortd.app.supervisor import Supervisor
     from facesortd.config import parse_config
     from facesortd.telemetry import Telemetry
 
     clock = [100.0]
-    stop = threading.Event()
-    threads = [threading.Thread(target=stop.wait, name=n + ("0" if n.endswith("-") else ""))
-               for n in service_mod.REQUIRED_THREADS]
+    stop, stop_model = threading.Event(), threading.Event()
+    model = threading.Thread(target=stop_model.wait, name="facesortd-model")
+    threads = [model] + [threading.Thread(target=stop.wait, name=n)
+                         for n in ("facesortd-prep-0", "facesortd-watch-worker", "identities")]
     for t in threads:
         t.start()
+    # components report their own threads, as the pipeline, watcher and identity service do
+    pipeline = SimpleNamespace(threads=lambda: threads[:2])
+    others = SimpleNamespace(threads=lambda: threads[2:])
     path = tmp_path / "notify"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(path))
@@ -366,15 +370,15 @@ def test_a_hung_pipeline_stops_the_watchdog_pings(tmp_path):
 
     try:
         telemetry = Telemetry(clock=lambda: clock[0])
-        pipeline = SimpleNamespace(queue_depth=0)
-        daemon = SimpleNamespace(telemetry=telemetry, pipeline=pipeline, watcher=None, store=None,
-                                 config=parse_config("{}", tmp_path / "facesortd.yaml"))
+        depth = [0]
         (tmp_path / "state").mkdir()
-        svc = Service(daemon, Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"}),
-                      clock=lambda: clock[0])
+        svc = Supervisor(parse_config("{}", tmp_path / "facesortd.yaml"), telemetry,
+                         [pipeline, others], queue=lambda: (depth[0], 0),
+                         notifier=Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"}),
+                         clock=lambda: clock[0])
         svc.tick()
         assert pings() == 1 and telemetry.up.get() == 1
-        pipeline.queue_depth = 5           # busy, and files keep finishing: healthy
+        depth[0] = 5                       # busy, and files keep finishing: healthy
         for _ in range(5):
             clock[0] += service_mod.STALL_S / 4
             telemetry.last_progress = clock[0]
@@ -390,12 +394,12 @@ def test_a_hung_pipeline_stops_the_watchdog_pings(tmp_path):
         clock[0] += 2
         svc.tick()
         assert pings() == 1 and telemetry.up.get() == 1
-        stop.set()                           # the model thread dies
-        for t in threads:
-            t.join()
+        stop_model.set()                     # the model thread dies
+        model.join()
         clock[0] += 2
         svc.tick()
         assert pings() == 0 and "facesortd-model" in telemetry.unhealthy_reason
+        assert "identities" not in telemetry.unhealthy_reason
         svc.notifier.close()
     finally:
         stop.set()

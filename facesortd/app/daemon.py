@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from facesortd.app.progress import Progress
 from facesortd.app.state import State, open_state
-from facesortd.app.supervisor import Service, progress_counts
+from facesortd.app.supervisor import Supervisor
 from facesortd.config import Config, load_config
 from facesortd.errors import ConfigError, FacesortdError
 from facesortd.inbox.jobs import Job
@@ -120,7 +120,7 @@ class Daemon:
     def run_once(self, timeout: Optional[float] = None) -> dict:
         """Ingest everything present in the inboxes, then return the store's counts."""
         self.open()
-        progress = Progress(lambda: progress_counts(self))  # a terminal only
+        progress = Progress(self.progress_counts)  # a terminal only
         try:
             self.start()
             progress.start()
@@ -144,31 +144,62 @@ class Daemon:
     def run_forever(self) -> None:
         """Run until SIGTERM/SIGINT; SIGHUP reloads the config (the old one stays if invalid)."""
         self.open()
-        service = Service(self)  # web page, sd_notify READY/STATUS/WATCHDOG, health, status.json
+        supervisor = None
         try:
             self.start()
-            service.start()
             from facesortd.library.placer import PlacerLoop
             self.placer_loop = PlacerLoop(self.placer, self.changed, debounce=1.0,
                                           dry_run=self.dry_run)
             self.placer_loop.start()
+            # web page, sd_notify READY/STATUS/WATCHDOG, health of every part, status.json
+            supervisor = Supervisor(
+                self.config, self.telemetry,
+                [self.pipeline, self.watcher, self.identities, self.placer_loop],
+                store=self.store, queue=self.queue_counts,
+                last_recluster=lambda: self.identities.last_counts, web_app=self._web_app)
+            supervisor.start()
             log.info("facesortd running: watching %s", ", ".join(str(i.path) for i in self.config.inboxes))
-            while not self._stop.wait(service.wait_s):
-                service.tick()
+            while not self._stop.wait(supervisor.wait_s):
+                supervisor.tick()
                 if self._recluster.is_set():
                     self._recluster.clear()
                     self.identities.request_recluster()
                 if self._reload.is_set():
                     self._reload.clear()
-                    old = service.reloading()
+                    supervisor.reloading()
                     self.reload()
-                    service.reloaded(old)
+                    supervisor.reloaded(self.config)
         finally:
-            service.stopping()
+            if supervisor is not None:
+                supervisor.stopping()
             log.info("stopping: finishing the files already taken")
-            service.close()
+            if supervisor is not None:
+                supervisor.close()
             self.close()
             log.info("stopped")
+
+    def _web_app(self):
+        """The review app on this daemon's store: corrections made on the page make the files
+        follow, and a recluster is queued on the identity thread."""
+        from facesortd.web import Control, create_app
+
+        control = Control(changed=self.notify_changed,
+                          request_recluster=self.identities.request_recluster)
+        return create_app(self.config, self.store, self.telemetry, control=control)
+
+    def queue_counts(self) -> tuple[int, int]:
+        """(files in the pipeline, files the watcher is still settling)."""
+        depth = self.pipeline.queue_depth if self.pipeline is not None else 0
+        pending = self.watcher.pending_count() if self.watcher is not None else 0
+        return depth, pending
+
+    def progress_counts(self) -> tuple[int, int]:
+        """(files done, files known) for the ``run --once`` progress line."""
+        done = self.telemetry.files_finished()
+        if self.pipeline is not None:
+            done += self.pipeline.stats.files_skipped
+        depth, pending = self.queue_counts()
+        return done, done + depth + pending
 
     def reload(self) -> None:
         source = self.config.source

@@ -1,9 +1,11 @@
 """What makes ``facesortd run`` a well-behaved service, beside the daemon's own threads.
 
-``Service`` serves the web app in a thread, tells systemd READY/STATUS/WATCHDOG/STOPPING, keeps
+``Supervisor`` serves the web app in a thread, tells systemd READY/STATUS/WATCHDOG/STOPPING, keeps
 the telemetry gauges current, writes ``<state_dir>/status.json`` for ``facesortd status``, and
-checks that the daemon is healthy: every thread alive and the pipeline making progress. While it
-is not, the watchdog pings stop, so systemd restarts a hung daemon (``WatchdogSec=``).
+checks that the daemon is healthy: every thread of every component alive (each ``Component``
+reports its own) and the pipeline making progress. While it is not, the watchdog pings stop, so
+systemd restarts a hung daemon (``WatchdogSec=``). It is given the parts it watches; it never
+reaches into the daemon.
 """
 
 from __future__ import annotations
@@ -11,24 +13,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 from facesortd.app.sdnotify import Notifier
 from facesortd.config import Config
 from facesortd.errors import FacesortdError
-
-if TYPE_CHECKING:
-    from facesortd.app.daemon import Daemon
 
 log = logging.getLogger("facesortd.service")
 
 STATUS_EVERY_S = 5.0
 #: A non-empty queue with no file or batch finished for this long means the pipeline hangs.
 STALL_S = 300.0
-#: Threads that must stay alive while the daemon runs (the pipeline's and the watcher's names).
-REQUIRED_THREADS = ("facesortd-model", "facesortd-prep-", "facesortd-watch-worker")
-#: Threads of optional parts, required while the daemon has that part: (attribute, thread name).
-OPTIONAL_THREADS = (("identities", "identities"), ("placer_loop", "facesortd-placer"))
 #: Config keys a SIGHUP cannot change in a running daemon (they take effect on restart).
 RESTART_KEYS = ("state_dir", "library", "embedder", "detector", "web")
 
@@ -69,13 +64,33 @@ class WebServer:
         self._server.server_close()
 
 
-class Service:
-    """Wraps a running ``Daemon``: web page, systemd notifications, health and status figures."""
+class Component(Protocol):
+    """A running part of the daemon (pipeline, watcher, identity service, placer loop)."""
 
-    def __init__(self, daemon: "Daemon", notifier: Optional[Notifier] = None,
-                 clock: Callable[[], float] = time.monotonic):
-        self.daemon = daemon
-        self.telemetry = daemon.telemetry
+    def threads(self) -> list[threading.Thread]:
+        """The threads it started that must stay alive while it runs ([] once stopped)."""
+
+
+class Supervisor:
+    """Web page, systemd notifications, health and status figures around the daemon's parts.
+
+    ``components``: the parts whose threads must stay alive; ``queue()``: (files in the pipeline,
+    files the watcher still settles); ``last_recluster()``: the identity service's latest counts
+    (a new object after each recluster); ``web_app()``: the review app to serve, or None.
+    """
+
+    def __init__(self, config: Config, telemetry: Any, components: Sequence[Component] = (), *,
+                 store: Any = None, queue: Callable[[], tuple[int, int]] = lambda: (0, 0),
+                 last_recluster: Callable[[], object] = lambda: None,
+                 web_app: Optional[Callable[[], Any]] = None,
+                 notifier: Optional[Notifier] = None, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.telemetry = telemetry
+        self.components = list(components)
+        self.store = store
+        self._queue = queue
+        self._last_recluster = last_recluster
+        self._web_app = web_app
         self.notifier = notifier if notifier is not None else Notifier()
         self.web: Optional[WebServer] = None
         self._clock = clock
@@ -96,15 +111,9 @@ class Service:
 
         Called after the store is open and the watcher started (its first tick is the catch-up
         scan), which is what READY=1 promises."""
-        cfg = self.daemon.config
-        if cfg.web.enabled:
-            from facesortd.web import Control, create_app
-
-            d = self.daemon   # corrections made on the page: files follow, recluster on request
-            control = Control(changed=d.notify_changed,
-                              request_recluster=lambda: d.identities.request_recluster())
-            app = create_app(cfg, d.store, self.telemetry, control=control)
-            self.web = WebServer(app, cfg.web.host, cfg.web.port)
+        cfg = self.config
+        if cfg.web.enabled and self._web_app is not None:
+            self.web = WebServer(self._web_app(), cfg.web.host, cfg.web.port)
             self.web.start()
             log.info("web page on %s", self.web.url)
         self.tick()
@@ -113,10 +122,8 @@ class Service:
 
     def tick(self) -> None:
         """Once per main-loop pass: gauges, health, the watchdog ping, STATUS= and status.json."""
-        d = self.daemon
         now = self._clock()
-        depth = d.pipeline.queue_depth if d.pipeline is not None else 0
-        pending = d.watcher.pending_count() if d.watcher is not None else 0
+        depth, pending = self._queue()
         self.telemetry.tick(depth, pending)
         self._count_reclusters()
         self._check_health(depth, now)
@@ -126,23 +133,20 @@ class Service:
             self._next_ping = now + self.notifier.watchdog_interval
         if now >= self._next_status:
             self._next_status = now + STATUS_EVERY_S
-            counts = self.telemetry.read_store(d.store) if d.store is not None else None
+            counts = self.telemetry.read_store(self.store) if self.store is not None else None
             self.notifier.status(self.telemetry.status_line(counts))
-            self.telemetry.write_snapshot(d.config.state_dir)
+            self.telemetry.write_snapshot(self.config.state_dir)
 
     def _count_reclusters(self) -> None:
         # IdentityService replaces ``last_counts`` after every recluster it applies; reclusters
         # take seconds, so one tick never sees two.
-        counts = getattr(getattr(self.daemon, "identities", None), "last_counts", None)
+        counts = self._last_recluster()
         if counts is not None and counts is not self._recluster_seen:
             self._recluster_seen = counts
             self.telemetry.reclusters.inc()
 
     def _check_health(self, depth: int, now: float) -> None:
-        alive = {t.name for t in threading.enumerate() if t.is_alive()}
-        required = list(REQUIRED_THREADS) + [name for attr, name in OPTIONAL_THREADS
-                                             if getattr(self.daemon, attr, None) is not None]
-        dead = [n for n in required if not any(a.startswith(n) for a in alive)]
+        dead = [t.name for c in self.components for t in c.threads() if not t.is_alive()]
         if depth == 0:
             self._busy_since = None
         elif self._busy_since is None:
@@ -162,13 +166,12 @@ class Service:
         self.telemetry.up.set(0 if reason else 1)
         self.telemetry.unhealthy_reason = reason
 
-    def reloading(self) -> Config:
+    def reloading(self) -> None:
         self.notifier.reloading()
-        return self.daemon.config
 
-    def reloaded(self, old: Config) -> None:
+    def reloaded(self, new: Config) -> None:
         """After ``Daemon.reload``: apply the log level, say what needs a restart, READY=1 again."""
-        new = self.daemon.config
+        old, self.config = self.config, new
         if new is not old:
             logging.getLogger().setLevel(new.log_level.upper())
             fixed = [k for k in RESTART_KEYS if getattr(new, k) != getattr(old, k)]
@@ -178,7 +181,7 @@ class Service:
         self.notifier.ready(self.telemetry.status_line())
 
     def stopping(self) -> None:
-        depth = self.daemon.pipeline.queue_depth if self.daemon.pipeline is not None else 0
+        depth = self._queue()[0]
         self.notifier.stopping(f"stopping: finishing {depth} file(s) already taken")
 
     def close(self) -> None:
@@ -186,7 +189,7 @@ class Service:
         if self.web is not None:
             self.web.stop()
             self.web = None
-        self.telemetry.write_snapshot(self.daemon.config.state_dir)
+        self.telemetry.write_snapshot(self.config.state_dir)
         self.notifier.close()
 
 
@@ -201,13 +204,3 @@ class JournalFormatter(logging.Formatter):
         level = max((lv for lv in self.PRIORITIES if lv <= record.levelno), default=logging.DEBUG)
         prefix = f"<{self.PRIORITIES[level]}>"
         return "\n".join(prefix + line for line in super().format(record).split("\n"))
-
-
-def progress_counts(daemon: "Daemon") -> tuple[int, int]:
-    """(files done, files known) for the ``run --once`` progress line."""
-    done = daemon.telemetry.files_finished()
-    if daemon.pipeline is not None:
-        done += daemon.pipeline.stats.files_skipped
-    busy = daemon.pipeline.queue_depth if daemon.pipeline is not None else 0
-    pending = daemon.watcher.pending_count() if daemon.watcher is not None else 0
-    return done, done + busy + pending

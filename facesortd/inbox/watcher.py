@@ -121,6 +121,10 @@ class Watcher:
         self._thread.start()
         log.info("watching %d inbox(es), settle %d ms", len(self._inboxes), self._config.settle_ms)
 
+    def threads(self) -> list[threading.Thread]:
+        """The worker thread (settling, rescans), for the supervisor's health check."""
+        return [self._thread] if self._thread is not None else []
+
     def stop(self) -> None:
         """Stop the worker and every observer and join their threads; safe to call twice."""
         self._stopping.set()

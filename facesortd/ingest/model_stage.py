@@ -63,6 +63,9 @@ class ModelStage:
         self._thread = threading.Thread(target=self._loop, name="facesortd-model")
         self._thread.start()
 
+    def threads(self) -> list[threading.Thread]:
+        return [self._thread] if self._thread is not None else []
+
     def stop(self, timeout: float) -> None:
         """Finish what was handed over (once no more can come), then join the thread."""
         self._prepared.put(_STOP)

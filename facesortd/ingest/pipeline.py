@@ -100,6 +100,10 @@ class Pipeline:
         self._prep.start_threads(self._workers_n)
         self._model.start()
 
+    def threads(self) -> list[threading.Thread]:
+        """The threads that must stay alive while the pipeline runs (for the supervisor)."""
+        return self._model.threads() + self._prep.running_threads() if self._started else []
+
     def stop(self, timeout: float = 60.0) -> None:
         """Stop taking files, finish the ones already taken, and join the threads."""
         self._accepting = False

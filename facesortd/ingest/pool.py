@@ -91,6 +91,10 @@ class DecodePool:
             t.start()
             self._threads.append(t)
 
+    def threads(self) -> list[threading.Thread]:
+        """The link threads, one per decoding process (alive while the pool runs)."""
+        return list(self._threads)
+
     #: Pause before trying again to start a process that failed to start, doubled per failure.
     RESTART_DELAY_S = 1.0
     RESTART_DELAY_MAX_S = 60.0

@@ -56,6 +56,10 @@ class Preparer:
             t.start()
             self.threads.append(t)
 
+    def running_threads(self) -> list[threading.Thread]:
+        """The decoding threads, and the link threads of the decoding processes."""
+        return list(self.threads) + (self.pool.threads() if self.pool is not None else [])
+
     def stop(self, timeout: float) -> None:
         """Finish the jobs already taken, then end the processes and join the threads."""
         for _ in range(self.pool.processes if self.pool else len(self.threads)):

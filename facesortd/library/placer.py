@@ -471,6 +471,10 @@ class PlacerLoop:
         self._thread = threading.Thread(target=self._run, name="facesortd-placer")
         self._thread.start()
 
+    def threads(self) -> list[threading.Thread]:
+        """The placer thread, once started (for the supervisor's health check)."""
+        return [self._thread] if self._thread is not None else []
+
     def stop(self, timeout: float = 60.0) -> None:
         self._stop.set()
         if self._thread is not None:

@@ -97,6 +97,10 @@ class IdentityService:
         self._thread = threading.Thread(target=self._loop, name="identities", daemon=True)
         self._thread.start()
 
+    def threads(self) -> list[threading.Thread]:
+        """The identity thread, once started (for the supervisor's health check)."""
+        return [self._thread] if self._thread is not None else []
+
     def stop(self, timeout: float = 120.0) -> None:
         if self._thread is None:
             return
