@@ -163,13 +163,20 @@ def rename_no_replace(src: Path, dst: Path) -> None:
     os.unlink(src)
 
 
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+def sha256_and_size(path: Path) -> tuple[str, int]:
+    """(hex sha256, byte count) of a file's bytes, read in 1 MiB chunks (OSError as it comes)."""
     h = hashlib.sha256()
+    size = 0
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+        while chunk := fh.read(1 << 20):
             h.update(chunk)
-    return h.hexdigest()
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    return sha256_and_size(path)[0]
 
 
 def fsync_dir(path: Path) -> None:

@@ -10,7 +10,6 @@ All functions are thread-safe: they touch no global Pillow settings.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from facesortd import fsops
 from facesortd.errors import BadImage
 
 __all__ = ["Decoded", "decode", "decode_face_crop", "sha256_file", "shrink", "DEFAULT_MAX_PIXELS", "FORMATS"]
@@ -31,7 +31,6 @@ DEFAULT_MAX_PIXELS = 80_000_000
 # open through the JPEG entry.)
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF", "PPM")
 
-_CHUNK = 1 << 20
 
 # EXIF orientation -> the transpose that makes the photo upright (as ImageOps.exif_transpose).
 _UPRIGHT = {
@@ -99,16 +98,10 @@ def decode_face_crop(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
 
 def sha256_file(path: Path) -> tuple[str, int]:
     """(hex SHA-256, byte count) of a file, read in 1 MiB chunks; BadImage if it cannot be read."""
-    digest = hashlib.sha256()
-    size = 0
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
+        return fsops.sha256_and_size(path)
     except OSError as exc:
         raise BadImage(_os_reason(exc)) from exc
-    return digest.hexdigest(), size
 
 
 # --- the boundary: every exception becomes BadImage ---------------------------------------------

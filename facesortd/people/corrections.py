@@ -19,6 +19,7 @@ from typing import Iterable, Optional, Union
 from facesortd.errors import FacesortdError
 from facesortd.store.database import Store
 from facesortd.store.identity_rows import resolve, retire
+from facesortd.store.sql import in_chunks
 
 __all__ = ["CorrectionError", "UnknownId", "rename", "merge", "split", "move_faces", "not_this_person",
            "reject", "accept_suggestion", "dismiss_suggestion", "undo", "history"]
@@ -46,11 +47,9 @@ class _Recorder:
 
     def face(self, face_ids: Iterable[int]) -> None:
         ids = [int(f) for f in face_ids if int(f) not in self.faces]
-        for s in range(0, len(ids), 900):
-            chunk = ids[s:s + 900]
+        for marks, part in in_chunks(ids):
             for row in self.conn.execute(
-                    "SELECT id, identity_id, pinned, rejected FROM faces WHERE id IN "
-                    f"({','.join('?' * len(chunk))})", chunk):
+                    f"SELECT id, identity_id, pinned, rejected FROM faces WHERE id IN ({marks})", part):
                 self.faces[row[0]] = list(row[1:])
 
     def identity(self, identity_id: int) -> None:
@@ -102,9 +101,8 @@ def _faces(conn, face_ids: Iterable[int]) -> list[int]:
     ids = sorted({int(f) for f in face_ids})
     if not ids:
         raise CorrectionError("no faces given")
-    found = {r[0] for s in range(0, len(ids), 900) for r in conn.execute(
-        f"SELECT id FROM faces WHERE rejected = 0 AND id IN ({','.join('?' * len(ids[s:s + 900]))})",
-        ids[s:s + 900])}
+    found = {r[0] for marks, part in in_chunks(ids) for r in conn.execute(
+        f"SELECT id FROM faces WHERE rejected = 0 AND id IN ({marks})", part)}
     missing = [f for f in ids if f not in found]
     if missing:
         raise UnknownId(f"no such face (or rejected as not a face): {missing[:10]}")

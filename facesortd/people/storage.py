@@ -12,6 +12,7 @@ import numpy as np
 from facesortd.people.clustering import Constraints, Graph
 from facesortd.store.database import Store
 from facesortd.store.identity_rows import live_map, retire
+from facesortd.store.sql import in_chunks
 
 
 def history_marker(conn) -> tuple[int, int]:
@@ -129,10 +130,9 @@ def load_pinned_ids(store: Store, face_ids: np.ndarray) -> list[int]:
         return []
     out: list[int] = []
     with store.read() as conn:
-        for s in range(0, len(face_ids), 900):
-            chunk = [int(f) for f in face_ids[s:s + 900]]
+        for marks, part in in_chunks(int(f) for f in face_ids):
             out += [r[0] for r in conn.execute(
-                f"SELECT id FROM faces WHERE pinned = 1 AND id IN ({','.join('?' * len(chunk))})", chunk)]
+                f"SELECT id FROM faces WHERE pinned = 1 AND id IN ({marks})", part)]
     return out
 
 
