@@ -1,1 +1,6 @@
-"""library"""
+"""The library: the only writer into it. The placer makes it agree with the store (layout,
+journaled moves, undo), the journal repairs what a crash interrupted."""
+
+from facesortd.library.placer import Placer, PlacerLoop, audit, parse_since
+
+__all__ = ["Placer", "PlacerLoop", "audit", "parse_since"]
