@@ -211,7 +211,8 @@ def test_one_unrecordable_image_does_not_lose_its_micro_batch(tmp_path):
     (here: the model returned NaN for it), the batch is rolled back and recorded image by image,
     so only that image ends as an error and the others are stored with their faces."""
     from facesortd.inbox.jobs import Job
-    from facesortd.ingest.pipeline import Pipeline, _Work
+    from facesortd.ingest.ledger import Work
+    from facesortd.ingest.pipeline import Pipeline
 
     config = make_config(tmp_path, mode="aligned")
     store = Store.open(config.state_dir)
@@ -223,7 +224,7 @@ def test_one_unrecordable_image_does_not_lose_its_micro_batch(tmp_path):
             path = tmp_path / "inbox" / f"{i}.jpg"
             path.write_bytes(b"x")
             pipe._ledger.in_flight.add(path)
-            works.append(_Work(job=Job(path, tmp_path / "inbox", "aligned", 1, 1), sha256=f"s{i}",
+            works.append(Work(job=Job(path, tmp_path / "inbox", "aligned", 1, 1), sha256=f"s{i}",
                                size=1, faces=[None], boxes=[(0.0, 0.0, 1.0, 1.0)], scores=[1.0],
                                vectors=[np.full(4, value, np.float32)]))
         face_ids = pipe._model.store_all(works)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import queue
 import sys
+import threading
 from typing import Any, Callable, Optional
 
 from facesortd.config import Config
@@ -41,7 +42,6 @@ from facesortd.store.database import Store
 
 __all__ = ["Pipeline", "SetAside", "Stats", "Work", "decode_processes_for"]
 
-_Work = Work   # the name tests and tools have used for a Work item
 _GPU_SWITCH_INTERVAL_S = 0.0002
 
 
