@@ -17,8 +17,8 @@ from facesortd.people.clustering import (
     Constraints,
     build_graph,
     radius_neighbours,
-    recluster,
 )
+from facesortd.people.recluster import recluster
 
 REPO = Path(__file__).resolve().parents[1]
 
