@@ -79,6 +79,11 @@ def sync_seconds(log: Path, round_no: int) -> float:
     return end - start
 
 
+def replayed(log: Path) -> int:
+    """How many interrupted operations the journal replays settled, over all rounds."""
+    return sum(int(line.split()[2]) for line in log.read_text().splitlines() if " replayed " in line)
+
+
 def crash_rounds(root: Path, library: Path, n_files: int, kills_wanted: int, seed: int):
     rng = random.Random(seed)
     inbox = root / "inbox"
@@ -91,12 +96,15 @@ def crash_rounds(root: Path, library: Path, n_files: int, kills_wanted: int, see
     moving = sync_seconds(root / "rounds.log", 2)
     kills = mid_sync = 0
     rounds = 2
-    while (kills < kills_wanted or mid_sync < kills_wanted // 2) and rounds < 4 * kills_wanted:
+    # The placer plans a chunk of operations, then carries them out: a kill must also land in
+    # that second part for the replay to have work (on tmpfs it is a small part of a sync).
+    while (kills < kills_wanted or mid_sync < kills_wanted // 2
+           or not replayed(root / "rounds.log")) and rounds < 4 * kills_wanted:
         rounds += 1
         # mostly while files move (every identity is renamed each round); sometimes at start-up,
         # in the journal replay or while recording
         early = rounds % 5 == 0
-        delay = (lambda: rng.uniform(0.1, 1.0)) if early else (lambda m=moving: rng.uniform(0, 0.7 * m))
+        delay = (lambda: rng.uniform(0.1, 1.0)) if early else (lambda m=moving: rng.uniform(0, m))
         if run_driver(config, rounds, delay, when_syncing=not early):
             kills += 1
             phases = (root / "rounds.log").read_text()
@@ -119,9 +127,8 @@ def crash_rounds(root: Path, library: Path, n_files: int, kills_wanted: int, see
         db.close()
     assert "planned" not in statuses and "failed" not in statuses, statuses
     assert len(placed) == n_files and all(p.is_file() for p in placed)
-    repaired = sum(int(line.split()[2]) for line in (root / "rounds.log").read_text().splitlines()
-                   if " replayed " in line)
-    assert repaired > 0, "no kill left an operation for the journal replay to settle"
+    assert replayed(root / "rounds.log") > 0, \
+        "no kill left an operation for the journal replay to settle"
     return kills, statuses
 
 

@@ -367,7 +367,7 @@ def test_undo_of_copies_removes_only_our_verified_copies(env):
 # -- the journal repairs interrupted operations ----------------------------------------------
 
 def _planned(e: Env, op: Op) -> Op:
-    return e.placer.journal._plan(op)
+    return e.placer.journal._plan([op])[0]
 
 
 def test_replay_completes_or_rolls_back_each_interrupted_state(env):

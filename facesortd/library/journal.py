@@ -6,6 +6,23 @@ Operations (``op``): ``move`` src -> dst (the source is unlinked only once dst h
 ``copy``, ``hardlink``, ``symlink`` (the source stays), ``retire`` (unlink one of our own extra
 links or copies after checking it still holds the recorded bytes). Statuses: planned, done,
 rolled_back, failed, undone (a done operation that ``facesortd undo`` reverted).
+
+A power cut, not only a killed process: the store runs WAL with ``synchronous=NORMAL``, whose
+commits reach the disk only at the next checkpoint, so a 'planned' row could be lost while the
+rename it announced reached the disk. ``run()`` therefore commits the 'planned' rows of a whole
+chunk of operations in one synced transaction (``Store.transaction(durable=True)``) before the
+first file is touched, carries them out, fsyncs each folder they changed once, and only then
+marks them done (a plain commit: a lost 'done' is replayed). Within one filesystem a move is a
+link and an unlink, which the filesystem's metadata journal keeps in order until that folder
+sync; a move to another filesystem is a copy synced before its source is unlinked
+(``fsops.copy_exact``).
+
+What it costs, measured on an ext4 virtio disk (``tools/bench_placer_sync.py --files 2000 --root
+/tmp --tree <the code before> --tree .``, medians of 3 in one run): placing 2,000 small files in 8
+person folders took 3.0 s before (a plain commit per operation and two folder fsyncs per move)
+and 0.65 s now (4 chunks, each one synced commit and one fsync per folder it touched); moving
+them all again after a rename, 2.8 s before and 0.73 s now. A synced commit per operation
+instead (``--chunk 1``) took 4.0 s: ~5 ms per commit on that disk.
 """
 
 from __future__ import annotations
@@ -14,9 +31,9 @@ import errno
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from facesortd import fsops
 from facesortd.store.database import Store, decode_path, encode_path
@@ -47,6 +64,16 @@ class Op:
         return f"{self.op} {self.src} -> {self.dst}"
 
 
+@dataclass
+class Outcome:
+    """How one group of ``Journal.run`` ended: the operations done, in order, and the one that
+    failed with its error (the group's later operations were not tried)."""
+
+    done: list[Op] = field(default_factory=list)
+    failed: Optional[Op] = None
+    error: Optional[OSError] = None
+
+
 def tmp_name(dst: Path, journal_id: int) -> Path:
     """Where a copy is written before it is renamed to ``dst`` (ours by name: replay removes it)."""
     return dst.with_name(f".facesortd-{journal_id}-{dst.name}.tmp")
@@ -63,84 +90,128 @@ class Journal:
         """Plan, do and finish one operation. FileExistsError when ``dst`` was taken meanwhile
         (the row is rolled back; the caller picks another name); OSError when it failed (the row
         says why, the files are as before)."""
-        if op.op == "symlink" and os.path.islink(op.src):
-            raise OSError(errno.EINVAL, f"{op.src} is a symlink")
-        op = self._plan(op)
-        try:
-            self._do(op)
-        except FileExistsError:
-            self._set(op.id, "rolled_back", "destination appeared meanwhile")
-            raise
-        except OSError as exc:
-            self._set(op.id, "failed", f"{type(exc).__name__}: {exc}")
-            raise
-        self._complete(op)
-        return op
+        (outcome,) = self.run([[op]])
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.done[0]
 
-    def _plan(self, op: Op) -> Op:
+    def run(self, groups: Sequence[Sequence[Op]]) -> list[Outcome]:
+        """Carry out groups of operations as one chunk: plan them all in one synced commit, do
+        each group in order (a group stops at its first failure: its later operations depend on
+        the earlier ones, like a link to a file just moved), fsync the folders they changed once,
+        then mark them done in one commit. One Outcome per group."""
+        planned = self._plan([op for group in groups for op in group])
+        outcomes = [Outcome() for _ in groups]
+        settled: list[tuple[str, Optional[str], int]] = []   # (status, why, id) of the rest
+        folders: set[Path] = set()
+        ops = iter(planned)
+        try:
+            for group, out in zip(groups, outcomes):
+                for op in [next(ops) for _ in group]:
+                    if out.failed is not None:
+                        settled.append(("rolled_back", f"not tried: journal {out.failed.id} "
+                                                       "before it failed", op.id))
+                        continue
+                    try:
+                        folders |= self._do(op)
+                    except FileExistsError as exc:
+                        out.failed, out.error = op, exc
+                        settled.append(("rolled_back", "destination appeared meanwhile", op.id))
+                    except OSError as exc:
+                        out.failed, out.error = op, exc
+                        settled.append(("failed", f"{type(exc).__name__}: {exc}", op.id))
+                    else:
+                        out.done.append(op)
+        finally:   # also when interrupted: what was done is recorded, the rest rolled back
+            settled += [("rolled_back", "not tried: interrupted", op.id) for op in ops]
+            for folder in sorted(folders):
+                fsops.fsync_dir(folder)
+            now = time.time()
+            with self.store.transaction() as conn:
+                for out in outcomes:
+                    for op in out.done:
+                        self._record_done(conn, op, now)
+                conn.executemany("UPDATE journal SET status = ?, error = ?, updated_at = ? "
+                                 "WHERE id = ?", [(s, why, now, jid) for s, why, jid in settled])
+        return outcomes
+
+    def _plan(self, ops: list[Op]) -> list[Op]:
+        """Write the 'planned' rows, synced to the disk before any of the files is touched."""
+        if not ops:
+            return []
         now = time.time()
-        with self.store.transaction() as conn:
-            jid = conn.execute(
+        with self.store.transaction(durable=True) as conn:
+            return [replace(op, id=conn.execute(
                 "INSERT INTO journal (op, src, dst, status, created_at, updated_at, image_id, "
                 "kind, sha256, reason) VALUES (?, ?, ?, 'planned', ?, ?, ?, ?, ?, ?)",
                 (op.op, encode_path(op.src), None if op.dst is None else encode_path(op.dst), now,
-                 now, op.image_id, f"{op.kind}:{op.action}", op.sha256, op.reason)).lastrowid
-        return replace(op, id=jid)
+                 now, op.image_id, f"{op.kind}:{op.action}", op.sha256, op.reason)).lastrowid)
+                for op in ops]
 
-    def _do(self, op: Op) -> None:
+    def _do(self, op: Op) -> set[Path]:
+        """Carry out one planned operation; returns the folders whose entries it changed (synced
+        by the caller before the row is marked done)."""
         if op.op == "retire":
-            self._retire(op)
-            return
-        op.dst.parent.mkdir(parents=True, exist_ok=True)
+            return self._retire(op)
+        if op.op == "symlink" and os.path.islink(op.src):
+            raise OSError(errno.EINVAL, f"{op.src} is a symlink")
+        folders = _make_folders(op.dst.parent) | {op.dst.parent}
         if os.path.lexists(op.dst):
             raise FileExistsError(op.dst)
         if op.op == "symlink":
             os.symlink(os.path.abspath(op.src), op.dst)
         elif op.op == "move" and os.path.islink(op.src):
             os.symlink(os.readlink(op.src), op.dst)
+            if os.lstat(op.src.parent).st_dev != os.lstat(op.dst.parent).st_dev:
+                fsops.fsync_dir(op.dst.parent)   # two filesystems: nothing orders link and unlink
             os.unlink(op.src)
+            folders.add(op.src.parent)
         elif op.op == "copy":
             fsops.copy_exact(op.src, op.dst, tmp_name(op.dst, op.id), op.sha256)
-        else:  # move, hardlink
+        else:  # move, hardlink; a copy (another filesystem) is synced before the unlink
             fsops.place_exact(op.src, op.dst, tmp_name(op.dst, op.id), op.sha256)
             if op.op == "move":
                 os.unlink(op.src)
-                fsops.fsync_dir(op.src.parent)
-        fsops.fsync_dir(op.dst.parent)
+                folders.add(op.src.parent)
+        return folders
 
-    def _retire(self, op: Op) -> None:
+    def _retire(self, op: Op) -> set[Path]:
         if not os.path.lexists(op.src):
-            return
+            return set()
         if not os.path.islink(op.src) and not _holds(op.src, op.sha256):  # a link holds no bytes
             raise OSError(errno.EEXIST, f"{op.src} changed since it was placed; left as it is")
         os.unlink(op.src)
+        return {op.src.parent}
 
     def _complete(self, op: Op) -> None:
-        """The files are in their final state: record the placement and mark the row done."""
-        now = time.time()
         with self.store.transaction() as conn:
-            src, dst = encode_path(op.src), None if op.dst is None else encode_path(op.dst)
-            if op.op == "retire":
-                conn.execute("DELETE FROM placements WHERE path = ? AND image_id IS ?",
-                             (src, op.image_id))
-            elif op.op == "move" and conn.execute(
-                    "SELECT 1 FROM placements WHERE path = ? AND image_id IS ? AND kind != 'gone'",
-                    (src, op.image_id)).fetchone():
-                conn.execute("UPDATE placements SET path = ?, kind = ?, updated_at = ? "
-                             "WHERE path = ? AND image_id IS ? AND kind != 'gone'",
-                             (dst, op.kind, now, src, op.image_id))
-            else:
-                mtime = None
-                if op.kind == "held":
-                    row = conn.execute("SELECT mtime_ns FROM images WHERE id = ?",
-                                       (op.image_id,)).fetchone()
-                    mtime = row[0] if row else None
-                conn.execute(
-                    "INSERT INTO placements (image_id, path, kind, action, sha256, mtime_ns, "
-                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (op.image_id, dst, op.kind, op.action, op.sha256, mtime, now, now))
-            conn.execute("UPDATE journal SET status = 'done', updated_at = ? WHERE id = ?",
-                         (now, op.id))
+            self._record_done(conn, op, time.time())
+
+    @staticmethod
+    def _record_done(conn, op: Op, now: float) -> None:
+        """The files are in their final state: record the placement and mark the row done."""
+        src, dst = encode_path(op.src), None if op.dst is None else encode_path(op.dst)
+        if op.op == "retire":
+            conn.execute("DELETE FROM placements WHERE path = ? AND image_id IS ?",
+                         (src, op.image_id))
+        elif op.op == "move" and conn.execute(
+                "SELECT 1 FROM placements WHERE path = ? AND image_id IS ? AND kind != 'gone'",
+                (src, op.image_id)).fetchone():
+            conn.execute("UPDATE placements SET path = ?, kind = ?, updated_at = ? "
+                         "WHERE path = ? AND image_id IS ? AND kind != 'gone'",
+                         (dst, op.kind, now, src, op.image_id))
+        else:
+            mtime = None
+            if op.kind == "held":
+                row = conn.execute("SELECT mtime_ns FROM images WHERE id = ?",
+                                   (op.image_id,)).fetchone()
+                mtime = row[0] if row else None
+            conn.execute(
+                "INSERT INTO placements (image_id, path, kind, action, sha256, mtime_ns, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (op.image_id, dst, op.kind, op.action, op.sha256, mtime, now, now))
+        conn.execute("UPDATE journal SET status = 'done', updated_at = ? WHERE id = ?",
+                     (now, op.id))
 
     def _set(self, jid: int, status: str, error: Optional[str] = None) -> None:
         with self.store.transaction() as conn:
@@ -184,6 +255,8 @@ class Journal:
             else:
                 log.warning("journal %d: %s now holds other bytes; it stays", op.id, op.src)
         if dst_ok:
+            for folder in {op.dst.parent, op.src.parent} if op.op == "move" else {op.dst.parent}:
+                fsops.fsync_dir(folder)   # what a killed process left in the page cache
             self._complete(op)
             return "completed"
         if op.op == "move" and not os.path.lexists(op.src):
@@ -200,6 +273,18 @@ def _op_from_row(row: tuple) -> Op:
     return Op(op=op, src=decode_path(src), dst=None if dst is None else decode_path(dst),
               image_id=image_id, kind=kind, sha256=sha, reason=reason or "place",
               action=action or "move", id=jid)
+
+
+def _make_folders(folder: Path) -> set[Path]:
+    """``mkdir -p folder``; returns the folders that gained an entry (the parents of those made),
+    so that the new folders are synced with the files in them."""
+    missing = []
+    while not os.path.isdir(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir(exist_ok=True)
+    return {made.parent for made in missing}
 
 
 def content_id(path: Path) -> str:

@@ -6,6 +6,8 @@ its inbox path) and carries out the difference through the ``Journal``. Renames,
 reassignments need nothing special: the wanted folder changes and the file follows. Files the
 placer did not put in the library have no row and are never touched; a placed file someone moved
 away is marked 'gone' and left alone. ``undo()`` puts files back in their inbox and holds them.
+Operations are planned for a chunk of images, then carried out together (``Journal.run``: one
+synced commit and one fsync per folder for the chunk, not per file).
 ``audit()`` says, read-only, where each placed file is against where the placer wants it
 (``facesortd doctor``).
 """
@@ -18,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -29,6 +31,9 @@ from facesortd.library.layout import Folder, identity_folders, is_candidate, lay
 from facesortd.store.database import DB_NAME, ImageRow, Store, decode_path, encode_path
 
 log = logging.getLogger("facesortd.placer")
+
+CHUNK_OPS = 500   # operations per Journal.run: per chunk one synced commit, one fsync per folder
+_PASSES = 3       # a destination taken meanwhile: that image is planned again, this many times
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,17 @@ class _Snapshot:
     reserved: set[Path] = field(default_factory=set)           # destinations chosen this sync
 
 
+@dataclass
+class _Group:
+    """One image's operations, in order (each may rely on the one before, as a link on a file
+    just moved), what to do once all of them were done, and folders they may have emptied."""
+
+    image: ImageRow
+    ops: list[Op] = field(default_factory=list)
+    then: list[Callable[[], None]] = field(default_factory=list)
+    prune: list[Path] = field(default_factory=list)
+
+
 class Placer:
     """``replay()`` at start, ``sync(dry_run)`` whenever placement may have changed, ``undo()``."""
 
@@ -64,19 +80,23 @@ class Placer:
 
     # -- public --------------------------------------------------------------------------------
     def replay(self) -> dict[str, int]:
+        """Complete or roll back what a crash interrupted (at start, before anything else)."""
         with self._lock:
             return self.journal.replay()
 
     def sync(self, dry_run: bool = False) -> list[Op]:
         """Carry out (or, dry, only list) the operations that put every file where it belongs."""
         with self._lock:
-            snap = self._load()
             done: list[Op] = []
-            for image in snap.images.values():
-                try:
-                    self._reconcile(image, snap, dry_run, done)
-                except OSError as exc:  # one file's trouble never stops the others
-                    log.error("could not place %s: %s", image.path, exc)
+            again: Optional[set[int]] = None
+            for _ in range(_PASSES):
+                snap = self._load()
+                images = snap.images.values() if again is None else \
+                    [snap.images[i] for i in again if i in snap.images]
+                again = self._each(images, lambda image, s=snap: self._reconcile(image, s, dry_run),
+                                   dry_run, done, "place")
+                if not again:
+                    break
             if done and not dry_run:
                 log.info("placed: %d file operation(s)", len(done))
             return done
@@ -97,26 +117,78 @@ class Placer:
                 sql += f" LIMIT {int(last):d}"
             with self.store.read() as conn:
                 rows = conn.execute(sql, args).fetchall()
-            snap = self._load()
             done: list[Op] = []
-            for image_id in dict.fromkeys(r[1] for r in rows):
-                image = snap.images.get(image_id) or self.store.get_image(image_id)
-                if image is not None:
-                    self._undo_image(image, snap, dry_run, done)
+            todo = set(r[1] for r in rows)
+            order = list(dict.fromkeys(r[1] for r in rows))
+            for _ in range(_PASSES):
+                snap = self._load()
+                images = [image for image in (snap.images.get(i) or self.store.get_image(i)
+                                              for i in order if i in todo) if image is not None]
+                todo = self._each(images, lambda image, s=snap: self._undo_image(image, s),
+                                  dry_run, done, "undo")
+                if not todo:
+                    break
             if not dry_run and rows:
                 with self.store.transaction() as conn:
                     conn.executemany("UPDATE journal SET status = 'undone' WHERE id = ?",
                                      [(r[0],) for r in rows])
             return done
 
+    # -- carrying out --------------------------------------------------------------------------
+    def _each(self, images: Iterable[ImageRow], plan: Callable[[ImageRow], list[_Group]],
+              dry_run: bool, done: list[Op], what: str) -> set[int]:
+        """Plan each image's operations; a dry run only lists them in ``done``, else they are
+        carried out a chunk at a time and the ones done are added. Returns the images to plan
+        again: a destination was taken between planning and doing."""
+        again: set[int] = set()
+        chunk: list[_Group] = []
+        waiting = 0
+        for image in images:
+            try:
+                groups = plan(image)
+            except OSError as exc:  # one file's trouble never stops the others
+                log.error("could not %s %s: %s", what, image.path, exc)
+                continue
+            if dry_run:
+                done.extend(op for group in groups for op in group.ops)
+                continue
+            chunk += [g for g in groups if g.ops or g.then or g.prune]
+            waiting += sum(len(g.ops) for g in groups)
+            if waiting >= CHUNK_OPS:
+                self._carry_out_chunk(chunk, done, again, what)
+                chunk, waiting = [], 0
+        if chunk:
+            self._carry_out_chunk(chunk, done, again, what)
+        return again
+
+    def _carry_out_chunk(self, chunk: list[_Group], done: list[Op], again: set[int],
+                         what: str) -> None:
+        for group, out in zip(chunk, self.journal.run([g.ops for g in chunk])):
+            done.extend(out.done)
+            if out.error is None:
+                for then in group.then:
+                    then()
+            elif isinstance(out.error, FileExistsError):
+                again.add(group.image.id)
+            elif what == "undo":
+                log.error("could not undo %s: %s", group.image.path, out.error)
+            else:
+                log.error("%s failed: %s (the file stays where it was)", out.failed.describe(),
+                          out.error)
+            for folder in group.prune:
+                _prune_empty(folder, self.config.library)
+
     # -- reconciliation ------------------------------------------------------------------------
-    def _reconcile(self, image: ImageRow, snap: _Snapshot, dry_run: bool, done: list[Op]) -> None:
+    def _reconcile(self, image: ImageRow, snap: _Snapshot, dry_run: bool) -> list[_Group]:
+        """This image's operations (a dry run writes nothing; a real one may update the image's
+        placement rows, not its files)."""
         placements = self._current(image, snap.placements.get(image.id, []), dry_run)
         if placements is None:
-            return
+            return []
         targets = self._targets(image, snap)
         if not targets:
-            return
+            return []
+        group = _Group(image)
         main = next((p for p in placements if p.kind == "main"), None)
         extras = [p for p in placements if p.kind == "extra"]
         action = self.config.placement.action
@@ -124,30 +196,25 @@ class Placer:
             try:
                 st = os.lstat(image.path)
             except FileNotFoundError:
-                return  # gone from the inbox before it could be placed
+                return []  # gone from the inbox before it could be placed
             if (st.st_size, st.st_mtime_ns) != (image.size, image.mtime_ns):
-                return  # a new version: the pipeline ingests it first
+                return []  # a new version: the pipeline ingests it first
             template = Op(action, image.path, None, image.id,
                           "main", image.sha256, "place", action)
-            main_path = self._carry_out(template, targets[0], image, snap, dry_run, done)
+            main_path = self._carry_out(template, targets[0], image, snap, group)
         elif not os.path.lexists(main.path):
             log.warning("%s was placed at %s but is not there any more; leaving it be",
                         image.path, main.path)
             if not dry_run:
                 self._mark_gone(main)
-            return
+            return []
         elif self._acceptable(main.path, targets[0], image, snap):
             main_path = main.path
         else:
             sha = content_id(main.path) if os.path.islink(main.path) else image.sha256
             template = Op("move", main.path, None, image.id, "main", sha, "follow", main.action)
-            main_path = self._carry_out(template, targets[0], image, snap, dry_run, done)
-            if main_path is None:
-                main_path = main.path
-            elif not dry_run:
-                _prune_empty(main.path.parent, self.config.library)
-        if main_path is None:
-            return
+            main_path = self._carry_out(template, targets[0], image, snap, group)
+            group.prune.append(main.path.parent)
         unmatched = list(extras)
         for rel in targets[1:]:
             keep = next((e for e in unmatched if self._acceptable(e.path, rel, image, snap)), None)
@@ -157,10 +224,11 @@ class Placer:
             # extra entries are links (a copy where links are impossible), never a second move
             src, op = (image.path, "symlink") if action == "symlink" else (main_path, "hardlink")
             self._carry_out(Op(op, src, None, image.id, "extra", image.sha256, "place", op),
-                            rel, image, snap, dry_run, done)
+                            rel, image, snap, group)
         for extra in unmatched:
-            self._do(Op("retire", extra.path, None, image.id, "extra", image.sha256, "follow",
-                        extra.action), dry_run, done)
+            group.ops.append(Op("retire", extra.path, None, image.id, "extra", image.sha256,
+                                "follow", extra.action))
+        return [group]
 
     def _current(self, image: ImageRow, placements: list[_Placement],
                  dry_run: bool) -> Optional[list[_Placement]]:
@@ -283,51 +351,32 @@ class Placer:
         raise AssertionError("unreachable")
 
     def _carry_out(self, template: Op, rel: Path, image: ImageRow, snap: _Snapshot,
-                   dry_run: bool, done: list[Op]) -> Optional[Path]:
-        """Pick a destination and do the operation, taking the next name if it was taken meanwhile."""
-        for _ in range(1000):
-            dst = self._choose(rel, image, template.kind, snap)
-            snap.reserved.add(dst)
-            op = Op(template.op, template.src, dst, template.image_id, template.kind,
-                    template.sha256, template.reason, template.action)
-            try:
-                self._do(op, dry_run, done)
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                log.error("%s failed: %s (the file stays where it was)", op.describe(), exc)
-                return None
-            return dst
-        return None
-
-    def _do(self, op: Op, dry_run: bool, done: list[Op]) -> None:
-        if dry_run:
-            done.append(op)
-            return
-        done.append(self.journal.execute(op))
+                   group: _Group) -> Path:
+        """Pick a free destination for ``template`` and add the operation to ``group``."""
+        dst = self._choose(rel, image, template.kind, snap)
+        snap.reserved.add(dst)
+        group.ops.append(replace(template, dst=dst))
+        return dst
 
     # -- undo ----------------------------------------------------------------------------------
-    def _undo_image(self, image: ImageRow, snap: _Snapshot, dry_run: bool, done: list[Op]) -> None:
+    def _undo_image(self, image: ImageRow, snap: _Snapshot) -> list[_Group]:
+        """Put the image's placed files back: links and copies retired, a moved file moved back
+        beside its inbox path, then held there."""
         placements = [p for p in snap.placements.get(image.id, []) if p.kind in ("main", "extra")]
-        try:
-            for p in sorted(placements, key=lambda p: p.kind != "extra"):
-                if not os.path.lexists(p.path):
-                    continue
-                if p.kind == "main" and p.action == "move":
-                    target = self._free_beside(image.path, snap)
-                    sha = content_id(p.path) if os.path.islink(p.path) else image.sha256
-                    self._do(Op("move", p.path, target, image.id, "held", sha, "undo", "move"),
-                             dry_run, done)
-                else:
-                    self._do(Op("retire", p.path, None, image.id, p.kind, image.sha256, "undo",
-                                p.action), dry_run, done)
-        except OSError as exc:
-            log.error("could not undo %s: %s", image.path, exc)
-            return
-        if not dry_run:
-            self._hold(image)
-            for p in placements:
-                _prune_empty(p.path.parent, self.config.library)
+        group = _Group(image)
+        for p in sorted(placements, key=lambda p: p.kind != "extra"):
+            if not os.path.lexists(p.path):
+                continue
+            if p.kind == "main" and p.action == "move":
+                target = self._free_beside(image.path, snap)
+                sha = content_id(p.path) if os.path.islink(p.path) else image.sha256
+                group.ops.append(Op("move", p.path, target, image.id, "held", sha, "undo", "move"))
+            else:
+                group.ops.append(Op("retire", p.path, None, image.id, p.kind, image.sha256, "undo",
+                                    p.action))
+        group.then.append(lambda: self._hold(image))
+        group.prune += sorted({p.path.parent for p in placements})
+        return [group]
 
     def _free_beside(self, path: Path, snap: _Snapshot) -> Path:
         for name in candidate_names(path.name):

@@ -181,10 +181,17 @@ class Store:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def transaction(self):
+    def transaction(self, durable: bool = False):
         """A write transaction for modules that keep their own tables (identities, placement):
-        ``with store.transaction() as conn: conn.execute(...)``; nested uses join the outer one."""
-        return self._tx()
+        ``with store.transaction() as conn: conn.execute(...)``; nested uses join the outer one.
+
+        ``durable=True``: the commit is on the disk when the block ends, not only in the WAL's
+        page cache (``synchronous=FULL`` for this commit; the store runs NORMAL, which survives a
+        killed process but may lose the last commits in a power cut). For rows that must outlive
+        what happens next on the disk: the journal's 'planned' rows, written before the files
+        move. It cannot join an outer transaction (whose commit would not be synced).
+        """
+        return self._tx(durable)
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -193,12 +200,16 @@ class Store:
             yield self._conn
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
         """One write transaction; nested uses join the outer one. ``_on_commit`` runs after COMMIT."""
         with self._lock:
             if self._conn.in_transaction:
+                if durable:
+                    raise RuntimeError("a durable transaction cannot join an outer one")
                 yield self._conn
                 return
+            if durable:
+                self._conn.execute("PRAGMA synchronous = FULL")   # WAL: fsync at this COMMIT
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
@@ -208,6 +219,9 @@ class Store:
                     self._conn.execute("ROLLBACK")
                 self._on_commit.clear()
                 raise
+            finally:
+                if durable:
+                    self._conn.execute("PRAGMA synchronous = NORMAL")
             callbacks, self._on_commit = self._on_commit, []
             for callback in callbacks:
                 callback()
