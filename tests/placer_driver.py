@@ -6,6 +6,8 @@ journal, records every inbox file not yet recorded (face i of file n belongs to 
 every 5th file has no face; duplicates point at their original), renames every identity after the
 round number so that placed files must follow, then syncs. Each phase is appended to
 ``rounds.log`` beside the state folder, so the test knows where each kill landed.
+``placer_driver.py CONFIG ROUND quarantine`` instead sets every inbox file aside as broken, as the
+pipeline does (an 'error' row, then ``Placer.quarantine``).
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ def main(argv: Sequence[str]) -> int:
     placer = Placer(config, store)
     repaired = placer.replay()
     log.write(f"{round_no} replayed {sum(repaired.values())}\n")
+    if argv[2:] == ["quarantine"]:
+        quarantine_all(store, placer, config.inboxes[0].path, log, round_no)
+        store.close()
+        return 0
     with store.read() as conn:
         people = [r[0] for r in conn.execute("SELECT id FROM identities ORDER BY id")]
         known = {r[0] for r in conn.execute("SELECT path FROM images WHERE status != 'pending'")}
@@ -86,6 +92,19 @@ def main(argv: Sequence[str]) -> int:
     log.write(f"{round_no} synced {time.time()} {len(ops)}\n")
     store.close()
     return 0
+
+
+def quarantine_all(store, placer, inbox: Path, log, round_no: int) -> None:
+    """Record every file in ``inbox`` as broken and set it aside, as the pipeline does."""
+    log.write(f"{round_no} syncing {time.time()}\n")
+    n = 0
+    for path in sorted(p for p in inbox.rglob("*") if p.is_file()):
+        st = path.stat()
+        image_id = store.record_error(path, inbox, None, st.st_size, st.st_mtime_ns,
+                                      f"broken for the test ({path.name})")
+        placer.quarantine(image_id, path, f"broken for the test ({path.name})")
+        n += 1
+    log.write(f"{round_no} synced {time.time()} {n}\n")
 
 
 if __name__ == "__main__":

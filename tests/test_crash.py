@@ -2,7 +2,8 @@
 and restarted; at the end a sha256 census proves no file was lost, duplicated or altered.
 
 The process is ``placer_driver.py`` (no model: it records the files as ingested with made-up
-faces, renames two people each round so placed files must move again, replays and syncs).
+faces, renames two people each round so placed files must move again, replays and syncs; or it
+sets every file aside as broken, through the journaled quarantine).
 """
 
 from __future__ import annotations
@@ -37,20 +38,20 @@ def make_inbox(inbox: Path, n: int, rng: random.Random) -> Counter:
     return want
 
 
-def census(root: Path) -> Counter:
+def census(root: Path, skip: Callable[[Path], bool] = lambda p: False) -> Counter:
     """sha256 of every regular file under ``root`` (each path counts: a second link is a copy)."""
     return Counter(hashlib.sha256(p.read_bytes()).hexdigest()
-                   for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+                   for p in root.rglob("*") if p.is_file() and not p.is_symlink() and not skip(p))
 
 
 def run_driver(config: Path, round_no: int, kill: Callable[[], float] | None = None,
-               when_syncing: bool = False) -> bool:
+               when_syncing: bool = False, mode: tuple[str, ...] = ()) -> bool:
     """Run one round; with ``kill``, SIGKILL it that many seconds after its start (or, with
     ``when_syncing``, after it starts moving files). True if it was killed while still working."""
     env = dict(os.environ, PYTHONPATH=f"{HERE.parent}{os.pathsep}{HERE}")
     log = config.parent / "rounds.log"
-    proc = subprocess.Popen([sys.executable, str(DRIVER), str(config), str(round_no)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, str(DRIVER), str(config), str(round_no), *mode],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         if kill is not None:
             if when_syncing:
@@ -152,3 +153,50 @@ def test_sigkill_with_the_library_on_another_filesystem(tmp_path):
             for p in sorted(library.rglob("*"), reverse=True):
                 p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
             library.rmdir()
+
+
+def test_sigkill_while_quarantining_loses_nothing(tmp_path):
+    """Broken files set aside through the journal, the process killed at random moments while it
+    moves them: at the end each file is in the quarantine folder once, with one reason file that
+    names where it came from, and the journal holds nothing half done."""
+    rng = random.Random(77)
+    calibrate, root = tmp_path / "calibrate", tmp_path / "run"
+    for where in (calibrate, root):
+        want = make_inbox(where / "inbox", 100, random.Random(5))
+        (where / "facesortd.yaml").write_text("inboxes:\n  - path: inbox\n")
+        (where / "rounds.log").write_text("\n")
+    run_driver(calibrate / "facesortd.yaml", 1, mode=("quarantine",))
+    moving = sync_seconds(calibrate / "rounds.log", 1)
+    config, inbox, quarantine = root / "facesortd.yaml", root / "inbox", root / "library" / "_quarantine"
+    log = root / "rounds.log"
+    kills = rounds = batches = 0
+    while rounds < 80:
+        left = sum(census(inbox).values())
+        if not left:   # all set aside: enough kills, one of them mid-operation? else more files
+            if (kills >= 6 and replayed(log)) or batches == 4:
+                break
+            batches += 1
+            want += make_inbox(inbox / f"more{batches}", 100, rng)
+            continue
+        rounds += 1   # aimed inside the time the files left take
+        kills += run_driver(config, rounds, lambda n=left: rng.uniform(0, moving * (n + 2) / 100),
+                            when_syncing=True, mode=("quarantine",))
+    run_driver(config, rounds + 1, mode=("quarantine",))   # the last start repairs
+    assert kills >= 6, f"only {kills} of {rounds} rounds were killed mid-run"
+
+    def is_reason(p: Path) -> bool:
+        return p.name.endswith(".txt")
+
+    assert not census(inbox) and census(quarantine, is_reason) == want
+    db = sqlite3.connect(root / "state" / "facesortd.db")
+    try:
+        statuses = dict(db.execute("SELECT status, COUNT(*) FROM journal GROUP BY status"))
+        originals = sorted(os.fsdecode(r[0]) for r in db.execute("SELECT path FROM images"))
+    finally:
+        db.close()
+    reasons = sorted(p.read_text().splitlines()[0] for p in quarantine.iterdir() if is_reason(p))
+    assert reasons == originals, "a reason file missing or written twice"
+    assert not list(quarantine.glob(".facesortd-*")), "temporary files left behind"
+    assert "planned" not in statuses and "failed" not in statuses, statuses
+    assert statuses["done"] == len(originals) == sum(want.values())
+    assert replayed(log) > 0, "no kill left an operation for the journal replay to settle"

@@ -4,6 +4,11 @@ file's trip ends (done, no face, duplicate, error, quarantined, gone).
 Both pipeline stages (pipeline_prepare.py, pipeline_model.py) end files only through a Ledger, so
 the in-flight set that ``Pipeline.drain`` waits on and the copies of content waiting for their
 first copy stay consistent under one lock.
+
+A broken file is recorded here and handed to ``set_aside``, a port the app fills with the
+library's journaled quarantine (library/quarantine.py): the library is the only writer into the
+library, and ingest sits below it. Without one (a pipeline with no library: benchmarks, tests) a
+broken file is recorded and left where it is.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from facesortd.config import Config
-from facesortd.models.base import Box
-from facesortd.fsops import move_no_overwrite, write_new_text
 from facesortd.inbox.jobs import Job
+from facesortd.models.base import Box
 from facesortd.store.database import Store
 
 log = logging.getLogger("facesortd.pipeline")
+
+SetAside = Callable[[int, Path, str], Optional[Path]]
+"""(image id, path, reason) -> where the broken file went (None: it was gone); OSError when it
+could not be moved."""
 
 
 @dataclass
@@ -68,9 +76,10 @@ class Ledger:
     def __init__(self, config: Config, store: Store, stats: Stats,
                  requeue: Callable[[Job], bool],
                  on_finished: Optional[Callable[[Job, str, Optional[str]], None]] = None,
-                 dry_run: bool = False):
+                 dry_run: bool = False, set_aside: Optional[SetAside] = None):
         self.config, self.store, self.stats = config, store, stats
         self.requeue, self.on_finished, self.dry_run = requeue, on_finished, dry_run
+        self.set_aside = set_aside
         self.lock = threading.Lock()
         self.idle = threading.Condition(self.lock)
         self.in_flight: set[Path] = set()
@@ -152,7 +161,8 @@ class Ledger:
         self.finish(job, "duplicate")
 
     def quarantine(self, job: Job, reason: str) -> None:
-        """Record a broken file and move it, with a reason file, into the quarantine folder."""
+        """Record a broken file and have it set aside, with a reason file, into the quarantine
+        folder (``set_aside``)."""
         if not job.path.exists():
             log.info("gone before it could be read: %s", job.path)
             self.finish(job, "gone")
@@ -172,11 +182,10 @@ class Ledger:
             return
         # Recorded before the move: a crash in between leaves the file in the inbox, where the
         # next start finds it again (an 'error' row is never taken as already ingested).
-        self.store.record_error(job.path, job.inbox, None, size, mtime_ns, reason)
+        image_id = self.store.record_error(job.path, job.inbox, None, size, mtime_ns, reason)
         try:
-            moved_to = move_no_overwrite(job.path, where)
-            write_new_text(moved_to.with_name(moved_to.name + ".reason.txt"),
-                           f"{job.path}\n{reason}\n")
+            if self.set_aside is not None:
+                moved_to = self.set_aside(image_id, job.path, reason)
         except FileNotFoundError:
             pass
         except OSError as exc:

@@ -5,7 +5,8 @@ not done and completes it or rolls it back, so a crash at any instant loses noth
 Operations (``op``): ``move`` src -> dst (the source is unlinked only once dst holds its bytes),
 ``copy``, ``hardlink``, ``symlink`` (the source stays), ``retire`` (unlink one of our own extra
 links or copies after checking it still holds the recorded bytes). Statuses: planned, done,
-rolled_back, failed, undone (a done operation that ``facesortd undo`` reverted).
+rolled_back, failed, undone (a done operation that ``facesortd undo`` reverted). Reasons: place,
+follow, undo, quarantine (a broken file set aside: quarantine.py).
 
 A power cut, not only a killed process: the store runs WAL with ``synchronous=NORMAL``, whose
 commits reach the disk only at the next checkpoint, so a 'planned' row could be lost while the
@@ -54,7 +55,7 @@ class Op:
     image_id: Optional[int]
     kind: str
     sha256: Optional[str]
-    reason: str = "place"        # place | follow | undo
+    reason: str = "place"        # place | follow | undo | quarantine
     action: str = "move"         # the placement's action (for a new placement row)
     id: Optional[int] = None
 

@@ -5,9 +5,10 @@ compares it with where its file is (the ``placements`` table; an image without a
 its inbox path) and carries out the difference through the ``Journal``. Renames, merges, splits and
 reassignments need nothing special: the wanted folder changes and the file follows. Files the
 placer did not put in the library have no row and are never touched; a placed file someone moved
-away is marked 'gone' and left alone. ``undo()`` puts files back in their inbox and holds them.
-Operations are planned for a chunk of images, then carried out together (``Journal.run``: one
-synced commit and one fsync per folder for the chunk, not per file).
+away is marked 'gone' and left alone. ``undo()`` puts files back in their inbox and holds them,
+quarantined ones too. Operations are planned for a chunk of images, then carried out together
+(``Journal.run``: one synced commit and one fsync per folder for the chunk, not per file).
+``quarantine()`` is the pipeline's way to set a broken file aside (quarantine.py).
 ``audit()`` says, read-only, where each placed file is against where the placer wants it
 (``facesortd doctor``).
 """
@@ -26,6 +27,7 @@ from typing import Callable, Iterable, Optional
 
 from facesortd.config import Config
 from facesortd.fsops import candidate_names
+from facesortd.library import quarantine
 from facesortd.library.journal import Journal, Op, content_id
 from facesortd.library.layout import Folder, identity_folders, is_candidate, layout_fields, photo_date, render
 from facesortd.store.database import DB_NAME, ImageRow, Store, decode_path, encode_path
@@ -82,7 +84,14 @@ class Placer:
     def replay(self) -> dict[str, int]:
         """Complete or roll back what a crash interrupted (at start, before anything else)."""
         with self._lock:
-            return self.journal.replay()
+            outcome = self.journal.replay()
+            quarantine.repair(self.config, self.store)
+            return outcome
+
+    def quarantine(self, image_id: int, path: Path, reason: str) -> Optional[Path]:
+        """Set the broken file ``path`` (image ``image_id``, recorded as an error) aside into the
+        quarantine folder, journaled: the pipeline's ``set_aside`` (see quarantine.py)."""
+        return quarantine.set_aside(self.config, self.journal, image_id, path, reason)
 
     def sync(self, dry_run: bool = False) -> list[Op]:
         """Carry out (or, dry, only list) the operations that put every file where it belongs."""
@@ -104,11 +113,11 @@ class Placer:
     def undo(self, last: Optional[int] = None, since: Optional[float] = None,
              dry_run: bool = False) -> list[Op]:
         """Put the files of the last ``last`` placement operations (or those since ``since``)
-        back where they came from, and hold them there (the placer leaves them alone until the
-        file changes)."""
+        back where they came from, quarantined files included, and hold them there (the placer
+        and the pipeline leave them alone until the file changes)."""
         with self._lock:
             sql = ("SELECT id, image_id FROM journal WHERE status = 'done' AND image_id IS NOT NULL "
-                   "AND reason IN ('place', 'follow') AND op != 'retire'")
+                   "AND reason IN ('place', 'follow', 'quarantine') AND op != 'retire'")
             args: tuple = ()
             if since is not None:
                 sql, args = sql + " AND created_at >= ?", (since,)
@@ -361,22 +370,25 @@ class Placer:
     # -- undo ----------------------------------------------------------------------------------
     def _undo_image(self, image: ImageRow, snap: _Snapshot) -> list[_Group]:
         """Put the image's placed files back: links and copies retired, a moved file moved back
-        beside its inbox path, then held there."""
-        placements = [p for p in snap.placements.get(image.id, []) if p.kind in ("main", "extra")]
-        group = _Group(image)
-        for p in sorted(placements, key=lambda p: p.kind != "extra"):
+        beside its inbox path, then held there. A quarantined file's reason file is retired on its
+        own (one edited by hand stays and does not keep the file from going back)."""
+        placements = [p for p in snap.placements.get(image.id, [])
+                      if p.kind in ("main", "extra", "reason")]
+        group, note = _Group(image), _Group(image)
+        for p in sorted(placements, key=lambda p: ("extra", "main", "reason").index(p.kind)):
             if not os.path.lexists(p.path):
                 continue
+            sha = p.sha256 or image.sha256   # a quarantined file: the image row has no hash
             if p.kind == "main" and p.action == "move":
                 target = self._free_beside(image.path, snap)
-                sha = content_id(p.path) if os.path.islink(p.path) else image.sha256
+                sha = content_id(p.path) if os.path.islink(p.path) else sha
                 group.ops.append(Op("move", p.path, target, image.id, "held", sha, "undo", "move"))
             else:
-                group.ops.append(Op("retire", p.path, None, image.id, p.kind, image.sha256, "undo",
-                                    p.action))
+                (note if p.kind == "reason" else group).ops.append(
+                    Op("retire", p.path, None, image.id, p.kind, sha, "undo", p.action))
         group.then.append(lambda: self._hold(image))
-        group.prune += sorted({p.path.parent for p in placements})
-        return [group]
+        note.prune += sorted({p.path.parent for p in placements})
+        return [group, note]
 
     def _free_beside(self, path: Path, snap: _Snapshot) -> Path:
         for name in candidate_names(path.name):

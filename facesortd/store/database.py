@@ -348,16 +348,19 @@ class Store:
                 raise KeyError(f"no image with id {image_id}")
 
     def image_is_current(self, path: PathLike, size: int, mtime_ns: int) -> bool:
-        """True if this exact file (same size and mtime) already has its faces recorded.
+        """True if this exact file (same size and mtime) already has its faces recorded, or is
+        a broken file that ``facesortd undo`` took back out of quarantine and holds.
 
-        'pending' is not current (the daemon stopped while working on it), nor is 'error': a
-        broken file is moved to quarantine, so one still in the inbox failed for another reason
-        (the model, the disk) and is worth another try.
+        'pending' is not current (the daemon stopped while working on it), nor is any other
+        'error': a broken file is moved to quarantine, so one still in the inbox failed for another
+        reason (the model, the disk) and is worth another try.
         """
         with self._lock:
             row = self._conn.execute(
                 "SELECT 1 FROM images WHERE path = ? AND size = ? AND mtime_ns = ? "
-                "AND status IN ('done', 'noface', 'duplicate')",
+                "AND (status IN ('done', 'noface', 'duplicate') OR status = 'error' AND EXISTS ("
+                "SELECT 1 FROM placements WHERE image_id = images.id AND kind = 'held' "
+                "AND mtime_ns = images.mtime_ns))",
                 (encode_path(path), size, mtime_ns)).fetchone()
         return row is not None
 
