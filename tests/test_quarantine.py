@@ -214,5 +214,7 @@ def test_undo_leaves_a_reason_file_edited_by_hand(env):
     assert path.read_bytes() == BROKEN
     assert files(env.quarantine) == {"notes.jpg.reason.txt":
                                      b"checked: the camera's card is bad\n"}
+    (status, error), = env.rows("SELECT status, error FROM journal WHERE op = 'retire'")
+    assert status == "failed" and "changed since it was placed" in error
     st = path.stat()
     assert env.store.image_is_current(path, st.st_size, st.st_mtime_ns)

@@ -74,6 +74,11 @@ class Outcome:
     failed: Optional[Op] = None
     error: Optional[OSError] = None
 
+    @property
+    def taken(self) -> bool:
+        """It stopped only because a destination appeared meanwhile: plan it again."""
+        return self.failed is not None and _taken(self.failed, self.error)
+
 
 def tmp_name(dst: Path, journal_id: int) -> Path:
     """Where a copy is written before it is renamed to ``dst`` (ours by name: replay removes it)."""
@@ -115,12 +120,12 @@ class Journal:
                         continue
                     try:
                         folders |= self._do(op)
-                    except FileExistsError as exc:
-                        out.failed, out.error = op, exc
-                        settled.append(("rolled_back", "destination appeared meanwhile", op.id))
                     except OSError as exc:
                         out.failed, out.error = op, exc
-                        settled.append(("failed", f"{type(exc).__name__}: {exc}", op.id))
+                        if _taken(op, exc):
+                            settled.append(("rolled_back", "destination appeared meanwhile", op.id))
+                        else:
+                            settled.append(("failed", f"{type(exc).__name__}: {exc}", op.id))
                     else:
                         out.done.append(op)
         finally:   # also when interrupted: what was done is recorded, the rest rolled back
@@ -274,6 +279,12 @@ def _op_from_row(row: tuple) -> Op:
     return Op(op=op, src=decode_path(src), dst=None if dst is None else decode_path(dst),
               image_id=image_id, kind=kind, sha256=sha, reason=reason or "place",
               action=action or "move", id=jid)
+
+
+def _taken(op: Op, exc: OSError) -> bool:
+    """Did ``op`` fail only because its destination appeared meanwhile (try another name)? A
+    retire refused for a file changed by hand is EEXIST too, but a failure."""
+    return isinstance(exc, FileExistsError) and op.op != "retire"
 
 
 def _make_folders(folder: Path) -> set[Path]:

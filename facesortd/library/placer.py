@@ -177,7 +177,7 @@ class Placer:
             if out.error is None:
                 for then in group.then:
                     then()
-            elif isinstance(out.error, FileExistsError):
+            elif out.taken:
                 again.add(group.image.id)
             elif what == "undo":
                 log.error("could not undo %s: %s", group.image.path, out.error)
