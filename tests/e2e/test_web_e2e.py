@@ -31,7 +31,7 @@ pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
 from web_fixtures import CHROMIUM, CHROMIUM_ARGS, browser_or_skip  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
 PEOPLE = ("Allyson_Felix", "Antonio_Palocci", "Fujio_Cho", "JK_Rowling", "Paul_McCartney")
 PER_PERSON = 4

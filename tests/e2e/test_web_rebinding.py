@@ -29,7 +29,7 @@ pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 from identity_fixtures import copy_library  # noqa: E402
 from web_fixtures import CHROMIUM, CHROMIUM_ARGS, browser_or_skip  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ATTACKER = "attacker.test"
 
 

@@ -33,7 +33,7 @@ from identity_fixtures import (  # noqa: E402
     small_library,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 P = ClusterParams(eps=0.5, min_samples=2, max_link=1.0, min_gap=1.0)
 
 

@@ -30,7 +30,7 @@ from facesortd.telemetry import parse_prometheus
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
 
 

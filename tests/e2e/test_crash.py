@@ -22,8 +22,8 @@ from typing import Callable
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-DRIVER = HERE / "placer_driver.py"
+TESTS = Path(__file__).resolve().parents[1]
+DRIVER = TESTS / "placer_driver.py"
 
 
 def make_inbox(inbox: Path, n: int, rng: random.Random) -> Counter:
@@ -48,7 +48,7 @@ def run_driver(config: Path, round_no: int, kill: Callable[[], float] | None = N
                when_syncing: bool = False, mode: tuple[str, ...] = ()) -> bool:
     """Run one round; with ``kill``, SIGKILL it that many seconds after its start (or, with
     ``when_syncing``, after it starts moving files). True if it was killed while still working."""
-    env = dict(os.environ, PYTHONPATH=f"{HERE.parent}{os.pathsep}{HERE}")
+    env = dict(os.environ, PYTHONPATH=f"{TESTS.parent}{os.pathsep}{TESTS}")
     log = config.parent / "rounds.log"
     proc = subprocess.Popen([sys.executable, str(DRIVER), str(config), str(round_no), *mode],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

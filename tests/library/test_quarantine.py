@@ -21,7 +21,7 @@ from facesortd.library.journal import Op
 from facesortd.library.placer import Placer
 from facesortd.store.database import Store, decode_path
 
-HERE = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
 BROKEN = b"\xff\xd8\xff\xe0 a JPEG that stops here"
 REASON = "truncated image: image file is truncated"
 
@@ -140,7 +140,7 @@ def test_a_crash_mid_quarantine_is_repaired_at_the_next_start(env, where):
     image_id, path = env.broken("crash.jpg")
     env.store.close()
     proc = subprocess.run([sys.executable, "-c", _KILLER, str(env.config_path), str(image_id),
-                           str(path), where], env=dict(os.environ, PYTHONPATH=str(HERE.parent)),
+                           str(path), where], env=dict(os.environ, PYTHONPATH=str(REPO)),
                           stderr=subprocess.PIPE)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode(errors="replace")
     env.store = Store.open(env.config.state_dir)
