@@ -29,8 +29,6 @@ import pytest
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
-from web_fixtures import CHROMIUM, CHROMIUM_ARGS, browser_or_skip  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[2]
 TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
 PEOPLE = ("Allyson_Felix", "Antonio_Palocci", "Fujio_Cho", "JK_Rowling", "Paul_McCartney")
@@ -205,8 +203,7 @@ class Browser:
         self.thumbs_loaded()
 
 
-def test_review_page_in_chromium_moves_the_files(tmp_path, data_dir):
-    sync_playwright = browser_or_skip()
+def test_review_page_in_chromium_moves_the_files(tmp_path, data_dir, sync_playwright, launch_chromium):
     root = tmp_path / "run"
     put = make_root(root, data_dir)
     daemon = RunningDaemon(root)
@@ -229,7 +226,7 @@ def test_review_page_in_chromium_moves_the_files(tmp_path, data_dir):
         expect = dict(before)
 
         with sync_playwright() as pw:
-            chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            chromium = launch_chromium(pw)
             try:
                 page = chromium.new_page(viewport={"width": 1280, "height": 900})
                 ui = Browser(page, base)

@@ -26,9 +26,6 @@ import pytest
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
-from identity_fixtures import copy_library  # noqa: E402
-from web_fixtures import CHROMIUM, CHROMIUM_ARGS, browser_or_skip  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[2]
 ATTACKER = "attacker.test"
 
@@ -83,7 +80,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(library, tmp_path_factory):
     root = tmp_path_factory.mktemp("rebinding")
-    copy_library(library, root, extra="  allowed_hosts: [photos.test]\n")
+    library.copy(root, extra="  allowed_hosts: [photos.test]\n")
     server = Served(root)
     yield server
     assert server.stop() == 0, server.log()
@@ -196,16 +193,15 @@ ATTACK = """async ([identity, image, stolen]) => {
 }"""
 
 
-def test_chromium_on_a_rebound_name_gets_no_page_no_token_and_no_photo(served):
-    sync_playwright = browser_or_skip()
+def test_chromium_on_a_rebound_name_gets_no_page_no_token_and_no_photo(served, sync_playwright,
+                                                                       launch_chromium):
     identity, _, image = target(served.root)
     port = served.port
     _, _, body = served.request("GET", "/api/csrf", f"127.0.0.1:{port}")
     csrf = json.loads(body)["csrf_token"]
     rows, on_disk = store_rows(served.root), files(served.root)
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + [
-            f"--host-resolver-rules=MAP {ATTACKER} 127.0.0.1"])
+        chromium = launch_chromium(pw, f"--host-resolver-rules=MAP {ATTACKER} 127.0.0.1")
         try:
             page = chromium.new_page()
             page.set_default_timeout(20_000)

@@ -13,18 +13,6 @@ from facesortd.store.database import Store
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
-from identity_fixtures import (  # noqa: E402
-    copy_library,
-    faces_by_person,
-    main_identity,
-    small_library,
-)
-
-
-@pytest.fixture(scope="module")
-def library(tmp_path_factory, data_dir):
-    return small_library(tmp_path_factory, data_dir)
-
 
 def state(store: Store) -> dict:
     """Everything a correction may change."""
@@ -42,10 +30,10 @@ def identity(store: Store, face: int):
 
 
 def test_every_correction_survives_a_recluster_and_a_restart(library, tmp_path):
-    config = copy_library(library, tmp_path)
+    config = library.copy(tmp_path)
     with Store.open(config.state_dir) as store:
-        people = faces_by_person(store)
-        ids = {p: main_identity(pairs) for p, pairs in people.items()}
+        people = library.faces_by_person(store)
+        ids = {p: library.main_identity(pairs) for p, pairs in people.items()}
         face = {p: [f for f, i in pairs if i == ids[p]] for p, pairs in people.items()}
         allyson, antonio, fujio, jk = (ids[p] for p in ("Allyson_Felix", "Antonio_Palocci",
                                                         "Fujio_Cho", "JK_Rowling"))
@@ -89,10 +77,10 @@ def test_every_correction_survives_a_recluster_and_a_restart(library, tmp_path):
 
 
 def test_undo_restores_each_operation_exactly(library, tmp_path):
-    config = copy_library(library, tmp_path)
+    config = library.copy(tmp_path)
     with Store.open(config.state_dir) as store:
-        people = faces_by_person(store)
-        ids = {p: main_identity(pairs) for p, pairs in people.items()}
+        people = library.faces_by_person(store)
+        ids = {p: library.main_identity(pairs) for p, pairs in people.items()}
         faces = {p: [f for f, i in pairs if i == ids[p]] for p, pairs in people.items()}
         a, b, d = ids["Allyson_Felix"], ids["Antonio_Palocci"], ids["JK_Rowling"]
         ops = [
@@ -126,11 +114,11 @@ def test_undo_restores_each_operation_exactly(library, tmp_path):
 
 
 def test_bad_requests_change_nothing(library, tmp_path):
-    config = copy_library(library, tmp_path)
+    config = library.copy(tmp_path)
     with Store.open(config.state_dir) as store:
-        people = faces_by_person(store)
-        a = main_identity(people["Allyson_Felix"])
-        b = main_identity(people["Antonio_Palocci"])
+        people = library.faces_by_person(store)
+        a = library.main_identity(people["Allyson_Felix"])
+        b = library.main_identity(people["Antonio_Palocci"])
         before = state(store)
         for bad in (lambda: c.rename(store, 99999, "x"),
                     lambda: c.rename(store, a, "../etc"),

@@ -23,54 +23,40 @@ from facesortd.store.database import Store
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
-from identity_fixtures import (  # noqa: E402
-    PEOPLE,
-    PER_PERSON,
-    add_photos,
-    copy_library,
-    faces_by_person,
-    main_identity,
-    small_library,
-)
-
 REPO = Path(__file__).resolve().parents[2]
 P = ClusterParams(eps=0.5, min_samples=2, max_link=1.0, min_gap=1.0)
-
-
-@pytest.fixture(scope="module")
-def library(tmp_path_factory, data_dir):
-    return small_library(tmp_path_factory, data_dir)
 
 
 # ---------------------------------------------------------------- the daemon on real photos
 
 def test_run_once_assigns_every_face_and_keeps_the_graph(library):
-    with Store.open(library / "state") as store:
-        by_person = faces_by_person(store)
+    with Store.open(library.root / "state") as store:
+        by_person = library.faces_by_person(store)
         ids, _ = store.vectors()
         with store.read() as conn:
             meta = dict(conn.execute("SELECT key, value FROM meta"))
             edges = conn.execute("SELECT COUNT(*) FROM face_edges").fetchone()[0]
-    assert sorted(by_person) == sorted(PEOPLE)
-    mains = {p: main_identity(pairs) for p, pairs in by_person.items()}
-    assert len(set(mains.values())) == len(PEOPLE)          # five people, five identities
+    assert sorted(by_person) == sorted(library.people)
+    mains = {p: library.main_identity(pairs) for p, pairs in by_person.items()}
+    assert len(set(mains.values())) == len(library.people)  # five people, five identities
     for person, pairs in by_person.items():
-        assert sum(i == mains[person] for _, i in pairs) >= PER_PERSON - 1, person
+        assert sum(i == mains[person] for _, i in pairs) >= library.per_person - 1, person
     assert int(meta["graph_upto"]) == int(ids.max()) and float(meta["graph_radius"]) == 0.43
-    assert edges >= len(PEOPLE) * 3
+    assert edges >= len(library.people) * 3
 
 
-def test_restart_with_20_percent_more_photos_keeps_every_id(library, tmp_path, data_dir):
-    config = copy_library(library, tmp_path)
+def test_restart_with_20_percent_more_photos_keeps_every_id(library, tmp_path):
+    config = library.copy(tmp_path)
     with Store.open(config.state_dir) as store:
-        before = {f: i for pairs in faces_by_person(store).values() for f, i in pairs}
-        mains = {p: main_identity(pairs) for p, pairs in faces_by_person(store).items()}
-    add_photos(tmp_path, data_dir, PER_PERSON, 1, PEOPLE[:4])    # 20 -> 24 photos
+        before = {f: i for pairs in library.faces_by_person(store).values() for f, i in pairs}
+        mains = {p: library.main_identity(pairs)
+                 for p, pairs in library.faces_by_person(store).items()}
+    library.add_photos(tmp_path, library.per_person, 1, library.people[:4])    # 20 -> 24 photos
     Daemon(config).run_once(timeout=300)
     with Store.open(config.state_dir) as store:
-        after = faces_by_person(store)
+        after = library.faces_by_person(store)
     assert {f: i for pairs in after.values() for f, i in pairs if f in before} == before
-    for person in PEOPLE[:4]:
+    for person in library.people[:4]:
         new = [i for f, i in after[person] if f not in before]
         assert new == [mains[person]], person
 
@@ -185,10 +171,11 @@ def test_service_thread_assigns_and_reclusters_after_n_faces_and_sees_outside_co
 # ------------------------------------------------------------------------ facesortd recluster
 
 def test_cli_recluster_here_and_in_the_running_daemon(library, tmp_path, capsys):
-    config = copy_library(library, tmp_path)
+    config = library.copy(tmp_path)
     assert main(["recluster", "--config", str(config.source)]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["faces"] >= len(PEOPLE) * PER_PERSON and out["faces_moved"] == 0 and out["created"] == 0
+    assert out["faces"] >= len(library.people) * library.per_person
+    assert out["faces_moved"] == 0 and out["created"] == 0
 
     log = open(tmp_path / "daemon.log", "w+")
     env = dict(os.environ, PYTHONPATH=str(REPO))

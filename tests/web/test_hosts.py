@@ -7,7 +7,6 @@ import logging
 import sqlite3
 
 import pytest
-from web_fixtures import open_review
 
 from facesortd.cli import main
 from facesortd.config import parse_config
@@ -28,8 +27,8 @@ ALLOWED = [f"127.0.0.1:{PORT}", f"localhost:{PORT}", f"LOCALHOST:{PORT}", f"[::1
 
 
 @pytest.fixture
-def hosted(library, tmp_path):
-    r = open_review(library, tmp_path, web=WEB)
+def hosted(open_review, tmp_path):
+    r = open_review(tmp_path, web=WEB)
     yield r
     r.store.close()
 
@@ -139,11 +138,11 @@ def test_a_trusted_proxy_is_believed_and_no_one_else(hosted):
     assert via("127.0.0.1", f"localhost:{PORT}", "attacker.test") == 200
 
 
-def test_the_login_cookie_is_secure_over_https_behind_a_trusted_proxy(library, tmp_path):
+def test_the_login_cookie_is_secure_over_https_behind_a_trusted_proxy(open_review, tmp_path):
     token = "s3cret-token-for-tests"
-    r = open_review(library, tmp_path, web=f"{{host: 0.0.0.0, token: {token}, "
-                                           "trusted_proxies: [10.0.0.1], "
-                                           "allowed_hosts: [photos.example.lan]}")
+    r = open_review(tmp_path, web=f"{{host: 0.0.0.0, token: {token}, "
+                                  "trusted_proxies: [10.0.0.1], "
+                                  "allowed_hosts: [photos.example.lan]}")
     try:
         csrf = r.client.get("/api/csrf", headers={"Authorization": f"Bearer {token}"}).json
         form = {"token": token, "csrf": csrf["csrf_token"], "next": "/"}

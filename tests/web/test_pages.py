@@ -12,8 +12,6 @@ from PIL import Image
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
-from web_fixtures import open_review  # noqa: E402
-
 from facesortd.app.review import ReviewServer  # noqa: E402
 from facesortd.config import parse_config  # noqa: E402
 from facesortd.errors import ConfigError, FacesortdError  # noqa: E402
@@ -23,8 +21,8 @@ TOKEN = "s3cret-token-for-tests"
 
 
 @pytest.fixture
-def guarded(library, tmp_path):
-    r = open_review(library, tmp_path, web=f"{{host: 0.0.0.0, token: {TOKEN}}}")
+def guarded(open_review, tmp_path):
+    r = open_review(tmp_path, web=f"{{host: 0.0.0.0, token: {TOKEN}}}")
     yield r
     r.store.close()
 
@@ -152,9 +150,7 @@ def _http(url: str, body=None, csrf: str = ""):
 
 
 def test_facesortd_web_alone_makes_files_follow_a_rename(library, tmp_path):
-    from identity_fixtures import copy_library, faces_by_person, main_identity
-
-    config = copy_library(library, tmp_path)
+    config = library.copy(tmp_path)
     config = parse_config((tmp_path / "facesortd.yaml").read_text()
                           .replace("enabled: false", "enabled: false\n  port: 0"),
                           tmp_path / "facesortd.yaml")
@@ -162,7 +158,8 @@ def test_facesortd_web_alone_makes_files_follow_a_rename(library, tmp_path):
     server.open()
     try:
         server.start()
-        people = {p: main_identity(v) for p, v in faces_by_person(server.store).items()}
+        people = {p: library.main_identity(v)
+                  for p, v in library.faces_by_person(server.store).items()}
         url = server.web.url
         csrf = _http(url + "api/csrf")["csrf_token"]
         _http(f"{url}api/identities/{people['JK_Rowling']}/rename", {"name": "Joanne"}, csrf)
@@ -192,9 +189,7 @@ def test_facesortd_web_command_reclusters_on_sigusr1_and_stops_on_sigterm(librar
     import sys
     import time
 
-    from identity_fixtures import copy_library
-
-    copy_library(library, tmp_path)
+    library.copy(tmp_path)
     cfg = tmp_path / "facesortd.yaml"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "facesortd", "web", "--config", str(cfg),
