@@ -120,3 +120,15 @@ def library(tmp_path_factory, data_dir) -> SmallLibrary:
     lib.add_photos(lib.root, 0, lib.per_person)
     Daemon(config).run_once(timeout=600)
     return lib
+
+
+# -- store rows without the model ------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def fake_ingest():
+    """tests/fake_ingest.py: ``open_store(config)``, ``new_identity(store, name)``,
+    ``fabricate(store, path, inbox, identities)`` and the fake model's ``DIM``; the crash test's
+    driver runs the same code in its own process."""
+    import fake_ingest
+
+    return fake_ingest

@@ -11,7 +11,6 @@ import stat
 from contextlib import closing
 
 import pytest
-from placer_driver import DIM, fabricate, new_identity
 
 from facesortd.app.doctor import TUNABLES, doctor, run_checks
 from facesortd.cli import main
@@ -154,9 +153,15 @@ def test_facenet_device_and_weights(tmp_path, monkeypatch):
 
 # -- the store's people and the library ----------------------------------------------------------
 
-def placed_library(root, schema: int = store_schema.SCHEMA_VERSION):
-    """A config and a store at ``schema`` with seven real photos placed by the real placer: a1 and
-    a2 of Alice (1), b1 of 2, c1 of 3, d1 of 4, e1 of 5 (6 holds none) and n1 without a face."""
+@pytest.fixture
+def placed_library(fake_ingest):
+    """``placed_library(root, schema)``: a config and a store at ``schema`` with seven real photos
+    placed by the real placer: a1 and a2 of Alice (1), b1 of 2, c1 of 3, d1 of 4, e1 of 5 (6 holds
+    none) and n1 without a face; their faces are made up (``fake_ingest``)."""
+    return lambda root, schema=store_schema.SCHEMA_VERSION: _placed_library(fake_ingest, root, schema)
+
+
+def _placed_library(fake, root, schema: int):
     path = write_config(root)
     config = load_config(path)
     config.state_dir.mkdir()
@@ -165,13 +170,13 @@ def placed_library(root, schema: int = store_schema.SCHEMA_VERSION):
     store_schema.migrate(conn, target=schema)
     store = Store(conn, config.state_dir / DB_NAME)   # as it is: Store.open would migrate it
     try:
-        store.bind_model("dlib-resnet-v1", DIM)
-        people = [new_identity(store, "Alice")] + [new_identity(store) for _ in range(5)]
+        store.bind_model("dlib-resnet-v1", fake.DIM)
+        people = [fake.new_identity(store, "Alice")] + [fake.new_identity(store) for _ in range(5)]
         for name, person in [("a1", 0), ("a2", 0), ("b1", 1), ("c1", 2), ("d1", 3), ("e1", 4),
                              ("n1", None)]:
             photo = config.inboxes[0].path / f"{name}.jpg"
             photo.write_bytes(os.urandom(100) + name.encode())
-            fabricate(store, photo, photo.parent, [] if person is None else [people[person]])
+            fake.fabricate(store, photo, photo.parent, [] if person is None else [people[person]])
         assert len(Placer(config, store).sync()) == 7
     finally:
         store.close()
@@ -183,7 +188,7 @@ def state_files(config) -> dict[str, str]:
             for p in sorted(config.state_dir.iterdir())}
 
 
-def test_a_healthy_store_and_library_are_all_clear(tmp_path):
+def test_a_healthy_store_and_library_are_all_clear(tmp_path, placed_library):
     pytest.importorskip("dlib")
     path, _ = placed_library(tmp_path)
     rc, out = run(path)
@@ -196,7 +201,8 @@ def test_a_healthy_store_and_library_are_all_clear(tmp_path):
     assert out.rstrip().endswith("0 problem(s), 0 warning(s)")
 
 
-def test_a_store_the_old_merge_bug_broke_is_reported_with_counts_and_left_as_it_is(tmp_path):
+def test_a_store_the_old_merge_bug_broke_is_reported_with_counts_and_left_as_it_is(tmp_path,
+                                                                                   placed_library):
     path, config = placed_library(tmp_path, schema=5)
     library = config.library
     with closing(sqlite3.connect(config.state_dir / DB_NAME)) as conn, conn:
@@ -237,7 +243,7 @@ def test_a_store_the_old_merge_bug_broke_is_reported_with_counts_and_left_as_it_
         assert store_schema.schema_version(conn) == 5
 
 
-def test_a_photo_moved_by_hand_into_another_persons_folder(tmp_path):
+def test_a_photo_moved_by_hand_into_another_persons_folder(tmp_path, placed_library):
     path, config = placed_library(tmp_path)
     (config.library / "Alice" / "a1.jpg").rename(config.library / "Person_0002" / "a1.jpg")
     _, out = run(path)
@@ -248,7 +254,7 @@ def test_a_photo_moved_by_hand_into_another_persons_folder(tmp_path):
     assert line(out, "placement").startswith("ok") and line(out, "person folders").startswith("ok")
 
 
-def test_a_correction_the_placer_has_not_followed_yet(tmp_path):
+def test_a_correction_the_placer_has_not_followed_yet(tmp_path, placed_library):
     path, config = placed_library(tmp_path)
     with closing(sqlite3.connect(config.state_dir / DB_NAME)) as conn, conn:
         conn.execute("UPDATE faces SET identity_id = 1 WHERE identity_id = 4")   # d1 is Alice
@@ -269,7 +275,7 @@ def test_a_correction_the_placer_has_not_followed_yet(tmp_path):
     assert line(out, "placement").startswith("ok") and (config.library / "Alice" / "d1.jpg").exists()
 
 
-def test_broken_people_at_schema_6_fail(tmp_path):
+def test_broken_people_at_schema_6_fail(tmp_path, placed_library):
     path, config = placed_library(tmp_path)
     with closing(sqlite3.connect(config.state_dir / DB_NAME)) as conn, conn:
         for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():

@@ -1,9 +1,9 @@
 """Fault injection: a process sorting a few hundred files is killed with SIGKILL at random moments
 and restarted; at the end a sha256 census proves no file was lost, duplicated or altered.
 
-The process is ``placer_driver.py`` (no model: it records the files as ingested with made-up
-faces, renames two people each round so placed files must move again, replays and syncs; or it
-sets every file aside as broken, through the journaled quarantine).
+The process is ``placer_driver.py`` beside this file (no model: it records the files as ingested
+with made-up faces, renames two people each round so placed files must move again, replays and
+syncs; or it sets every file aside as broken, through the journaled quarantine).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Callable
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-DRIVER = TESTS / "placer_driver.py"
+HERE = Path(__file__).resolve().parent
+DRIVER = HERE / "placer_driver.py"
 
 
 def make_inbox(inbox: Path, n: int, rng: random.Random) -> Counter:
@@ -48,7 +48,7 @@ def run_driver(config: Path, round_no: int, kill: Callable[[], float] | None = N
                when_syncing: bool = False, mode: tuple[str, ...] = ()) -> bool:
     """Run one round; with ``kill``, SIGKILL it that many seconds after its start (or, with
     ``when_syncing``, after it starts moving files). True if it was killed while still working."""
-    env = dict(os.environ, PYTHONPATH=f"{TESTS.parent}{os.pathsep}{TESTS}")
+    env = dict(os.environ, PYTHONPATH=str(HERE.parents[1]))
     log = config.parent / "rounds.log"
     proc = subprocess.Popen([sys.executable, str(DRIVER), str(config), str(round_no), *mode],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

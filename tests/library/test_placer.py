@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from placer_driver import fabricate, new_identity, open_store
 
 from facesortd import fsops
 from facesortd.config import parse_config
@@ -22,9 +21,11 @@ from facesortd.store.identity_rows import retire
 # -- helpers ---------------------------------------------------------------------------------
 
 class Env:
-    """A config, a store and a placer over tmp folders; ``add`` writes an inbox file and records it."""
+    """A config, a store and a placer over tmp folders; ``add`` writes an inbox file and records it
+    (``fake``: the ``fake_ingest`` fixture)."""
 
-    def __init__(self, root: Path, library: Path | None = None, **placement: str):
+    def __init__(self, fake, root: Path, library: Path | None = None, **placement: str):
+        self.fake = fake
         self.root = root
         (root / "inbox").mkdir(parents=True, exist_ok=True)
         lines = "".join(f"  {k}: {v!r}\n" for k, v in placement.items())
@@ -33,7 +34,7 @@ class Env:
         self.config = parse_config(text, root / "facesortd.yaml")
         self.inbox = self.config.inboxes[0].path
         self.library = self.config.library
-        self.store = open_store(self.config)
+        self.store = fake.open_store(self.config)
         self.placer = Placer(self.config, self.store)
 
     def add(self, name: str, identities=(), content: bytes | None = None, areas=None,
@@ -43,7 +44,14 @@ class Env:
         path.write_bytes(content if content is not None else os.urandom(64) + name.encode())
         if mtime is not None:
             os.utime(path, (mtime, mtime))
-        return fabricate(self.store, path, self.inbox, identities, areas)
+        return self.record(path, identities, areas)
+
+    def record(self, path: Path, identities=(), areas=None) -> int:
+        """Record an inbox file as ingested, with one face per entry of ``identities``."""
+        return self.fake.fabricate(self.store, path, self.inbox, identities, areas)
+
+    def new_identity(self, name: str | None = None) -> int:
+        return self.fake.new_identity(self.store, name)
 
     def files(self, root: Path | None = None) -> dict[str, bytes]:
         root = root or self.library
@@ -55,11 +63,11 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path):
+def env(tmp_path, fake_ingest):
     made = []
 
     def make(**kw):
-        e = Env(tmp_path / f"e{len(made)}", **kw)
+        e = Env(fake_ingest, tmp_path / f"e{len(made)}", **kw)
         made.append(e)
         return e
 
@@ -107,7 +115,7 @@ def rename(store, identity_id, name):
 
 def test_default_layout_moves_each_kind_of_image_to_its_folder(env):
     e = env()
-    alice, anon = new_identity(e.store, "Alice"), new_identity(e.store)
+    alice, anon = e.new_identity("Alice"), e.new_identity()
     data = {}
     for name, ids in [("a.jpg", [alice]), ("b.png", [anon]), ("c.jpg", [None]), ("d.jpg", [])]:
         e.add(name, ids)
@@ -132,9 +140,9 @@ def _jpeg_with_date(path: Path, when: str) -> bytes:
 
 def test_layout_fields_year_month_day_inbox_identity_name_ext(env):
     e = env(layout="{year}/{month}/{day}/{inbox}/{identity}/{name}{ext}")
-    alice = new_identity(e.store, "Alice")
+    alice = e.new_identity("Alice")
     exif_bytes = _jpeg_with_date(e.inbox / "exif.jpg", "2019:07:04 10:11:12")
-    fabricate(e.store, e.inbox / "exif.jpg", e.inbox, [alice])
+    e.record(e.inbox / "exif.jpg", [alice])
     mtime = time.mktime((2021, 2, 3, 12, 0, 0, 0, 0, -1))
     e.add("plain.JPG", [None], content=b"no exif here", mtime=mtime)
     e.add("none.png", [], content=b"no face", mtime=mtime)
@@ -146,13 +154,13 @@ def test_layout_fields_year_month_day_inbox_identity_name_ext(env):
 
 def test_layout_without_identity_puts_special_files_under_their_folder(env):
     e = env(layout="{identity}-{name}{ext}")
-    bob = new_identity(e.store, "Bob")
+    bob = e.new_identity("Bob")
     e.add("x.jpg", [bob], content=b"x")
     e.add("y.jpg", [], content=b"y")
     e.placer.sync()
     assert e.files() == {"Bob-x.jpg": b"x", "_noface-y.jpg": b"y"}
     e2 = env(layout="{year}/{name}{ext}")
-    e2.add("z.jpg", [new_identity(e2.store)], content=b"z", mtime=time.mktime((2020, 5, 6, 0, 0, 0, 0, 0, -1)))
+    e2.add("z.jpg", [e2.new_identity()], content=b"z", mtime=time.mktime((2020, 5, 6, 0, 0, 0, 0, 0, -1)))
     e2.add("w.jpg", [None], content=b"w", mtime=time.mktime((2020, 5, 6, 0, 0, 0, 0, 0, -1)))
     e2.placer.sync()
     assert e2.files() == {"2020/z.jpg": b"z", "_unsorted/2020/w.jpg": b"w"}
@@ -161,7 +169,7 @@ def test_layout_without_identity_puts_special_files_under_their_folder(env):
 @pytest.mark.parametrize("action", ["copy", "hardlink", "symlink"])
 def test_non_move_actions_leave_the_inbox_file(env, action):
     e = env(action=action)
-    carol = new_identity(e.store, "Carol")
+    carol = e.new_identity("Carol")
     e.add("p.jpg", [carol], content=b"photo-bytes")
     src = e.inbox / "p.jpg"
     before = src.stat()
@@ -188,7 +196,7 @@ def test_multi_face_largest_all_group(env):
     results = {}
     for policy in ("largest", "all", "group"):
         e = env(multi_face=policy)
-        small, big = new_identity(e.store, "Small"), new_identity(e.store, "Big")
+        small, big = e.new_identity("Small"), e.new_identity("Big")
         e.add("two.jpg", [small, big], content=b"two people", areas=[10.0, 50.0])
         e.add("one.jpg", [small], content=b"one person")
         e.add("unk.jpg", [None, None], content=b"two strangers")
@@ -205,7 +213,7 @@ def test_multi_face_largest_all_group(env):
 
 def test_multi_face_all_extra_is_a_link_and_follows_reassignment(env):
     e = env(multi_face="all")
-    a, b, c = (new_identity(e.store, n) for n in ("A", "B", "C"))
+    a, b, c = (e.new_identity(n) for n in ("A", "B", "C"))
     e.add("g.jpg", [a, b], content=b"group photo")
     e.placer.sync()
     assert os.path.samefile(e.library / "A" / "g.jpg", e.library / "B" / "g.jpg")
@@ -221,7 +229,7 @@ def test_multi_face_all_extra_is_a_link_and_follows_reassignment(env):
 
 def test_rename_merge_split_and_assignment_move_placed_files(env):
     e = env()
-    p1, p2 = new_identity(e.store), new_identity(e.store)
+    p1, p2 = e.new_identity(), e.new_identity()
     for i in range(3):
         e.add(f"p1_{i}.jpg", [p1], content=f"p1 {i}".encode())
     e.add("p2.jpg", [p2], content=b"p2")
@@ -240,7 +248,7 @@ def test_rename_merge_split_and_assignment_move_placed_files(env):
         retire(conn, p2, p1)
     e.placer.sync()
     assert "Dana/p2.jpg" in e.files() and not (e.library / f"Person_{p2:04d}").exists()
-    split = new_identity(e.store, "Eve")   # split: one of Dana's faces is someone else
+    split = e.new_identity("Eve")   # split: one of Dana's faces is someone else
     with e.store.transaction() as conn:
         conn.execute("UPDATE faces SET identity_id = ? WHERE image_id = "
                      "(SELECT id FROM images WHERE path LIKE '%p1_2.jpg')", (split,))
@@ -256,7 +264,7 @@ def test_two_people_never_share_a_folder(env):
     """Same names (also differing in case), a name like another person's Person_NNNN folder, a
     special folder's name: each identity still gets a folder of its own."""
     e = env()
-    a, b, c, d, plain = (new_identity(e.store) for _ in range(5))
+    a, b, c, d, plain = (e.new_identity() for _ in range(5))
     for ident, name in [(a, "Ada"), (b, "ada"), (c, f"Person_{plain:04d}"), (d, "_unsorted")]:
         rename(e.store, ident, name)
     for ident in (a, b, c, d, plain):
@@ -273,7 +281,7 @@ def test_two_people_never_share_a_folder(env):
 
 def test_a_placed_file_moved_away_by_hand_is_left_alone(env):
     e = env()
-    x = new_identity(e.store, "X")
+    x = e.new_identity("X")
     e.add("m.jpg", [x], content=b"m")
     e.placer.sync()
     os.rename(e.library / "X" / "m.jpg", e.root / "elsewhere.jpg")
@@ -286,7 +294,7 @@ def test_a_placed_file_moved_away_by_hand_is_left_alone(env):
 
 def test_rename_new_never_overwrites(env):
     e = env()
-    f = new_identity(e.store, "F")
+    f = e.new_identity("F")
     (e.library / "F").mkdir(parents=True)
     (e.library / "F" / "a.jpg").write_bytes(b"hand placed")
     e.add("one/a.jpg", [f], content=b"first a")
@@ -298,7 +306,7 @@ def test_rename_new_never_overwrites(env):
 
 def test_skip_identical_sends_same_bytes_to_duplicates(env):
     e = env(on_conflict="skip_identical")
-    g = new_identity(e.store, "G")
+    g = e.new_identity("G")
     (e.library / "G").mkdir(parents=True)
     (e.library / "G" / "s.jpg").write_bytes(b"same bytes")
     e.add("s.jpg", [g], content=b"same bytes")          # identical to the hand-placed file
@@ -309,7 +317,7 @@ def test_skip_identical_sends_same_bytes_to_duplicates(env):
                          "G/t.jpg": b"twin", "_duplicates/t.jpg": b"twin"}
     assert e.placer.sync() == []
     e2 = env()   # rename_new: a duplicate goes where its original's person goes
-    h = new_identity(e2.store, "H")
+    h = e2.new_identity("H")
     e2.add("d1/t.jpg", [h], content=b"twin")
     e2.add("d2/t.jpg", [h], content=b"twin")
     e2.placer.sync()
@@ -320,7 +328,7 @@ def test_skip_identical_sends_same_bytes_to_duplicates(env):
 
 def test_dry_run_lists_the_operations_and_changes_nothing(env):
     e = env(multi_face="all")
-    a, b = new_identity(e.store, "A"), new_identity(e.store)
+    a, b = e.new_identity("A"), e.new_identity()
     for i in range(5):
         e.add(f"f{i}.jpg", [a, b] if i % 2 else [a])
     e.add("n.jpg", [])
@@ -336,7 +344,7 @@ def test_dry_run_lists_the_operations_and_changes_nothing(env):
 
 def test_undo_puts_files_back_in_the_inbox_and_holds_them(env):
     e = env()
-    k = new_identity(e.store, "K")
+    k = e.new_identity("K")
     for i in range(4):
         e.add(f"u{i}.jpg", [k], content=f"u{i}".encode())
     before = tree(e.inbox)
@@ -354,7 +362,7 @@ def test_undo_puts_files_back_in_the_inbox_and_holds_them(env):
 
 def test_undo_of_copies_removes_only_our_verified_copies(env):
     e = env(action="copy")
-    k = new_identity(e.store, "K")
+    k = e.new_identity("K")
     e.add("c.jpg", [k], content=b"c")
     e.add("d.jpg", [k], content=b"d")
     e.placer.sync()
@@ -372,7 +380,7 @@ def _planned(e: Env, op: Op) -> Op:
 
 def test_replay_completes_or_rolls_back_each_interrupted_state(env):
     e = env()
-    z = new_identity(e.store, "Z")
+    z = e.new_identity("Z")
     ids = {n: e.add(f"{n}.jpg", [z], content=n.encode() * 10) for n in ("linked", "copying", "taken", "fresh")}
     sha = {n: hashlib.sha256(n.encode() * 10).hexdigest() for n in ids}
     dst = {n: e.library / "Z" / f"{n}.jpg" for n in ids}
@@ -397,7 +405,7 @@ def test_replay_completes_or_rolls_back_each_interrupted_state(env):
 # -- another filesystem ----------------------------------------------------------------------
 
 def _sort_and_census(e: Env, n: int = 30):
-    people = [new_identity(e.store) for _ in range(3)]
+    people = [e.new_identity() for _ in range(3)]
     for i in range(n):
         e.add(f"s/{i % 4}/img.jpg" if i < 8 else f"x{i}.jpg", [people[i % 3]] if i % 5 else [],
               content=os.urandom(2000 + i))
@@ -444,7 +452,7 @@ def test_copy_path_forced_by_exdev(env, monkeypatch):
 
 def test_placer_loop_follows_changes_and_stops(env):
     e = env()
-    q = new_identity(e.store)
+    q = e.new_identity()
     e.add("loop.jpg", [q], content=b"loop")
     changed = __import__("threading").Event()
     synced = []

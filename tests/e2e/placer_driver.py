@@ -1,13 +1,11 @@
-"""Store rows for placement tests without the model, and a driver the crash test runs and kills.
-
-``fabricate`` records a real file as ingested (its real sha256, size and mtime) with made-up faces,
-which is all the placer reads. Run as a script: ``placer_driver.py CONFIG ROUND`` replays the
-journal, records every inbox file not yet recorded (face i of file n belongs to identity n % 7;
+"""A driver the crash test (test_crash.py) runs and kills: ``placer_driver.py CONFIG ROUND`` replays
+the journal, records every inbox file not yet recorded (face i of file n belongs to identity n % 7;
 every 5th file has no face; duplicates point at their original), renames every identity after the
 round number so that placed files must follow, then syncs. Each phase is appended to
 ``rounds.log`` beside the state folder, so the test knows where each kill landed.
 ``placer_driver.py CONFIG ROUND quarantine`` instead sets every inbox file aside as broken, as the
-pipeline does (an 'error' row, then ``Placer.quarantine``).
+pipeline does (an 'error' row, then ``Placer.quarantine``). The files are recorded without the
+model, by tests/fake_ingest.py (the placement tests' ``fake_ingest`` fixture).
 """
 
 from __future__ import annotations
@@ -15,47 +13,11 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/: fake_ingest
 
-MODEL, DIM = "test-model", 4
-
-
-def open_store(config):
-    from facesortd.store.database import Store
-
-    store = Store.open(config.state_dir)
-    store.bind_model(MODEL, DIM)
-    return store
-
-
-def new_identity(store, name: Optional[str] = None) -> int:
-    with store.transaction() as conn:
-        return conn.execute("INSERT INTO identities (name, created_at) VALUES (?, ?)",
-                            (name, time.time())).lastrowid
-
-
-def fabricate(store, path: Path, inbox: Path, identities: Sequence[Optional[int]] = (),
-              areas: Optional[Sequence[float]] = None) -> int:
-    """Record ``path`` as ingested with one face per entry of ``identities`` (None: unassigned);
-    with no entries it is a 'noface' image; with content seen before, a duplicate."""
-    from facesortd.ingest.imageio import sha256_file
-
-    sha, size = sha256_file(path)
-    st = path.stat()
-    original = store.find_image_by_sha(sha)
-    image_id = store.add_image(path, inbox, sha, size, st.st_mtime_ns, status="pending")
-    if original is not None and original.id != image_id:
-        store.mark_duplicate(image_id, original.id)
-        return image_id
-    areas = areas or [10.0 * (len(identities) - i) for i in range(len(identities))]
-    faces = [((0.0, 0.0, float(a), 1.0), 0.99, np.full(DIM, 0.5, np.float32)) for a in areas]
-    face_ids = store.add_faces(image_id, faces)
-    with store.transaction() as conn:
-        conn.executemany("UPDATE faces SET identity_id = ? WHERE id = ?",
-                         list(zip(identities, face_ids)))
-    return image_id
+from fake_ingest import fabricate, new_identity, open_store  # noqa: E402
 
 
 def main(argv: Sequence[str]) -> int:
