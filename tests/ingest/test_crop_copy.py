@@ -40,9 +40,7 @@ def test_crop_copy_key(tmp_path):
     assert msg.startswith("detector.crop_max_side_px:") and "1200" in msg
 
 
-def _vectors_and_boxes(root: Path, photo: Path, crop_side: int) -> tuple[np.ndarray, list]:
-    from test_pipeline import run_once
-
+def _vectors_and_boxes(run_once, root: Path, photo: Path, crop_side: int) -> tuple[np.ndarray, list]:
     (root / "inbox").mkdir(parents=True)
     shutil.copy(photo, root / "inbox" / photo.name)
     text = ("inboxes:\n  - path: inbox\n    mode: detect\n"
@@ -59,7 +57,7 @@ def _vectors_and_boxes(root: Path, photo: Path, crop_side: int) -> tuple[np.ndar
     return matrix, [boxes[int(i)] for i in ids]
 
 
-def test_faces_cut_from_the_larger_copy_embed_closer_to_full_resolution(tmp_path, data_dir):
+def test_faces_cut_from_the_larger_copy_embed_closer_to_full_resolution(tmp_path, data_dir, run_once):
     """A 1986 px group photo found at 640 px: every face is under 80 px there. Embedded from
     the 1280 px copy, the vectors sit much nearer those of full-resolution crops (measured:
     median dlib distance 0.05 against 0.14 from the detection copy)."""
@@ -72,7 +70,7 @@ def test_faces_cut_from_the_larger_copy_embed_closer_to_full_resolution(tmp_path
     full = decode(photo)
     distances = {}
     for side in (640, 1280):
-        matrix, boxes = _vectors_and_boxes(tmp_path / str(side), photo, side)
+        matrix, boxes = _vectors_and_boxes(run_once, tmp_path / str(side), photo, side)
         assert len(boxes) >= 10
         ref = model.embed([model.prepare(full.rgb, box) for box in boxes])
         distances[side] = float(np.median(np.linalg.norm(matrix - ref, axis=1)))

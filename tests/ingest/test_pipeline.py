@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from facesortd.app.daemon import Daemon
-from facesortd.config import parse_config
 from facesortd.errors import FacesortdError, StoreError
 from facesortd.store.database import Store
 from facesortd.store.lock import StateLock
@@ -19,31 +17,11 @@ from facesortd.store.lock import StateLock
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
 
-def make_config(root: Path, mode: str = "detect", embedder: str = "dlib", extra: str = "",
-                extensions: str = "[.jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff]"):
-    (root / "inbox").mkdir(exist_ok=True)
-    text = (f"inboxes:\n  - path: inbox\n    mode: {mode}\n"
-            f"watch:\n  settle_ms: 100\n  rescan_interval_s: 0\n  extensions: {extensions}\n"
-            f"embedder:\n  name: {embedder}\n  batch_size: 16\n  max_wait_ms: 50\n"
-            "web:\n  enabled: false\n" + extra)
-    (root / "facesortd.yaml").write_text(text)
-    return parse_config(text, root / "facesortd.yaml")
-
-
-def run_once(config) -> dict:
-    return Daemon(config).run_once(timeout=300)
-
-
-def images(store: Store) -> dict[str, object]:
-    rows = store._conn.execute("SELECT path, status, error, id FROM images").fetchall()
-    return {Path(os.fsdecode(r[0])).name: r for r in rows}
-
-
 def face_count(store: Store, image_id: int) -> int:
     return store._conn.execute("SELECT COUNT(*) FROM faces WHERE image_id=?", (image_id,)).fetchone()[0]
 
 
-def test_aligned_mode_one_face_per_crop(tmp_path, data_dir):
+def test_aligned_mode_one_face_per_crop(tmp_path, data_dir, make_config, run_once, images):
     config = make_config(tmp_path, mode="aligned")
     crops = sorted((data_dir / "faces_cropped").rglob("*.jp*g"))[:6]
     for p in crops:
@@ -59,7 +37,7 @@ def test_aligned_mode_one_face_per_crop(tmp_path, data_dir):
     assert counts["faces"] == len(crops)
 
 
-def test_detect_mode_mixed_sizes_many_faces_and_none(tmp_path, data_dir):
+def test_detect_mode_mixed_sizes_many_faces_and_none(tmp_path, data_dir, make_config, run_once, images):
     """The old tool crashed on mixed sizes and several faces per photo: one run holds all."""
     config = make_config(tmp_path)
     inbox = tmp_path / "inbox"
@@ -87,22 +65,11 @@ def test_detect_mode_mixed_sizes_many_faces_and_none(tmp_path, data_dir):
         assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h and (x2 - x1) > 100
 
 
-def _bad_inputs(inbox: Path, data_dir: Path) -> dict[str, str]:
-    """Each bad file and a word its recorded reason must contain."""
-    good = (data_dir / "faces" / "John_Bolton").iterdir().__next__().read_bytes()
-    (inbox / "empty.jpg").write_bytes(b"")
-    (inbox / "truncated.jpg").write_bytes(good[: len(good) // 2])
-    (inbox / "text.jpg").write_text("this is not a picture\n")
-    (inbox / "random.png").write_bytes(np.random.default_rng(1).bytes(5000))
-    Image.new("1", (20000, 20000)).save(inbox / "bomb.png")
-    return {"empty.jpg": "empty", "truncated.jpg": "truncated", "text.jpg": "image",
-            "random.png": "image", "bomb.png": "pixels"}
-
-
-def test_bad_inputs_quarantined_with_reason_good_files_processed(tmp_path, data_dir):
+def test_bad_inputs_quarantined_with_reason_good_files_processed(tmp_path, data_dir, make_config, run_once,
+                                                                 images, bad_inputs):
     config = make_config(tmp_path)
     inbox = tmp_path / "inbox"
-    expected = _bad_inputs(inbox, data_dir)
+    expected = bad_inputs(inbox, data_dir)
     goods = sorted((data_dir / "faces" / "Winona_Ryder").iterdir())[:3]
     for p in goods:
         shutil.copy(p, inbox / p.name)
@@ -125,7 +92,7 @@ def test_bad_inputs_quarantined_with_reason_good_files_processed(tmp_path, data_
             assert not (inbox / p.name).exists()
 
 
-def test_quarantine_never_overwrites(tmp_path, data_dir):
+def test_quarantine_never_overwrites(tmp_path, data_dir, make_config, run_once):
     config = make_config(tmp_path)
     quarantine = config.library / "_quarantine"
     quarantine.mkdir(parents=True)
@@ -136,7 +103,7 @@ def test_quarantine_never_overwrites(tmp_path, data_dir):
     assert (quarantine / "text_1.jpg").read_text() == "a new broken file\n"
 
 
-def test_unusual_valid_images_are_processed(tmp_path, data_dir):
+def test_unusual_valid_images_are_processed(tmp_path, data_dir, make_config, run_once, images):
     config = make_config(tmp_path, extensions="[.jpg, .png, .gif, .webp]")
     inbox = tmp_path / "inbox"
     src = Image.open(data_dir / "scenes" / "obama_and_biden.jpg").convert("RGB")
@@ -163,7 +130,8 @@ def test_unusual_valid_images_are_processed(tmp_path, data_dir):
             assert face_count(store, rows[name][3]) >= 1, name
 
 
-def test_same_content_twice_is_embedded_once_and_restart_skips_done(tmp_path, data_dir):
+def test_same_content_twice_is_embedded_once_and_restart_skips_done(tmp_path, data_dir, make_config,
+                                                                    run_once, images):
     config = make_config(tmp_path)
     inbox = tmp_path / "inbox"
     photo = data_dir / "faces" / "Paul_McCartney"
@@ -184,7 +152,7 @@ def test_same_content_twice_is_embedded_once_and_restart_skips_done(tmp_path, da
     assert counts_again == counts
 
 
-def test_store_refuses_another_embedder(tmp_path, data_dir):
+def test_store_refuses_another_embedder(tmp_path, data_dir, make_config, run_once):
     config = make_config(tmp_path, mode="aligned")
     shutil.copy(next((data_dir / "faces_cropped").rglob("*.jp*g")), tmp_path / "inbox" / "x.jpg")
     run_once(config)
@@ -194,7 +162,7 @@ def test_store_refuses_another_embedder(tmp_path, data_dir):
     assert "dlib" in str(info.value) and "state_dir" in str(info.value)
 
 
-def test_second_daemon_on_same_state_refused(tmp_path):
+def test_second_daemon_on_same_state_refused(tmp_path, make_config):
     config = make_config(tmp_path)
     first = StateLock(config.state_dir)     # what a running daemon holds
     first.acquire()
@@ -206,7 +174,7 @@ def test_second_daemon_on_same_state_refused(tmp_path):
         first.release()
 
 
-def test_one_unrecordable_image_does_not_lose_its_micro_batch(tmp_path):
+def test_one_unrecordable_image_does_not_lose_its_micro_batch(tmp_path, make_config, images):
     """Results are recorded in one transaction per micro-batch; when one image cannot be recorded
     (here: the model returned NaN for it), the batch is rolled back and recorded image by image,
     so only that image ends as an error and the others are stored with their faces."""

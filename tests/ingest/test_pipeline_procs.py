@@ -10,12 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_pipeline import _bad_inputs, images, make_config, run_once
 
 from facesortd.config import parse_config
 from facesortd.errors import ConfigError
-from facesortd.inbox.jobs import Job
-from facesortd.ingest.pipeline import Pipeline, decode_processes_for
+from facesortd.ingest.pipeline import decode_processes_for
 from facesortd.store.database import Store
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
@@ -34,31 +32,43 @@ def _faces_by_file(config) -> dict[str, list[tuple]]:
     return out
 
 
-def _statuses(config) -> dict[str, tuple]:
-    with Store.open(config.state_dir) as store:
-        return {name: (r[1], r[2]) for name, r in images(store).items()}
+@pytest.fixture
+def statuses_of(images):
+    """``statuses_of(config)``: file name -> (status, error) in that run's store."""
+
+    def statuses(config) -> dict[str, tuple]:
+        with Store.open(config.state_dir) as store:
+            return {name: (r[1], r[2]) for name, r in images(store).items()}
+
+    return statuses
 
 
-def _twice(tmp_path: Path, fill, mode: str, embedder: str = "dlib", extra: str = ""):
-    """Run the same inbox once with decoding threads and once with two decoding processes."""
-    configs = []
-    for processes in (0, 2):
-        root = tmp_path / f"procs{processes}"
-        root.mkdir()
-        make_config(root, mode=mode, embedder=embedder)
-        name = f"  name: {embedder}\n"
-        text = (root / "facesortd.yaml").read_text().replace(
-            name, f"{name}  decode_processes: {processes}\n{extra}")
-        (root / "facesortd.yaml").write_text(text)
-        config = parse_config(text, root / "facesortd.yaml")
-        assert config.embedder.decode_processes == processes
-        fill(root / "inbox")
-        run_once(config)
-        configs.append(config)
-    return configs
+@pytest.fixture
+def twice(tmp_path, make_config, run_once):
+    """``twice(fill, mode, embedder, extra)``: run the same inbox (``fill(inbox)``) once with
+    decoding threads and once with two decoding processes; the two configs."""
+
+    def run(fill, mode: str, embedder: str = "dlib", extra: str = ""):
+        configs = []
+        for processes in (0, 2):
+            root = tmp_path / f"procs{processes}"
+            root.mkdir()
+            make_config(root, mode=mode, embedder=embedder)
+            name = f"  name: {embedder}\n"
+            text = (root / "facesortd.yaml").read_text().replace(
+                name, f"{name}  decode_processes: {processes}\n{extra}")
+            (root / "facesortd.yaml").write_text(text)
+            config = parse_config(text, root / "facesortd.yaml")
+            assert config.embedder.decode_processes == processes
+            fill(root / "inbox")
+            run_once(config)
+            configs.append(config)
+        return configs
+
+    return run
 
 
-def test_aligned_crops_same_vectors_with_processes(tmp_path, data_dir):
+def test_aligned_crops_same_vectors_with_processes(tmp_path, data_dir, twice, statuses_of):
     """dlib: whole decoded crops, cut by prepare() on the thread that drives the process."""
     crops = sorted((data_dir / "faces_cropped").rglob("*.jp*g"))[:10]
 
@@ -67,7 +77,7 @@ def test_aligned_crops_same_vectors_with_processes(tmp_path, data_dir):
             shutil.copy(p, inbox / f"{p.parent.name}_{p.name}")
         shutil.copy(crops[0], inbox / "same_content_again.jpg")
 
-    threads, procs = _twice(tmp_path, fill, "aligned")
+    threads, procs = twice(fill, "aligned")
     # Which of the two identical files is the original depends on which decoder finished first:
     # compare the pair as one entry.
     twin = f"{crops[0].parent.name}_{crops[0].name}"
@@ -76,8 +86,8 @@ def test_aligned_crops_same_vectors_with_processes(tmp_path, data_dir):
         pair = sorted([statuses.pop(twin), statuses.pop("same_content_again.jpg")])
         return {**statuses, "pair": pair}
 
-    assert paired(_statuses(procs)) == paired(_statuses(threads))
-    assert sorted(s for s, _ in _statuses(procs).values()).count("duplicate") == 1
+    assert paired(statuses_of(procs)) == paired(statuses_of(threads))
+    assert sorted(s for s, _ in statuses_of(procs).values()).count("duplicate") == 1
     a, b = _faces_by_file(threads), _faces_by_file(procs)
     for faces in (a, b):
         faces[twin] = faces.pop(twin, None) or faces.pop("same_content_again.jpg")
@@ -88,16 +98,17 @@ def test_aligned_crops_same_vectors_with_processes(tmp_path, data_dir):
             np.testing.assert_array_equal(vec_a, vec_b)
 
 
-def test_detect_mode_same_faces_and_same_quarantine_with_processes(tmp_path, data_dir):
+def test_detect_mode_same_faces_and_same_quarantine_with_processes(tmp_path, data_dir, twice, statuses_of,
+                                                                   bad_inputs):
     def fill(inbox: Path) -> None:
         for p in sorted((data_dir / "scenes").iterdir())[:3]:
             shutil.copy(p, inbox / p.name)
         shutil.copy(next((data_dir / "nonfaces").iterdir()), inbox / "nothing.jpg")
-        _bad_inputs(inbox, data_dir)
+        bad_inputs(inbox, data_dir)
 
-    threads, procs = _twice(tmp_path, fill, "detect")
-    expected = _statuses(threads)
-    assert _statuses(procs) == expected          # same outcome and the same reason per file
+    threads, procs = twice(fill, "detect")
+    expected = statuses_of(threads)
+    assert statuses_of(procs) == expected          # same outcome and the same reason per file
     assert sum(1 for s, _ in expected.values() if s == "error") == 5
     for config in (threads, procs):
         quarantine = config.library / "_quarantine"
@@ -111,7 +122,7 @@ def test_detect_mode_same_faces_and_same_quarantine_with_processes(tmp_path, dat
             np.testing.assert_allclose(vec_a, vec_b, atol=1e-5)
 
 
-def test_facenet_crops_same_vectors_with_processes(tmp_path, data_dir):
+def test_facenet_crops_same_vectors_with_processes(tmp_path, data_dir, twice):
     """facenet: crops resized straight to 160x160 in the process (the GPU's hot path)."""
     torch = pytest.importorskip("torch")
     irv1 = pytest.importorskip("facenet_pytorch").InceptionResnetV1
@@ -123,8 +134,8 @@ def test_facenet_crops_same_vectors_with_processes(tmp_path, data_dir):
         for p in crops:
             shutil.copy(p, inbox / f"{p.parent.name}_{p.name}")
 
-    threads, procs = _twice(tmp_path, fill, "aligned", embedder="facenet",
-                            extra=f"  weights: {tmp_path / 'w.pt'}\n  precision: fp32\n")
+    threads, procs = twice(fill, "aligned", embedder="facenet",
+                           extra=f"  weights: {tmp_path / 'w.pt'}\n  precision: fp32\n")
     a, b = _faces_by_file(threads), _faces_by_file(procs)
     assert sorted(a) == sorted(b) and len(a) == len(crops)
     for name in a:
@@ -134,45 +145,18 @@ def test_facenet_crops_same_vectors_with_processes(tmp_path, data_dir):
         np.testing.assert_allclose(vec_a, vec_b, atol=1e-5)
 
 
-def _pipeline(tmp_path: Path, processes: int):
-    from facesortd.models.embedders import create_embedder
-
-    config = make_config(tmp_path, mode="aligned")
-    store = Store.open(config.state_dir)
-    embedder = create_embedder(config.embedder)
-    embedder.load()
-    store.bind_model(embedder.model_id, embedder.dim)
-    return config, store, Pipeline(config, store, embedder, decode_processes=processes)
-
-
-def _jobs(inbox: Path) -> list[Job]:
-    return [Job(p, inbox, "aligned", p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(inbox.iterdir())]
-
-
-def _gone(pid: int) -> bool:
-    return not Path(f"/proc/{pid}").exists()
-
-
-def _copy_crops(data_dir: Path, inbox: Path, start: int, count: int) -> list[str]:
-    """Real face crops ``start`` .. ``start + count`` into ``inbox``; their names there."""
-    crops = sorted((data_dir / "faces_cropped").rglob("*.jp*g"))[start:start + count]
-    for p in crops:
-        shutil.copy(p, inbox / f"{p.parent.name}_{p.name}")
-    return [f"{p.parent.name}_{p.name}" for p in crops]
-
-
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc")
-def test_processes_load_no_torch_and_end_with_the_pipeline(tmp_path, data_dir):
+def test_processes_load_no_torch_and_end_with_the_pipeline(tmp_path, data_dir, open_pipeline, jobs_of,
+                                                           process_gone, copy_crops):
     import torch  # noqa: F401  (this process has torch; its decoding processes must not)
 
-    config, store, pipe = _pipeline(tmp_path, 2)
-    _copy_crops(data_dir, tmp_path / "inbox", 0, 4)
+    config, store, pipe = open_pipeline(tmp_path, 2)
+    copy_crops(data_dir, tmp_path / "inbox", 0, 4)
     try:
         pipe.start()
         pids = pipe._prep.pool.pids()
         assert len(pids) == 2 and pipe.workers_description() == "2 processes"
-        for job in _jobs(tmp_path / "inbox"):
+        for job in jobs_of(tmp_path / "inbox"):
             assert pipe.submit(job)
         assert pipe.drain(60)
         for pid in pids:
@@ -182,18 +166,19 @@ def test_processes_load_no_torch_and_end_with_the_pipeline(tmp_path, data_dir):
         pipe.stop()
         store.close()
     assert pipe.stats.files_done == 4
-    assert all(_gone(pid) for pid in pids)
+    assert all(process_gone(pid) for pid in pids)
 
 
-def test_a_killed_decoding_process_is_replaced_and_no_file_is_lost(tmp_path, data_dir):
-    config, store, pipe = _pipeline(tmp_path, 1)
-    names = _copy_crops(data_dir, tmp_path / "inbox", 0, 8)
+def test_a_killed_decoding_process_is_replaced_and_no_file_is_lost(tmp_path, data_dir, open_pipeline,
+                                                                   jobs_of, process_gone, copy_crops, images):
+    config, store, pipe = open_pipeline(tmp_path, 1)
+    names = copy_crops(data_dir, tmp_path / "inbox", 0, 8)
     try:
         pipe.start()
         (first,) = pipe._prep.pool.pids()
         os.kill(first, signal.SIGKILL)
         assert pipe._prep.pool._workers[0].proc.wait(10) == -signal.SIGKILL
-        for job in _jobs(tmp_path / "inbox"):
+        for job in jobs_of(tmp_path / "inbox"):
             assert pipe.submit(job)
         assert pipe.drain(60)
         (second,) = pipe._prep.pool.pids()
@@ -203,7 +188,7 @@ def test_a_killed_decoding_process_is_replaced_and_no_file_is_lost(tmp_path, dat
         pipe.stop()
         store.close()
     assert statuses == {name: "done" for name in names}
-    assert _gone(second)
+    assert process_gone(second)
 
 
 def test_decode_processes_setting(tmp_path):
@@ -218,21 +203,22 @@ def test_decode_processes_setting(tmp_path):
                         tmp_path / "f.yaml").embedder.decode_processes == 4
 
 
-def test_decoding_processes_outlive_sigterm_so_the_daemon_can_drain(tmp_path, data_dir):
+def test_decoding_processes_outlive_sigterm_so_the_daemon_can_drain(tmp_path, data_dir, open_pipeline,
+                                                                    jobs_of, process_gone, copy_crops):
     """systemd sends SIGTERM to the whole cgroup: the decoding processes leave it to the daemon,
     which drains (with their help) and then ends them."""
-    config, store, pipe = _pipeline(tmp_path, 1)
-    _copy_crops(data_dir, tmp_path / "inbox", 0, 3)
+    config, store, pipe = open_pipeline(tmp_path, 1)
+    copy_crops(data_dir, tmp_path / "inbox", 0, 3)
     try:
         pipe.start()
         (pid,) = pipe._prep.pool.pids()
         os.kill(pid, signal.SIGTERM)
         os.kill(pid, signal.SIGINT)
-        for job in _jobs(tmp_path / "inbox"):
+        for job in jobs_of(tmp_path / "inbox"):
             assert pipe.submit(job)
         assert pipe.drain(60)
         assert pipe._prep.pool.pids() == [pid] and pipe._prep.pool._workers[0].proc.poll() is None
     finally:
         pipe.stop()
         store.close()
-    assert pipe.stats.files_done == 3 and _gone(pid)
+    assert pipe.stats.files_done == 3 and process_gone(pid)

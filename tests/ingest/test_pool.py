@@ -10,11 +10,8 @@ import shutil
 import signal
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from test_pipeline import images
-from test_pipeline_procs import _copy_crops, _gone, _jobs, _pipeline
 
 from facesortd.ingest.pool import DecodePool
 
@@ -32,20 +29,21 @@ def _kill(pool: DecodePool, slot: int) -> int:
     return worker.proc.pid
 
 
-def _submit_and_drain(pipe, inbox: Path, timeout: float = 30) -> None:
-    for job in _jobs(inbox):
+def _submit_and_drain(pipe, jobs, timeout: float = 30) -> None:
+    for job in jobs:
         assert pipe.submit(job)
     assert pipe.drain(timeout), "files left in flight: the pipeline would wait for them forever"
 
 
 @pytest.mark.parametrize("broken", sorted(_BROKEN_INTERPRETERS))
 def test_a_replacement_that_cannot_start_loses_no_file(tmp_path, data_dir, monkeypatch, caplog,
-                                                      broken):
+                                                      broken, open_pipeline, jobs_of, process_gone,
+                                                      copy_crops, images):
     """The only process dies and no new one starts: its chunk and every later file are decoded
     in this process, with one clear error line; once processes start again, one takes over."""
-    config, store, pipe = _pipeline(tmp_path, 1)
+    config, store, pipe = open_pipeline(tmp_path, 1)
     inbox = tmp_path / "inbox"
-    first = _copy_crops(data_dir, inbox, 0, 8)
+    first = copy_crops(data_dir, inbox, 0, 8)
     monkeypatch.setattr(DecodePool, "RESTART_DELAY_MAX_S", 0.2)
     real = sys.executable
     try:
@@ -54,7 +52,7 @@ def test_a_replacement_that_cannot_start_loses_no_file(tmp_path, data_dir, monke
         old = _kill(pool, 0)
         monkeypatch.setattr(sys, "executable", _BROKEN_INTERPRETERS[broken])
         with caplog.at_level(logging.INFO, logger="facesortd.decode_pool"):
-            _submit_and_drain(pipe, inbox)
+            _submit_and_drain(pipe, jobs_of(inbox))
         assert pool.pids() == [] and pool.decoded_here == len(first)
         assert "could not start a decoding process" in caplog.text
         assert "decoding in this process" in caplog.text
@@ -63,8 +61,8 @@ def test_a_replacement_that_cannot_start_loses_no_file(tmp_path, data_dir, monke
 
         monkeypatch.setattr(sys, "executable", real)   # interpreters start again
         time.sleep(0.3)                       # past the (shortened) wait before the next try
-        second = _copy_crops(data_dir, inbox, 8, 4)
-        _submit_and_drain(pipe, inbox)
+        second = copy_crops(data_dir, inbox, 8, 4)
+        _submit_and_drain(pipe, jobs_of(inbox))
         (new,) = pool.pids()
         assert new != old and pool._workers[0].proc.poll() is None
         assert pool.decoded_here == len(first)    # the new process decoded the second batch
@@ -74,23 +72,24 @@ def test_a_replacement_that_cannot_start_loses_no_file(tmp_path, data_dir, monke
         store.close()
     assert statuses == {name: "done" for name in first + second}
     assert not list((config.library / "_quarantine").glob("*"))
-    assert _gone(new)
+    assert process_gone(new)
 
 
-def test_the_pool_goes_on_with_fewer_processes(tmp_path, data_dir, monkeypatch, caplog):
+def test_the_pool_goes_on_with_fewer_processes(tmp_path, data_dir, monkeypatch, caplog, open_pipeline,
+                                               jobs_of, process_gone, copy_crops, images):
     """One of two processes dies and cannot be replaced: once that is found out, the other one
     decodes all new work (none is decoded in this process while a process lives), and no thread
     or process is left behind."""
-    config, store, pipe = _pipeline(tmp_path, 2)
+    config, store, pipe = open_pipeline(tmp_path, 2)
     inbox = tmp_path / "inbox"
-    names = _copy_crops(data_dir, inbox, 0, 12)
+    names = copy_crops(data_dir, inbox, 0, 12)
     try:
         pipe.start()
         pool = pipe._prep.pool
         survivor = pool._workers[1].proc.pid
         _kill(pool, 0)
         monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
-        jobs = iter(_jobs(inbox))
+        jobs = iter(jobs_of(inbox))
         with caplog.at_level(logging.INFO, logger="facesortd.decode_pool"):
             # One file at a time until the dead process's link takes one and finds it dead.
             for job in jobs:
@@ -112,16 +111,18 @@ def test_the_pool_goes_on_with_fewer_processes(tmp_path, data_dir, monkeypatch, 
         pipe.stop()
         store.close()
     assert statuses == {name: "done" for name in names}
-    assert _gone(survivor)
+    assert process_gone(survivor)
 
 
-def test_the_daemon_starts_when_no_decoding_process_can(tmp_path, data_dir, monkeypatch, caplog):
+def test_the_daemon_starts_when_no_decoding_process_can(tmp_path, data_dir, monkeypatch, caplog,
+                                                        open_pipeline, jobs_of, process_gone, copy_crops,
+                                                        images):
     """No process starts at all (before, ``start`` raised and the daemon did not come up): the
     files are decoded in this process with an error line saying so, and a process takes over
     once one can start."""
-    config, store, pipe = _pipeline(tmp_path, 2)
+    config, store, pipe = open_pipeline(tmp_path, 2)
     inbox = tmp_path / "inbox"
-    first = _copy_crops(data_dir, inbox, 0, 6)
+    first = copy_crops(data_dir, inbox, 0, 6)
     monkeypatch.setattr(DecodePool, "RESTART_DELAY_MAX_S", 0.2)
     real = sys.executable
     monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
@@ -131,12 +132,12 @@ def test_the_daemon_starts_when_no_decoding_process_can(tmp_path, data_dir, monk
             pool = pipe._prep.pool
             assert pool.pids() == []
             assert caplog.text.count("could not start a decoding process") == 2
-            _submit_and_drain(pipe, inbox)
+            _submit_and_drain(pipe, jobs_of(inbox))
         assert pool.decoded_here == len(first)
         monkeypatch.setattr(sys, "executable", real)
         time.sleep(0.3)
-        second = _copy_crops(data_dir, inbox, 6, 4)
-        _submit_and_drain(pipe, inbox)
+        second = copy_crops(data_dir, inbox, 6, 4)
+        _submit_and_drain(pipe, jobs_of(inbox))
         started = pool.pids()
         assert started and pool.decoded_here == len(first)
         statuses = {name: r[1] for name, r in images(store).items()}
@@ -144,4 +145,4 @@ def test_the_daemon_starts_when_no_decoding_process_can(tmp_path, data_dir, monk
         pipe.stop()
         store.close()
     assert statuses == {name: "done" for name in first + second}
-    assert all(_gone(pid) for pid in started)
+    assert all(process_gone(pid) for pid in started)
