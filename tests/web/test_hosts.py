@@ -1,5 +1,5 @@
 """The Host allow-list (DNS rebinding), trusted proxies and private caching, through Flask's test
-client over a real store; the real server and a real browser: ``test_web_rebinding.py``."""
+client over a real store; the real server and a real browser: ``e2e/test_web_rebinding.py``."""
 
 from __future__ import annotations
 
