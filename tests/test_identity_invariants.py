@@ -231,7 +231,8 @@ def test_real_dlib_vectors_of_lfw_dev_stream_like_a_batch(tmp_path):
     largest = face_of_row[data["largest"]]              # one per photo, in photo order
     pred = np.array([ident.get(int(f), -1) for f in largest])
     figures = score([str(t) for t in data["person"]], pred).as_dict()
-    assert figures["bcubed_f1"] >= 0.90, figures
+    # measured 0.952 and 0.965, as the batch clustering of the same vectors (0.952, 0.965)
+    assert figures["bcubed_f1"] >= 0.94 and figures["pairwise_f1"] >= 0.95, figures
 
 
 def test_triggers_refuse_a_face_on_a_merged_identity_and_a_chain(tmp_path):

@@ -3,7 +3,8 @@
 Pure functions over numpy arrays; the store and the daemon own persistence. Public API:
 
 - ``ClusterParams``: ``eps`` and ``min_samples`` (the config) plus the split check's
-  ``max_link`` / ``min_gap``, which belong to the embedder (``ClusterParams.for_embedder``).
+  ``max_link`` / ``min_gap`` (which belong to the embedder: ``ClusterParams.for_embedder``) and
+  its density-aware shares of them.
 - ``Constraints``: what a person decided (pinned faces, "not this person", named identities).
 - ``recluster(ids, matrix, image_ids, params, constraints, previous, graph=None)`` (in
   ``people.recluster``): cluster every face, keep identity ids stable, return a ``ReclusterResult``.
@@ -18,10 +19,20 @@ identity (``-2`` is the first) that the caller turns into a row.
 The algorithm (issue 3 §3). Plain DBSCAN chains people through in-between faces, so:
 1. the eps-graph drops edges between faces of the same photo and between faces pinned to two
    different identities; DBSCAN core points and components run on what is left;
-2. every component is split top-down along its average-linkage dendrogram wherever the mean
-   distance between the two halves is above ``max_link``, or above the halves' own mean spread
-   by more than ``min_gap`` (two tight groups side by side are two people), or a half would hold
-   two faces of one photo; parts smaller than ``min_samples`` stay unassigned;
+2. every component is split top-down along its average-linkage dendrogram wherever the two
+   halves (of ``a`` and ``b`` faces) are on average more than ``max_link`` apart, or farther apart
+   than their own mean spread by more than ``min_gap`` (two tight groups side by side are two
+   people), or a half would hold two faces of one photo; and, the density-aware part (issue 12),
+   wherever the group does not stand clear of its surroundings. Its clearance is the mean
+   distance from its faces to their ``isolation`` nearest faces outside it, less the mean
+   distance between its faces. Below ``margin * min_gap`` the group is split; below ``min_gap``
+   (a crowd) its halves must also be within ``crowd * max_link * (1 - shrink / (a * b))``: a
+   mean over few distances says little, and where a model puts many people close together (dlib
+   and East Asian faces) an absolute distance lumps them. On lfw_dev two lone faces 0.32-0.34
+   apart are one person less than half the time, a face 0.38-0.40 from ten others three times in
+   four. A group that failed is cut in two, and its parts are judged against the faces outside
+   that group, not against each other: the halves of one broad person are each other's nearest
+   outsiders, and would crumble it. Parts smaller than ``min_samples`` stay unassigned;
 3. clusters are matched to previous identities (named first, then oldest), each taking the
    cluster holding most of its faces (pins weigh most); a cluster that would join a named
    identity with another identity is cut back along the old identities and yields a
@@ -31,12 +42,12 @@ The incremental path runs the same steps on the faces the batch touches, so stre
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Mapping, Optional
 
 import numpy as np
 from scipy.cluster.hierarchy import linkage
-from scipy.spatial.distance import pdist
+from scipy.spatial.distance import pdist, squareform
 
 __all__ = [
     "ClusterParams", "Constraints", "MergeSuggestion", "ReclusterResult", "Graph",
@@ -48,6 +59,9 @@ NEW_LABEL_BASE = -2
 #: ``eps: auto`` per embedder vector kind, tuned with tools/tune_clustering.py on shared/data.
 TUNED_EPS = {"dlib": 0.60, "dlib-normalised": 0.43}
 _CHUNK_BYTES = 64 << 20
+#: ``max_link`` as a share of the embedder's tuned eps (0.45 for dlib's 0.43): the most a group
+#: standing clear of its surroundings may spread; in a crowd the isolation check is tighter
+LINK_OF_EPS = 1.05
 
 
 def provisional(k: int) -> int:
@@ -59,13 +73,21 @@ def provisional(k: int) -> int:
 class ClusterParams:
     eps: float
     min_samples: int = 2
-    max_link: Optional[float] = None   # split a component where halves are this far apart on average
+    max_link: Optional[float] = None   # split a group where halves are this far apart on average
     min_gap: Optional[float] = None    # ... or this much farther apart than their own spread
     max_component: int = 2500          # larger components are first re-cut with a tighter eps
+    # the density-aware part of the split check (module doc, step 2); 0 isolation turns it off
+    isolation: int = 2                 # outsiders looked at per face
+    margin: float = 0.4                # split a group standing clear by less than margin * gap
+    crowd: float = 0.91                # below gap, halves must be within crowd * link
+    shrink: float = 0.2                # ... times (1 - shrink / (a * b)) for a and b faces
+    far: float = 1.1                   # times link: the distance of an outsider the graph lacks
 
     def __post_init__(self) -> None:
         if not self.eps > 0 or self.min_samples < 1:
             raise ValueError("eps must be > 0 and min_samples >= 1")
+        if self.isolation < 0 or not 0 <= self.shrink < 1:
+            raise ValueError("isolation must be >= 0 and shrink in [0, 1)")
 
     @property
     def link(self) -> float:
@@ -75,13 +97,19 @@ class ClusterParams:
     def gap(self) -> float:
         return self.min_gap if self.min_gap is not None else self.link / 6
 
+    def crowd_link(self, a, b):
+        """How far apart, on average, halves of ``a`` and ``b`` faces may be in a crowd: less
+        than ``link``, and less again the fewer distances the mean is taken over."""
+        return self.crowd * self.link * (1 - self.shrink / (a * b))
+
     @classmethod
     def for_embedder(cls, default_eps: float, eps: "float | str" = "auto",
                      min_samples: int = 2) -> "ClusterParams":
         """The config's eps/min_samples; the split check stays at the embedder's tuned distance,
         so a user's eps moves how far DBSCAN reaches, not how far apart one person may be."""
         chosen = default_eps if eps == "auto" else float(eps)
-        return cls(eps=chosen, min_samples=min_samples, max_link=default_eps, min_gap=default_eps / 6)
+        return cls(eps=chosen, min_samples=min_samples, max_link=LINK_OF_EPS * default_eps,
+                   min_gap=default_eps / 6)
 
 
 @dataclass(frozen=True)
@@ -208,8 +236,12 @@ def cluster_labels(matrix: np.ndarray, image_ids: np.ndarray, params: ClusterPar
     gi, gj, gd = _usable_edges(graph, image_ids, pin, params.eps)
     labels = np.full(n, -1, np.int64)
     next_label = 0
-    for members in _dbscan_components(n, gi, gj, gd, params.min_samples):
-        for part in _split_component(matrix, image_ids, pin, members, params, gi, gj, gd):
+    components = _dbscan_components(n, gi, gj, gd, params.min_samples)
+    halo = _Halo(n, gi, gj, gd, params.isolation, params.far * params.link) if params.isolation else None
+    if halo is not None:
+        halo.update(components)
+    for members in components:
+        for part in _split_component(matrix, image_ids, pin, members, params, gi, gj, gd, halo):
             if len(part) >= params.min_samples:
                 labels[part] = next_label
                 next_label += 1
@@ -287,23 +319,71 @@ def _dbscan_components(n: int, gi: np.ndarray, gj: np.ndarray, gd: np.ndarray,
     return [g for g in np.split(order, bounds) if len(g) >= 2]
 
 
-def _split_component(matrix, image_ids, pin, members, params, gi, gj, gd) -> list[np.ndarray]:
+def _split_component(matrix, image_ids, pin, members, params, gi, gj, gd, halo=None) -> list[np.ndarray]:
     if len(members) <= params.max_component:
-        return _linkage_split(matrix[members], image_ids[members], pin[members], members, params)
+        return _linkage_split(matrix[members], image_ids[members], pin[members], members, params,
+                              None if halo is None else halo.near[members])
     # Too big for an n² dendrogram (a chain through a big library): re-run DBSCAN inside it with a
     # tighter eps until the parts fit; the faces that drop out stay unassigned until they fit.
     inside = np.zeros(len(matrix), bool); inside[members] = True
     tighter = params.eps * 0.9
     sel = inside[gi] & inside[gj] & (gd <= tighter)
-    sub = ClusterParams(tighter, params.min_samples, params.link, params.gap, params.max_component)
+    sub = replace(params, eps=tighter, max_link=params.link, min_gap=params.gap)
+    parts = _dbscan_components(len(matrix), gi[sel], gj[sel], gd[sel], params.min_samples)
+    if halo is not None:
+        halo.update(parts, members)
     out = []
-    for part in _dbscan_components(len(matrix), gi[sel], gj[sel], gd[sel], params.min_samples):
-        out.extend(_split_component(matrix, image_ids, pin, part, sub, gi[sel], gj[sel], gd[sel]))
+    for part in parts:
+        out.extend(_split_component(matrix, image_ids, pin, part, sub, gi[sel], gj[sel], gd[sel], halo))
     return out
 
 
+class _Halo:
+    """Each face's nearest graph neighbours outside its part (its component, or the piece of a
+    re-cut component it fell in): the outsiders the isolation check cannot see in the part's own
+    distances. ``near``: float32 [n, k], nearest first, ``far`` where there are fewer than k."""
+
+    def __init__(self, n: int, gi: np.ndarray, gj: np.ndarray, gd: np.ndarray, k: int, far: float):
+        self.gi, self.gj, self.gd, self.far = gi, gj, gd, np.float32(far)
+        self.near = np.full((n, k), self.far, np.float32)
+
+    def update(self, parts: list[np.ndarray], rows: Optional[np.ndarray] = None) -> None:
+        """Recompute ``near`` for the faces of ``parts``, which cover ``rows`` (default: every
+        face) or part of them: every edge from a face of a part to a face of another part or of
+        none counts."""
+        n, k = self.near.shape
+        label = np.full(n, -1, np.int32)
+        for p, part in enumerate(parts):
+            label[part] = p
+        inside = None
+        if rows is not None:
+            inside = np.zeros(n, bool); inside[rows] = True
+        found_r, found_d = [], []
+        step = 1 << 20
+        for s in range(0, len(self.gi), step):
+            a, b, d = self.gi[s:s + step], self.gj[s:s + step], self.gd[s:s + step]
+            la, lb = label[a], label[b]
+            cross = la != lb
+            if inside is not None:
+                cross &= inside[a] | inside[b]
+            for r, lr in ((a, la), (b, lb)):
+                m = cross & (lr >= 0)
+                found_r.append(r[m]); found_d.append(d[m])
+        self.near[label >= 0] = self.far
+        r = np.concatenate(found_r) if found_r else np.zeros(0, np.int64)
+        d = np.concatenate(found_d) if found_d else np.zeros(0, np.float32)
+        if not len(r):
+            return
+        order = np.lexsort((d, r))
+        r, d = r[order], d[order]
+        start = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+        rank = np.arange(len(r)) - np.repeat(start, np.diff(np.r_[start, len(r)]))
+        keep = rank < k
+        self.near[r[keep], rank[keep]] = np.minimum(d[keep], self.far)
+
+
 def _linkage_split(x: np.ndarray, img: np.ndarray, pin: np.ndarray, members: np.ndarray,
-                   params: ClusterParams) -> list[np.ndarray]:
+                   params: ClusterParams, halo: Optional[np.ndarray] = None) -> list[np.ndarray]:
     """Cut one component top-down along its average-linkage dendrogram (see the module doc)."""
     n = len(x)
     if n < 2:
@@ -316,6 +396,8 @@ def _linkage_split(x: np.ndarray, img: np.ndarray, pin: np.ndarray, members: np.
     if conflict.any():
         d[conflict] = max(2.0 * params.link, float(d.max()))
     z = linkage(d, "average")
+    far = params.far * params.link
+    square = None       # the component's distances, capped at far: made when first needed
     size = np.ones(2 * n - 1); wsum = np.zeros(2 * n - 1); pairs = np.zeros(2 * n - 1)
     left = np.empty(n - 1, np.int64); right = np.empty(n - 1, np.int64); height = z[:, 2]
     for k, (a, b) in enumerate(z[:, :2].astype(np.int64)):
@@ -337,9 +419,9 @@ def _linkage_split(x: np.ndarray, img: np.ndarray, pin: np.ndarray, members: np.
         lo[a] = lo[node]; lo[b] = lo[node] + int(size[a])
         stack += [a, b]
     out = []
-    stack = [2 * n - 2]
+    stack = [(2 * n - 2, None)]
     while stack:
-        node = stack.pop()
+        node, context = stack.pop()
         leaves = order[lo[node]:lo[node] + int(size[node])]
         if node < n:
             out.append(members[leaves]); continue
@@ -352,8 +434,44 @@ def _linkage_split(x: np.ndarray, img: np.ndarray, pin: np.ndarray, members: np.
         if not cut:
             pins = pin[leaves]
             cut = len(np.unique(img[leaves])) < len(leaves) or len(np.unique(pins[pins >= 0])) > 1
+        if not cut and params.isolation:
+            # how far the group stands clear of its surroundings: the mean distance from its faces
+            # to their nearest faces outside it, less the mean distance between its faces. Once
+            # a group fails, its parts are judged against the faces outside that group
+            # (``context``), not against each other (the halves of a broad person would be).
+            around = leaves if context is None else context
+            if square is None and len(around) < n:
+                square = squareform(np.minimum(d, far).astype(np.float32))
+                np.fill_diagonal(square, np.inf)
+            outside = _outside(square if len(around) < n else None, halo, leaves, around,
+                               params.isolation, far)
+            clear = outside - wsum[node] / pairs[node]
+            if clear < params.margin * params.gap:
+                cut = True
+                if context is None:
+                    context = leaves
+            elif clear < params.gap and height[k] > params.crowd_link(size[a], size[b]):
+                cut = True
         if cut:
-            stack += [a, b]
+            stack += [(a, context), (b, context)]
         else:
             out.append(members[leaves])
     return out
+
+
+def _outside(square: Optional[np.ndarray], halo: Optional[np.ndarray], rows: np.ndarray,
+             around: np.ndarray, k: int, far: float) -> float:
+    """Mean, over ``rows``, of the mean distance to their ``k`` nearest faces not in ``around``:
+    faces of the component (``square``, capped at ``far``; None when ``around`` is all of it)
+    or beyond it (``halo``); ``far`` for each one missing."""
+    parts = []
+    if square is not None:
+        keep = np.ones(len(square), bool); keep[around] = False
+        parts.append(square[np.ix_(rows, np.flatnonzero(keep))])
+    if halo is not None:
+        parts.append(halo[rows])
+    d = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0] if parts else np.zeros((len(rows), 0))
+    if d.shape[1] > k:
+        d = np.partition(d, k - 1, axis=1)[:, :k]
+    total = float(d.sum(dtype=np.float64)) + (k - d.shape[1]) * len(rows) * far
+    return total / (k * len(rows))
