@@ -20,7 +20,7 @@ from facesortd.people.clustering import (
 )
 from facesortd.people.recluster import recluster
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 P = ClusterParams(eps=0.5, min_samples=2, max_link=1.0, min_gap=1.0)
 

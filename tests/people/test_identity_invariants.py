@@ -28,7 +28,7 @@ from facesortd.store.database import Store
 from facesortd.store.identity_rows import check, live_map
 from facesortd.web import queries
 
-VECTORS = Path(__file__).parent / "data" / "lfw_dev_dlib.npz"
+VECTORS = Path(__file__).resolve().parents[1] / "data" / "lfw_dev_dlib.npz"
 
 
 def assert_invariants(store: Store, where: str = "") -> None:
