@@ -188,9 +188,16 @@ def test_daemon_under_a_notify_socket(tmp_path, crops):
         wait_ingested(root / "state", {"a0.jpg", "a1.jpg", "a2.jpg"})
         status, ctype, body = get(url + "healthz")
         assert status == 200 and json.loads(body)["status"] == "ok"
-        status, ctype, body = get(url + "metrics")
-        assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
-        m = parse_prometheus(body)
+        # the store's gauges are read at most every 2 s (Telemetry.read_store), so a scrape right
+        # after the files finished may show the previous reading: give it those 2 s
+        deadline = time.monotonic() + 5
+        while True:
+            status, ctype, body = get(url + "metrics")
+            assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
+            m = parse_prometheus(body)
+            if m.get('facesortd_store_images{status="done"}') == 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
         assert m['facesortd_files_total{outcome="done"}'] == 3
         assert m["facesortd_faces_ingested_total"] == 3
         assert m["facesortd_batch_faces_count"] >= 1 and m["facesortd_batch_faces_sum"] == 3
