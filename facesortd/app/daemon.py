@@ -132,6 +132,9 @@ class Daemon:
                 if deadline is not None and time.monotonic() > deadline:
                     raise FacesortdError("run --once did not finish in time")
             if not self._stop.is_set():   # run --once = ingest, assign, recluster
+                # join the model thread first: every stored batch has then been handed to the
+                # identity service, so none is assigned after the files were placed
+                self.pipeline.stop()
                 self.identities.drain()
                 self.identities.recluster(reason="run --once")
             if not self._stop.is_set():   # ... and place: last, after every identity change
