@@ -106,16 +106,9 @@ class Daemon:
             self.watcher.stop()
         if self.pipeline is not None:
             self.pipeline.stop()
-        if self.identities is not None:   # after the pipeline: its last faces get assigned
-            self.identities.stop()
-            self.identities = None
-        if self.placer_loop is not None:   # after identities: its last changes get placed
-            self.placer_loop.stop()
-            self.placer_loop = None
-        if self.state is not None:
+        if self.state is not None:   # after the pipeline: its last faces get assigned, then placed
             self.state.close()
-            self.state = None
-            self.store = None
+            self.state = self.store = self.identities = self.placer_loop = None
 
     def run_once(self, timeout: Optional[float] = None) -> dict:
         """Ingest everything present in the inboxes, then return the store's counts."""
@@ -153,6 +146,7 @@ class Daemon:
             from facesortd.library.placer import PlacerLoop
             self.placer_loop = PlacerLoop(self.placer, self.changed, debounce=1.0,
                                           dry_run=self.dry_run)
+            self.state.placer_loop = self.placer_loop   # stopped by state.close(), in order
             self.placer_loop.start()
             # web page, sd_notify READY/STATUS/WATCHDOG, health of every part, status.json
             supervisor = Supervisor(

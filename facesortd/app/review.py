@@ -59,7 +59,7 @@ class ReviewServer:
         from facesortd.library.placer import PlacerLoop
 
         self.identities.start()
-        self.placer_loop = PlacerLoop(self.placer, self.changed, debounce=0.3)
+        self.placer_loop = self.state.placer_loop = PlacerLoop(self.placer, self.changed, debounce=0.3)
         self.placer_loop.start()
         self.web.start()
         log.info("review page on %s (pid %d)", self.web.url, os.getpid())
@@ -68,15 +68,9 @@ class ReviewServer:
         if self.web is not None:
             self.web.stop()
             self.web = None
-        if self.identities is not None:
-            self.identities.stop()
-            self.identities = None
-        if self.placer_loop is not None:   # after identities: its last changes get placed
-            self.placer_loop.stop()
-            self.placer_loop = None
-        if self.state is not None:
+        if self.state is not None:   # identities, then the placer loop, then the store
             self.state.close()
-            self.state = self.store = None
+            self.state = self.store = self.identities = self.placer_loop = None
 
 
 def serve(config: Config, port: Optional[int] = None) -> None:

@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 from facesortd.config import Config
 from facesortd.errors import FacesortdError
-from facesortd.library.placer import Placer
+from facesortd.library.placer import Placer, PlacerLoop
 from facesortd.models.embedders import tuned_eps
 from facesortd.people.service import IdentityService, service_for
 from facesortd.store.database import DB_NAME, Store
@@ -22,18 +22,23 @@ log = logging.getLogger("facesortd")
 
 @dataclass
 class State:
-    """An open state folder; ``close()`` stops the identity thread, closes the store and releases
-    the lock (in that order)."""
+    """An open state folder. ``close()`` stops the identity thread (its last changes are written),
+    then the placer loop if one was started (those changes get placed), closes the store and
+    releases the lock: the one shutdown order of everything that opens a state folder."""
 
     config: Config
     lock: StateLock
     store: Store
     placer: Placer
     identities: IdentityService
+    placer_loop: Optional[PlacerLoop] = None
 
     def close(self) -> None:
         try:
             self.identities.stop()
+            if self.placer_loop is not None:
+                self.placer_loop.stop()
+                self.placer_loop = None
             self.store.close()
         finally:
             self.lock.release()
