@@ -65,6 +65,10 @@ class EmbedderConfig(_Model):
     #: facenet on CPU: BatchNorm and residual scales folded into the convolutions (same fp32
     #: results within float rounding, fewer passes); false: the model exactly as facenet-pytorch builds it
     fold: bool = True
+    #: dlib: ``torch`` runs dlib's ResNet (weights read from face_recognition_models' .dat file)
+    #: through torch, batched, on CPU or CUDA; ``dlib`` runs dlib's own compute_face_descriptor
+    #: (the reference implementation: one face at a time, CPU only). Same vectors, same model id.
+    dlib_runtime: Literal["torch", "dlib"] = "torch"
 
     @field_validator("decode_processes", mode="before")
     @classmethod
