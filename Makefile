@@ -12,7 +12,7 @@ export GLIBC_TUNABLES := glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=171
 $(VENV)/.installed: pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[dlib]'   # dlib: the model that works offline (embedder.name: auto)
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

@@ -76,13 +76,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise FacesortdError(f"no store yet in {config.state_dir}: run `facesortd run` first")
     with Store.open(config.state_dir, load_vectors=False) as store:
         counts = store.counts()
+    from facesortd.models.embedders import choose_embedder
+    choice = choose_embedder(config.embedder, counts.get("model_id"))
+    counts["embedder"] = {"name": choice.name, "chosen": choice.reason}
     from facesortd.telemetry import format_snapshot, read_snapshot
     live = read_snapshot(config.state_dir)  # the running daemon's figures (as on /metrics), or None
     if args.json:
         print(json.dumps(dict(counts, daemon=live), indent=2, sort_keys=True))
     else:
         for key, value in counts.items():
-            if isinstance(value, dict):
+            if key == "embedder":
+                value = f"{value['name']} ({value['chosen']})"
+            elif isinstance(value, dict):
                 value = ", ".join(f"{k} {v}" for k, v in sorted(value.items())) or "none"
             print(f"{key:>16}: {value}")
         print(format_snapshot(live), end="")

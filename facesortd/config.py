@@ -52,7 +52,8 @@ class WatchConfig(_Model):
 
 
 class EmbedderConfig(_Model):
-    name: Literal["facenet", "dlib"] = "facenet"
+    #: auto: the store's model, else facenet when its weights are here or download, else dlib
+    name: Literal["auto", "facenet", "dlib"] = "auto"
     weights: Optional[Path] = None
     device: str = "auto"
     batch_size: int = Field(64, ge=1, le=4096)

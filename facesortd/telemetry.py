@@ -162,6 +162,7 @@ class Telemetry:
         self.up = Gauge("facesortd_healthy", "1 while every daemon thread runs and the pipeline makes progress.")
         self.up.set(1)
         self.unhealthy_reason: Optional[str] = None  # set by the service's health check
+        self.embedder: Optional[dict] = None   # name, model_id, why (set by the daemon at load)
         for outcome in OUTCOMES:
             self.files.inc(0, outcome=outcome)
         for kind in ERROR_KINDS:
@@ -258,6 +259,7 @@ class Telemetry:
             "batch_seconds_mean": round(self.batch_seconds.sum / self.batch_seconds.count, 4)
             if self.batch_seconds.count else None,
             "healthy": bool(self.up.get()),
+            "embedder": self.embedder,
         }
 
     def status_line(self, counts: Optional[dict] = None) -> str:
@@ -311,6 +313,9 @@ def format_snapshot(snap: Optional[dict]) -> str:
             ("batches", f"{snap['batches']}, mean {snap['batch_faces_mean'] or 0} faces, "
                         f"{1000 * (snap['batch_seconds_mean'] or 0):.0f} ms"),
             ("reclusters", str(snap["reclusters"]))]
+    if snap.get("embedder"):
+        emb = snap["embedder"]
+        rows.insert(1, ("model (run)", f"{emb['model_id']} ({emb['chosen']})"))
     return "".join(f"{k:>16}: {v}\n" for k, v in rows)
 
 

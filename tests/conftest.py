@@ -132,3 +132,23 @@ def fake_ingest():
     import fake_ingest
 
     return fake_ingest
+
+
+# -- no facenet weights, no internet ---------------------------------------------------------------
+
+@pytest.fixture
+def empty_torch_home(tmp_path, monkeypatch) -> Path:
+    """No cached weights anywhere, and the internet edge (facenet-pytorch's download) fails."""
+    import urllib.error
+
+    import torch
+
+    home = tmp_path / "torch-home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # an earlier set_dir() would override it
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr("facenet_pytorch.models.inception_resnet_v1.download_url_to_file", offline)
+    return home

@@ -39,7 +39,7 @@ def test_defaults_match_the_design(tmp_path):
     assert config.inboxes[0].path == tmp_path / "inbox"
     assert config.inboxes[0].mode == "detect"
     assert config.watch.settle_ms == 1000 and config.watch.rescan_interval_s == 300
-    assert config.embedder.name == "facenet" and config.embedder.max_wait_ms == 200
+    assert config.embedder.name == "auto" and config.embedder.max_wait_ms == 200
     assert config.detector.min_probability == 0.95 and config.detector.min_face_px == 40
     assert config.placement.layout == "{identity}/{name}{ext}"
     assert config.placement.on_conflict == "rename_new"

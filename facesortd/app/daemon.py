@@ -16,7 +16,7 @@ from facesortd.errors import ConfigError, FacesortdError
 from facesortd.inbox.jobs import Job
 from facesortd.inbox.watcher import Watcher
 from facesortd.ingest.pipeline import Pipeline
-from facesortd.models.embedders import create_embedder, resolve_device
+from facesortd.models.embedders import load_embedder, resolve_device
 from facesortd.store.database import Store
 from facesortd.store.lock import StateLock
 from facesortd.telemetry import Telemetry, TimedEmbedder
@@ -58,13 +58,22 @@ class Daemon:
     def open(self) -> None:
         """Take the lock, open the store, load the model (fails fast with what to do)."""
         cfg = self.config
-        embedder = create_embedder(cfg.embedder)
+        loaded: list = []
+
+        def load_model(store_model: Optional[str]) -> str:
+            # embedder.name: auto keeps the store's model, so the store opens first
+            embedder, choice = load_embedder(cfg.embedder, store_model)
+            loaded.extend((embedder, choice))
+            return embedder.name
+
         self.state = open_state(cfg, replay=not self.dry_run,   # a dry run changes nothing on disk
-                                eps_of=embedder.name, on_changed=self.notify_changed)
+                                choose_model=load_model, on_changed=self.notify_changed)
         self.lock, self.store = self.state.lock, self.state.store
         self.placer, self.identities = self.state.placer, self.state.identities
         try:
-            embedder.load()
+            embedder, choice = loaded
+            self.telemetry.embedder = {"name": embedder.name, "model_id": embedder.model_id,
+                                       "chosen": choice.reason}
             self.store.bind_model(embedder.model_id, embedder.dim)
             detector = make_detector(cfg, resolve_device(cfg.embedder.device))
             log.info("model %s on %s", embedder.model_id, embedder.describe())

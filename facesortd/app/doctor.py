@@ -30,6 +30,7 @@ from facesortd.config import Config, load_config
 from facesortd.errors import ConfigError, FacesortdError
 from facesortd.library.layout import layout_fields
 from facesortd.library.placer import Placed, audit
+from facesortd.models.embedders import EmbedderChoice, choose_embedder
 from facesortd.store import identity_rows
 from facesortd.store.database import DB_NAME, decode_path
 from facesortd.store.schema import SCHEMA_VERSION, schema_version
@@ -93,7 +94,32 @@ def check_device(config: Config) -> Iterator[Finding]:
                    if names else ""))
 
 
-def check_weights(config: Config) -> Iterator[Finding]:
+def stored_model(config: Config) -> Optional[str]:
+    """The model id the store's vectors were made by (None: no store, or no model yet)."""
+    db = config.state_dir / DB_NAME
+    if not db.exists():
+        return None
+    try:
+        conn = _read_only(db)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None   # check_store says what is wrong with the file
+    return row[0] if row else None
+
+
+def check_embedder(config: Config, choice: EmbedderChoice) -> Iterator[Finding]:
+    """Which model the daemon will run and why (``embedder.name: auto`` resolved)."""
+    if choice.fell_back:
+        yield _warn("embedder", f"{choice.name}: {choice.reason}",
+                    "reinstall: pip install -e . (facenet-pytorch)")
+    else:
+        yield _ok("embedder", f"{choice.name}: {choice.reason}")
+
+
+def check_weights(config: Config, choice: Optional[EmbedderChoice] = None) -> Iterator[Finding]:
     cfg = config.embedder
     if cfg.name == "dlib":
         if importlib.util.find_spec("dlib") is None:
@@ -129,11 +155,16 @@ def check_weights(config: Config) -> Iterator[Finding]:
     found = [p for p in candidates if p.is_file()]
     if found:
         yield _ok("weights", f"VGGFace2 weights in {found[0]}")
+    elif choice is not None and choice.may_fall_back:
+        yield _ok("weights", "the VGGFace2 weights are not on this machine: the daemon tries to "
+                  "download them at start, and runs dlib (installed, offline) if that fails; put "
+                  f"20180402-114759-vggface2.pt into {candidates[0].parent}/ for facenet")
     else:
         yield _warn("weights", "the VGGFace2 weights are not on this machine; the daemon downloads "
                     "them at start, which fails without internet",
                     f"put 20180402-114759-vggface2.pt into {candidates[0].parent}/ (of the user "
-                    "the service runs as), or set embedder.weights")
+                    "the service runs as), or set embedder.weights, or install the offline dlib "
+                    "model: pip install '.[dlib]'")
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -270,7 +301,8 @@ def check_store(config: Config, daemon_running: bool = False) -> Iterator[Findin
         if model and not model.startswith(config.embedder.name):
             yield _fail("store", f"{db} holds vectors of {model}, but embedder.name is "
                         f"{config.embedder.name}: the daemon will refuse to start",
-                        "use the embedder the store was made with, or a new state_dir to re-embed")
+                        "set embedder.name to auto (or the embedder the store was made with), or "
+                        f"re-embed the store: facesortd migrate --to {config.embedder.name}")
         else:
             yield _ok("store", f"{db}" + (f" (model {model})" if model else ""))
         yield from check_store_contents(config, conn, version, daemon_running)
@@ -524,10 +556,19 @@ def check_web(config: Config, daemon_running: bool) -> Iterator[Finding]:
 
 def run_checks(config: Config) -> list[Finding]:
     findings = [_ok("config", f"{config.source}: valid")]
+    try:
+        choice = choose_embedder(config.embedder, stored_model(config))
+    except FacesortdError as exc:
+        findings.append(_fail("embedder", str(exc)))
+        choice = EmbedderChoice("facenet", "unknown", may_fall_back=True)
+    findings.extend(check_embedder(config, choice))
+    # the checks below see the model that runs (embedder.name: auto resolved)
+    config = config.model_copy(update={
+        "embedder": config.embedder.model_copy(update={"name": choice.name})})
     lock = list(check_lock(config))
     running = any("held by" in f.message for f in lock)
     checks: list[Callable[[], Iterator[Finding]]] = [
-        lambda: check_device(config), lambda: check_weights(config),
+        lambda: check_device(config), lambda: check_weights(config, choice),
         lambda: check_folders(config), lambda: check_disk(config),
         lambda: check_tunables(config), lambda: iter(lock),
         lambda: check_store(config, running),

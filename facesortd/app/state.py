@@ -10,7 +10,7 @@ from typing import Callable, Optional
 from facesortd.config import Config
 from facesortd.errors import FacesortdError
 from facesortd.library.placer import Placer, PlacerLoop
-from facesortd.models.embedders import tuned_eps
+from facesortd.models.embedders import eps_model, tuned_eps
 from facesortd.people.service import IdentityService, service_for
 from facesortd.store.database import DB_NAME, Store
 from facesortd.store.lock import StateLock
@@ -52,6 +52,7 @@ class State:
 
 def open_state(config: Config, *, existing: bool = False, load_vectors: bool = True,
                replay: bool = True, eps_of: Optional[str] = None,
+               choose_model: Optional[Callable[[Optional[str]], str]] = None,
                on_changed: Optional[Callable[[], None]] = None) -> State:
     """Take the lock (``store.lock.StateBusy`` when another process holds it), open the store
     (migrating it forward), finish or roll back what a crash interrupted (``replay``), and build
@@ -59,7 +60,10 @@ def open_state(config: Config, *, existing: bool = False, load_vectors: bool = T
 
     ``existing``: refuse a state folder without a store instead of creating one. ``eps_of``: the
     embedder whose tuned eps ``clustering.eps: auto`` means (default: the store's model, else
-    ``embedder.name``); no model is loaded here.
+    ``embedder.name`` would choose); no model is loaded here. ``choose_model``: called with the
+    store's model id (None for a new store) once the store is open and the journal replayed;
+    returns the embedder name whose eps applies (the daemon loads its model there, since
+    ``embedder.name: auto`` keeps the store's model).
     """
     if existing and not (config.state_dir / DB_NAME).exists():
         raise FacesortdError(f"no store yet in {config.state_dir}: run `facesortd run` first")
@@ -71,7 +75,9 @@ def open_state(config: Config, *, existing: bool = False, load_vectors: bool = T
         placer = Placer(config, store)
         if replay:
             placer.replay()
-        model = eps_of or store.model_id or config.embedder.name
+        if choose_model is not None:
+            eps_of = choose_model(store.model_id)
+        model = eps_of or eps_model(config.embedder, store.model_id)
         identities = service_for(store, config.clustering, tuned_eps(model), on_changed=on_changed)
         return State(config, lock, store, placer, identities)
     except BaseException:

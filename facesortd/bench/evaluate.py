@@ -179,7 +179,7 @@ def from_run(kept: Path, dataset_dirs: Sequence[Path], root: Path,
     t0 = time.perf_counter()
     with Store.open(config.state_dir) as store:
         store.bind_model(model, dim)
-        service = service_for(store, config.clustering, tuned_eps(config.embedder.name))
+        service = service_for(store, config.clustering, tuned_eps(model))
         service.start()
         try:
             new_id: dict[int, int] = {}     # kept image id -> its id here

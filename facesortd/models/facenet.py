@@ -10,6 +10,7 @@ into the convolutions) are chosen once at load and reported by ``describe()``.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -32,6 +33,7 @@ WEIGHTS_NAME = "20180402-114759-vggface2.pt"
 #: Where facenet-pytorch 2.5.3 downloads the VGGFace2 weights from (models/inception_resnet_v1.py).
 WEIGHTS_URL = f"https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/{WEIGHTS_NAME}"
 INPUT_SIZE = 160
+DOWNLOAD_STALL_S = 30.0
 
 
 def facenet_cache_file() -> Path:
@@ -115,6 +117,10 @@ class FacenetEmbedder:
         from facenet_pytorch.models import inception_resnet_v1 as irv1
 
         log.info("downloading the VGGFace2 weights from %s to %s", WEIGHTS_URL, dst)
+        # urllib waits forever on a network that drops packets; a stalled connect or read gives
+        # up after this long (the download itself may take as long as it needs)
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_STALL_S)
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
             irv1.download_url_to_file(WEIGHTS_URL, str(dst), progress=False)
@@ -125,8 +131,10 @@ class FacenetEmbedder:
                 f"  - Get the file from {WEIGHTS_URL}\n"
                 f"  - and put it at {dst} (or {hub_cache_file()}),\n"
                 f"    or anywhere and set embedder.weights: /path/to/{WEIGHTS_NAME} in the config.\n"
-                "  - Or use embedder.name: dlib, which works fully offline "
-                "(pip install 'facesortd[dlib]').") from None
+                "  - Or use the dlib model, which works fully offline: pip install "
+                "'facesortd[dlib]' (embedder.name: auto then picks it; or set embedder.name: dlib).") from None
+        finally:
+            socket.setdefaulttimeout(previous)
         if not dst.is_file():
             raise ModelUnavailable(f"the download of {WEIGHTS_URL} left no file at {dst}")
         return dst

@@ -31,11 +31,11 @@ class Control:
 def inline_control(config: Config, store: Any) -> Control:
     """For an app with no daemon behind it (tests, tools): a recluster runs in the request and
     nothing places files, so files follow at the next ``facesortd run``."""
-    from facesortd.models.embedders import tuned_eps
+    from facesortd.models.embedders import eps_model, tuned_eps
     from facesortd.people.service import service_for
 
     def recluster() -> None:
-        eps = tuned_eps(store.model_id or config.embedder.name)
+        eps = tuned_eps(eps_model(config.embedder, store.model_id))
         service_for(store, config.clustering, eps).recluster(reason="review page")
 
     return Control(changed=lambda: None, request_recluster=recluster)

@@ -151,6 +151,26 @@ def test_facenet_device_and_weights(tmp_path, monkeypatch):
         assert device.level == "fail" and "cuda does not exist" in device.message
 
 
+def test_auto_says_which_model_and_why(tmp_path, empty_torch_home):
+    """embedder.name: auto: no weights here and dlib installed → facenet if it downloads, else
+    dlib, all fine; a store of dlib vectors keeps dlib; the checks below follow the choice."""
+    pytest.importorskip("dlib")
+    path = write_config(tmp_path, embedder="auto")
+    rc, out = run(path)
+    assert rc == 0, out
+    assert line(out, "embedder").startswith("ok") and "else dlib (installed)" in out
+    assert line(out, "weights").startswith("ok") and "runs dlib" in line(out, "weights")
+    with Store.open(tmp_path / "state") as store:
+        store.bind_model("dlib-resnet-v1", 128)
+    rc, out = run(path)
+    assert rc == 0, out
+    assert "dlib: auto: the store holds vectors of dlib-resnet-v1" in line(out, "embedder")
+    assert line(out, "weights").startswith("ok") and "dlib models in" in line(out, "weights")
+    # an explicit other model against that store: the fix names migrate
+    rc, out = run(write_config(tmp_path, embedder="facenet"))
+    assert rc == 1 and "facesortd migrate --to facenet" in out
+
+
 # -- the store's people and the library ----------------------------------------------------------
 
 @pytest.fixture

@@ -5,7 +5,6 @@ InceptionResnetV1 whose BatchNorm statistics were measured on real faces (see ``
 from __future__ import annotations
 
 import threading
-import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -123,20 +122,6 @@ def test_missing_weights_path_says_what_to_do(tmp_path):
     msg = str(err.value)
     assert str(missing) in msg and "embedder.weights" in msg and WEIGHTS_URL in msg
     assert "embedder.name: dlib" in msg
-
-
-@pytest.fixture
-def empty_torch_home(tmp_path, monkeypatch) -> Path:
-    """No cached weights anywhere, and the internet edge (facenet-pytorch's download) fails."""
-    home = tmp_path / "torch-home"
-    monkeypatch.setenv("TORCH_HOME", str(home))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # an earlier set_dir() would override it
-
-    def offline(url, dst, *args, **kwargs):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr("facenet_pytorch.models.inception_resnet_v1.download_url_to_file", offline)
-    return home
 
 
 def test_failed_download_gives_instructions(empty_torch_home):
