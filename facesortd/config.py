@@ -36,7 +36,9 @@ class WatchConfig(_Model):
     settle_ms: int = Field(1000, ge=0)
     rescan_interval_s: float = Field(300, ge=0)
     polling: bool = False
-    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+    #: photos taken for analysis (HEIC/HEIF through pillow-heif, AVIF where Pillow reads it)
+    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff",
+                                   ".heic", ".heif", ".avif")
     ignore: tuple[str, ...] = ("*.part", "*.tmp", "*.crdownload", ".*")
 
     @field_validator("extensions")

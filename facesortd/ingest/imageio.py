@@ -10,6 +10,7 @@ All functions are thread-safe: they touch no global Pillow settings.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -21,15 +22,19 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 
 from facesortd import fsops
 from facesortd.errors import BadImage
+from facesortd.formats import FORMATS, is_raw
 
-__all__ = ["Decoded", "decode", "decode_face_crop", "sha256_file", "shrink", "DEFAULT_MAX_PIXELS", "FORMATS"]
+__all__ = ["Decoded", "NoPreview", "decode", "decode_face_crop", "sha256_file", "shrink",
+           "DEFAULT_MAX_PIXELS", "FORMATS"]
 
 DEFAULT_MAX_PIXELS = 80_000_000
 
-# Only these decoders run. Pillow can identify more (EPS would call Ghostscript, for one); a file
-# in any other format is "not a supported image", whatever its name says. (Camera MPO files
-# open through the JPEG entry.)
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF", "PPM")
+
+class NoPreview(BadImage):
+    """A camera RAW file with no preview we can read (none embedded, and it cannot be developed).
+
+    Not broken: the pipeline records it as a photo without a face, with this reason, and it goes
+    to the no-face folder (a photographer's original is never quarantined)."""
 
 
 # EXIF orientation -> the transpose that makes the photo upright (as ImageOps.exif_transpose).
@@ -59,9 +64,13 @@ class Decoded:
 
 def decode(path: Path, max_side: int | None = None,
            max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
-    """Decode ``path`` upright to RGB, no side longer than ``max_side``; raise BadImage on failure."""
+    """Decode ``path`` upright to RGB, no side longer than ``max_side``; raise BadImage on failure
+    (NoPreview for a camera RAW file whose preview cannot be read)."""
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be positive, not {max_side}")
+    if is_raw(Path(path).name):
+        return _raw_guarded(path, lambda f: _decode(_raw_preview(path, f, max_pixels), max_side,
+                                                    max_pixels))
     return _guarded(path, lambda f: _decode(f, max_side, max_pixels))
 
 
@@ -93,6 +102,9 @@ def decode_face_crop(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
     """
     if size < 1:
         raise ValueError(f"size must be positive, not {size}")
+    if is_raw(Path(path).name):
+        return _raw_guarded(path, lambda f: _decode_crop(_raw_preview(path, f, max_pixels), size,
+                                                         max_pixels))
     return _guarded(path, lambda f: _decode_crop(f, size, max_pixels))
 
 
@@ -127,6 +139,72 @@ def _guarded(path: Path, work):
         raise BadImage(f"corrupt image ({type(exc).__name__}: {exc})") from exc
 
 
+def _raw_guarded(path: Path, work):
+    """``_guarded`` for a RAW file: whatever keeps its preview from being read is NoPreview."""
+    try:
+        return _guarded(path, work)
+    except NoPreview:
+        raise
+    except BadImage as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            raise
+        raise NoPreview(f"RAW file without a readable preview ({exc.reason})") from exc
+
+
+# LibRaw's flip -> the transpose that makes its (unrotated) embedded preview upright
+_RAW_FLIP = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90,
+             6: Image.Transpose.ROTATE_270}
+
+
+def _raw_preview(path: Path, f: BinaryIO, max_pixels: int) -> BinaryIO:
+    """A camera RAW's picture as an in-memory image file: its embedded preview (rawpy's
+    ``extract_thumb``), else a half-size development. The preview is turned upright by LibRaw's
+    flip unless it carries its own EXIF orientation; the development is upright already."""
+    import rawpy  # imported on first use: the decoding processes that never see a RAW skip it
+
+    try:
+        raw = rawpy.imread(f)
+    except rawpy.LibRawError as exc:
+        raise NoPreview(f"RAW file without a readable preview (LibRaw: {_libraw(exc)})") from exc
+    with raw:
+        flip = raw.sizes.flip
+        try:
+            thumb = raw.extract_thumb()
+        except (rawpy.LibRawError, rawpy.NotSupportedError):
+            thumb = None
+        out = io.BytesIO()
+        if thumb is not None and thumb.format == rawpy.ThumbFormat.JPEG:
+            with Image.open(io.BytesIO(thumb.data), formats=("JPEG",)) as im:
+                if flip in _RAW_FLIP and _orientation(im) == 1:
+                    im.load()
+                    im.transpose(_RAW_FLIP[flip]).save(out, "PNG", compress_level=0)
+                    out.seek(0)
+                    return out
+            return io.BytesIO(thumb.data)
+        if thumb is not None and thumb.format == rawpy.ThumbFormat.BITMAP:
+            im = Image.fromarray(np.ascontiguousarray(thumb.data))
+            if flip in _RAW_FLIP:
+                im = im.transpose(_RAW_FLIP[flip])
+        else:
+            w, h = raw.sizes.width, raw.sizes.height
+            if w * h / 4 > max_pixels:
+                raise BadImage(f"decompression bomb: a {w}x{h} RAW is over the pixel limit")
+            try:
+                rgb = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
+            except rawpy.LibRawError as exc:
+                raise NoPreview("RAW file without a readable preview (no embedded preview, and "
+                                f"it cannot be developed: LibRaw: {_libraw(exc)})") from exc
+            im = Image.fromarray(rgb)
+        im.save(out, "PNG", compress_level=0)
+        out.seek(0)
+        return out
+
+
+def _libraw(exc: Exception) -> str:
+    text = exc.args[0] if exc.args else exc
+    return text.decode("ascii", "replace") if isinstance(text, bytes) else str(text or type(exc).__name__)
+
+
 def _os_reason(exc: OSError) -> str:
     if isinstance(exc, FileNotFoundError):
         return "file vanished before it could be read"
@@ -148,7 +226,36 @@ def _open(f: BinaryIO, max_pixels: int) -> Image.Image:
     if w * h > max_pixels:
         raise BadImage(f"decompression bomb: {w}x{h} is {w * h / 1e6:.1f} MP, "
                        f"over the limit of {max_pixels / 1e6:.1f} MP")
+    if im.format in ("HEIF", "AVIF"):
+        _check_boxes(f)
     return im
+
+
+def _check_boxes(f: BinaryIO) -> None:
+    """Refuse a HEIF/AVIF file cut short: libheif decodes a grid photo with tiles missing (grey)
+    without an error, so the top-level ISO-BMFF boxes are walked and each must fit in the file."""
+    end = os.fstat(f.fileno()).st_size if hasattr(f, "fileno") else None
+    if end is None:
+        return
+    pos = f.tell()
+    try:
+        offset = 0
+        while offset + 8 <= end:
+            f.seek(offset)
+            header = f.read(16)
+            size = int.from_bytes(header[:4], "big")
+            if size == 1 and len(header) == 16:
+                size = int.from_bytes(header[8:16], "big")
+            elif size == 0:
+                return  # the last box runs to the end of the file
+            if size < 8:
+                raise BadImage(f"corrupt HEIF container (a box of {size} bytes at {offset})")
+            if offset + size > end:
+                raise BadImage(f"truncated file: its {header[4:8].decode('latin-1')!r} box needs "
+                               f"{offset + size} bytes, the file has {end}")
+            offset += size
+    finally:
+        f.seek(pos)
 
 
 def _orientation(im: Image.Image) -> int:

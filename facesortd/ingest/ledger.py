@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from facesortd import fsops
 from facesortd.config import Config
 from facesortd.inbox.jobs import Job
 from facesortd.models.base import Box
@@ -194,6 +195,25 @@ class Ledger:
         log.warning("quarantined %s: %s%s", job.path, reason,
                     f" -> {moved_to}" if moved_to else "")
         self.finish(job, "error", reason)
+
+    def no_preview(self, job: Job, reason: str) -> None:
+        """A camera RAW file whose picture cannot be read: not broken, so it is recorded as a
+        photo without a face, with the reason, and goes to the no-face folder."""
+        try:
+            sha, size = fsops.sha256_and_size(job.path)
+            mtime_ns = job.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            log.info("gone before it could be read: %s", job.path)
+            self.finish(job, "gone")
+            return
+        except OSError as exc:
+            self.quarantine(job, f"cannot read the file ({exc})")
+            return
+        self.store.add_image(job.path, job.inbox, sha, size, mtime_ns, status="noface",
+                             error=reason)
+        self.stats.files_noface += 1
+        log.warning("%s: %s; it goes with the photos without a face", job.path, reason)
+        self.finish(job, "noface", reason)
 
     def fail(self, work: Work, reason: str) -> None:
         """A model-side failure: not the file's fault, so record it but leave the file in place."""

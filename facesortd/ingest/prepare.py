@@ -19,7 +19,7 @@ import numpy as np
 from facesortd.config import Config
 from facesortd.errors import BadImage
 from facesortd.inbox.jobs import Job
-from facesortd.ingest.imageio import sha256_file, shrink
+from facesortd.ingest.imageio import NoPreview, sha256_file, shrink
 from facesortd.ingest.ledger import Ledger, Stats, Work
 from facesortd.ingest.pool import DecodePool, Request, Result, decode_request
 from facesortd.models.base import Embedder
@@ -81,6 +81,9 @@ class Preparer:
             t0 = time.perf_counter()
             try:
                 work = self._prepare(job)
+            except NoPreview as exc:
+                self.ledger.no_preview(job, exc.reason)
+                continue
             except BadImage as exc:
                 self.ledger.quarantine(job, exc.reason)
                 continue
@@ -158,6 +161,9 @@ class Preparer:
         works = []
         for job, result in zip(jobs, results):
             try:
+                if isinstance(result, NoPreview):
+                    self.ledger.no_preview(job, result.reason)
+                    continue
                 if isinstance(result, BadImage):
                     self.ledger.quarantine(job, result.reason)
                     continue

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from facesortd.config import PlacementConfig
+from facesortd.formats import FORMATS
 
 _UNSAFE = re.compile(r"[/\\\x00]")
 
@@ -92,7 +93,7 @@ def photo_date(path: Path, mtime_ns: int) -> tuple[str, str, str]:
     try:
         from PIL import Image
 
-        with Image.open(path) as im:
+        with Image.open(path, formats=FORMATS) as im:   # HEIC's EXIF too
             exif = im.getexif()
             value = exif.get_ifd(0x8769).get(36867) or exif.get(306)
         if isinstance(value, bytes):

@@ -9,6 +9,7 @@ are ``private``: the browser may keep them, a shared cache in front of the page 
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import threading
@@ -19,6 +20,7 @@ from flask import Blueprint, Response, current_app, request, send_file
 from PIL import Image
 
 from facesortd.errors import BadImage
+from facesortd.formats import BROWSER_UNSAFE, is_raw
 from facesortd.ingest.imageio import FORMATS, decode, decode_face_crop
 from facesortd.store.database import decode_path
 from facesortd.web import queries
@@ -31,6 +33,7 @@ THUMB_PX = 160
 MARGIN = 0.25          # of the box's longer side, on each side
 THUMB_CACHE = "private, max-age=31536000, immutable"
 IMAGE_CACHE = "private, max-age=300"
+SHOWN_PX = 2048        # a HEIC or RAW photo is sent as a JPEG copy no side longer than this
 MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp",
         "TIFF": "image/tiff", "MPO": "image/jpeg", "GIF": "image/gif"}
 
@@ -68,11 +71,14 @@ def make_thumbnail(photo: Path, box: tuple[float, float, float, float], whole: b
         return Image.fromarray(decode_face_crop(photo, THUMB_PX))
     x1, y1, x2, y2 = box
     side = max(x2 - x1, y2 - y1, 1.0) * (1 + 2 * MARGIN)
-    with Image.open(photo, formats=FORMATS) as im:
-        long_side = max(im.size)
-    # decode just big enough that the face square still has THUMB_PX pixels
-    max_side = min(long_side, math.ceil(long_side * THUMB_PX / side) + 1)
-    decoded = decode(photo, max_side=max_side)
+    if is_raw(photo.name):
+        decoded = decode(photo)   # the embedded preview: the pixels its boxes were found in
+    else:
+        with Image.open(photo, formats=FORMATS) as im:
+            long_side = max(im.size)
+        # decode just big enough that the face square still has THUMB_PX pixels
+        max_side = min(long_side, math.ceil(long_side * THUMB_PX / side) + 1)
+        decoded = decode(photo, max_side=max_side)
     cx, cy, s = (x1 + x2) / 2 / decoded.scale, (y1 + y2) / 2 / decoded.scale, side / decoded.scale
     h, w = decoded.rgb.shape[:2]
     left, top = max(0, int(cx - s / 2)), max(0, int(cy - s / 2))
@@ -135,10 +141,32 @@ def image(image_id: int):
             return error(404, f"no image with id {image_id}")
         return error(404, f"the file of image {image_id} is not on disk")
     try:
-        with Image.open(photo[0], formats=FORMATS) as im:
-            mimetype = MIME.get(im.format or "", "application/octet-stream")
+        if is_raw(photo[0].name):
+            fmt = "RAW"
+        else:
+            with Image.open(photo[0], formats=FORMATS) as im:
+                fmt = im.format or ""
     except Exception:
         return error(422, f"image {image_id} is not a readable picture")
     stat = photo[0].stat()
     etag = f"image-{image_id}-{stat.st_size}-{stat.st_mtime_ns}"
-    return _etag_response(photo[0], etag, IMAGE_CACHE, mimetype)
+    if fmt in BROWSER_UNSAFE or fmt == "RAW":
+        return _as_jpeg(photo[0], image_id, etag)
+    return _etag_response(photo[0], etag, IMAGE_CACHE, MIME.get(fmt, "application/octet-stream"))
+
+
+def _as_jpeg(photo: Path, image_id: int, etag: str) -> Response:
+    """A photo browsers cannot show (HEIC, a camera RAW's preview) as an upright JPEG copy."""
+    if request.if_none_match.contains(etag):
+        response = Response(status=304)
+    else:
+        try:
+            decoded = decode(photo, max_side=SHOWN_PX)
+        except BadImage as exc:
+            return error(422, f"image {image_id} is not a readable picture: {exc}")
+        out = io.BytesIO()
+        Image.fromarray(decoded.rgb).save(out, "JPEG", quality=88)
+        response = Response(out.getvalue(), mimetype="image/jpeg")
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = IMAGE_CACHE
+    return response

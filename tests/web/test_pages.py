@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -219,3 +221,30 @@ def test_facesortd_web_command_reclusters_on_sigusr1_and_stops_on_sigterm(librar
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_heic_photos_show_on_the_page(review):
+    """A HEIC photo (as an iPhone drops it) is sent as an upright JPEG copy; its faces' thumbnails
+    are cut from it as from any other photo."""
+    from facesortd.store.database import encode_path
+
+    face = review.faces("JK_Rowling")[0]
+    with review.store.read() as conn:
+        image, path = conn.execute("SELECT f.image_id, p.path FROM faces f JOIN placements p "
+                                   "ON p.image_id = f.image_id AND p.kind = 'main' WHERE f.id = ?",
+                                   (face,)).fetchone()
+    jpeg = Path(os.fsdecode(path))
+    heic = jpeg.with_suffix(".heic")
+    with Image.open(jpeg) as im:
+        size = im.size
+        im.save(heic, quality=90)
+    with review.store.transaction() as conn:
+        conn.execute("UPDATE placements SET path = ? WHERE path = ?", (encode_path(heic), path))
+    jpeg.unlink()
+    r = review.client.get(f"/image/{image}")
+    assert r.status_code == 200 and r.mimetype == "image/jpeg"
+    assert Image.open(io.BytesIO(r.data)).size == size
+    again = review.client.get(f"/image/{image}", headers={"If-None-Match": r.headers["ETag"]})
+    assert again.status_code == 304
+    r = review.client.get(f"/thumb/{face}.jpg")
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.data)).format == "JPEG"

@@ -1,0 +1,170 @@
+"""What phones and cameras drop: HEIC (pillow-heif), AVIF, camera RAW, the broken and oversized
+samples of ../shared/data/camera/, and HEIC face photos made from real ones at test time."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facesortd.errors import BadImage
+from facesortd.formats import AVIF_READABLE, FORMATS
+from facesortd.ingest.imageio import NoPreview, decode, decode_face_crop
+from facesortd.store.database import Store
+
+pillow_heif = pytest.importorskip("pillow_heif")
+
+
+@pytest.fixture(scope="module")
+def camera(data_dir) -> Path:
+    return data_dir / "camera"
+
+
+def test_heic_samples_decode_upright_on_the_primary_image(camera):
+    assert "HEIF" in FORMATS
+    d = decode(camera / "xiaomi.heic", max_side=1024)
+    assert d.original_size == (2592, 1944) and max(d.rgb.shape[:2]) <= 1024
+    assert d.scale == pytest.approx(2592 / d.rgb.shape[1])
+    burst = decode(camera / "bird_burst.heic")   # 4 images: the primary one is analysed
+    assert burst.rgb.shape == (720, 1280, 3)
+    grey = decode(camera / "L_exif_xmp_iptc.heic")
+    assert grey.rgb.shape == (64, 64, 3)
+
+
+def test_heic_orientation_and_date_as_for_jpeg(tmp_path, data_dir):
+    from facesortd.library.layout import photo_date
+
+    src = sorted((data_dir / "faces" / "JK_Rowling").iterdir())[0]
+    with Image.open(src) as im:
+        exif = im.getexif()
+        exif[274] = 6                                   # rotate 90 degrees clockwise to show
+        exif.get_ifd(0x8769)[36867] = "2019:07:04 10:11:12"
+        im.save(tmp_path / "o.jpg", exif=exif, quality=95)
+        im.save(tmp_path / "o.heic", exif=exif.tobytes(), quality=95)
+    jpeg, heic = decode(tmp_path / "o.jpg"), decode(tmp_path / "o.heic")
+    assert heic.original_size == jpeg.original_size
+    assert np.abs(heic.rgb.astype(int) - jpeg.rgb.astype(int)).mean() < 4   # same way up
+    crop = decode_face_crop(tmp_path / "o.heic", 64)
+    assert crop.shape == (64, 64, 3)
+    assert photo_date(tmp_path / "o.heic", 0) == ("2019", "07", "04")
+
+
+def test_broken_heic_refused_with_a_reason(tmp_path, camera):
+    with pytest.raises(BadImage, match="not a supported image"):
+        decode(camera / "corrupted.heic")
+    with pytest.raises(BadImage, match="truncated"):   # its second image runs past the end
+        decode(camera / "truncated.heic")
+    cut = tmp_path / "cut.heic"
+    cut.write_bytes((camera / "xiaomi.heic").read_bytes()[:400_000])
+    with pytest.raises(BadImage, match="truncated"):   # libheif would decode grey tiles
+        decode(cut)
+
+
+def test_200mp_heic_refused_before_decoding(camera):
+    """Refused from its header: the process's peak memory stays near what importing costs (a
+    decoded 200 MP photo would be 600 MB of RGB alone)."""
+    code = ("import resource, sys; from pathlib import Path\n"
+            "from facesortd.errors import BadImage\n"
+            "from facesortd.ingest.imageio import decode\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "try:\n    decode(Path(sys.argv[1]), max_side=1024)\nexcept BadImage as e:\n"
+            "    print(e.reason)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(camera / "200MP.heic")],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "decompression bomb" in out[0]
+    assert int(out[1]) < 64 * 1024, f"peak RSS grew by {int(out[1]) // 1024} MB"
+
+
+@pytest.mark.skipif(not AVIF_READABLE, reason="this Pillow was built without AVIF")
+def test_avif_decodes(tmp_path, data_dir):
+    src = sorted((data_dir / "faces" / "JK_Rowling").iterdir())[0]
+    with Image.open(src) as im:
+        im.save(tmp_path / "a.avif", quality=90)
+    assert decode(tmp_path / "a.avif").original_size == Image.open(src).size
+
+
+def test_stripped_raw_has_no_preview_not_broken(camera):
+    for name in ("Nikon.nef", "CanonRaw.cr2", "CanonRaw.cr3"):
+        with pytest.raises(NoPreview, match="RAW file without a readable preview"):
+            decode(camera / name)
+
+
+def test_raw_analysed_on_its_embedded_preview(tmp_path, data_dir, monkeypatch):
+    """No real RAW with a preview is among the samples: rawpy is stood in for, to check the
+    preview is what gets decoded and that LibRaw's flip turns it upright."""
+    rawpy = pytest.importorskip("rawpy")
+    src = sorted((data_dir / "faces" / "JK_Rowling").iterdir())[0]
+    with Image.open(src) as im:
+        buf = io.BytesIO()
+        im.crop((0, 0, 150, 100)).save(buf, "JPEG", quality=95)
+
+    class Raw:
+        class sizes:
+            flip = 6
+            width, height = 6000, 4000
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def extract_thumb(self):
+            return type("Thumb", (), {"format": rawpy.ThumbFormat.JPEG, "data": buf.getvalue()})
+
+    monkeypatch.setattr(rawpy, "imread", lambda f: Raw())
+    (tmp_path / "x.cr3").write_bytes(b"stand-in")
+    d = decode(tmp_path / "x.cr3")
+    assert d.original_size == (100, 150)   # 150x100 preview, turned 90 degrees upright
+
+
+# -- end to end ---------------------------------------------------------------------------------
+
+PEOPLE = ("Allyson_Felix", "JK_Rowling", "Paul_McCartney")
+
+
+def test_camera_samples_and_heic_faces_through_run_once(tmp_path, data_dir, camera, make_config,
+                                                        run_once, images):
+    """HEIC face photos land with the people of their JPEG originals; the broken and oversized
+    samples are quarantined with a reason; a RAW without a readable preview goes to _noface."""
+    pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
+    config = make_config(tmp_path, extensions="[.jpg, .heic, .nef, .cr2, .cr3, .dng]")
+    inbox = tmp_path / "inbox"
+    for person in PEOPLE:
+        for f in sorted((data_dir / "faces" / person).iterdir())[:3]:
+            shutil.copyfile(f, inbox / f"{person}__{f.stem}.jpg")
+            with Image.open(f) as im:
+                im.save(inbox / f"{person}__{f.stem}_h.heic", quality=90)
+    samples = sorted(p.name for p in camera.iterdir() if p.suffix in (".heic", ".nef", ".cr2",
+                                                                      ".cr3", ".dng"))
+    for name in samples:
+        shutil.copyfile(camera / name, inbox / name)
+    run_once(config)
+    lib = config.library
+    placed = {p.name: p.relative_to(lib).parts[0] for p in lib.rglob("*") if p.is_file()}
+    for person in PEOPLE:
+        for f in sorted((data_dir / "faces" / person).iterdir())[:3]:
+            folder = placed[f"{person}__{f.stem}.jpg"]
+            assert not folder.startswith("_"), (f, folder)
+            assert placed[f"{person}__{f.stem}_h.heic"] == folder, f
+    with Store.open(config.state_dir) as store:
+        rows = images(store)
+    for name, word in (("200MP.heic", "decompression bomb"), ("corrupted.heic", "not a supported"),
+                       ("truncated.heic", "truncated")):
+        assert rows[name][1] == "error" and word in rows[name][2], rows[name]
+        assert placed[name] == "_quarantine"
+        assert word in (lib / "_quarantine" / f"{name}.reason.txt").read_text()
+    for name in ("Nikon.nef", "CanonRaw.cr2", "CanonRaw.cr3"):
+        assert rows[name][1] == "noface" and "RAW file without a readable preview" in rows[name][2]
+        assert placed[name] == "_noface"
+        assert (lib / "_noface" / name).read_bytes() == (camera / name).read_bytes()
+    for name in ("xiaomi.heic", "pug.heic", "bird_burst.heic", "L_exif_xmp_iptc.heic", "DNG.dng"):
+        assert rows[name][1] == "noface" and placed[name] == "_noface", rows[name]
+    assert not any(inbox.iterdir())
