@@ -3,7 +3,7 @@
 On a GPU the eager forward of InceptionResnetV1 launches hundreds of small kernels, each one a
 Python-level call that needs the GIL; in the pipeline the decoding links hold the GIL often, so
 the forward ran ~7x slower than the bare model. Captured once, the step (uint8 NHWC in ->
-standardize -> model under autocast -> L2-normalised float32 out) replays with one call. Inputs
+standardize (or the model's own input step) -> model under autocast -> L2-normalised float32 out) replays with one call. Inputs
 and outputs are static buffers of the configured batch size; a partial batch is padded (rows are
 independent in eval mode) and only its rows are read back.
 """
@@ -32,11 +32,14 @@ class GraphedEmbed:
     """``run(host_uint8[n])`` -> float32 [n, dim] unit vectors on the CPU, for n <= batch."""
 
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                 batch: int, size: int, channels_last: bool):
+                 batch: int, size: int, channels_last: bool,
+                 prep: Callable[[torch.Tensor, bool], torch.Tensor] = standardize):
+        """``prep`` turns the uint8 NHWC input into what ``forward`` takes (facenet's
+        standardization by default; dlib's ResNet takes plain float pixels)."""
         self.batch = batch
         self._static_in = torch.zeros((batch, size, size, 3), dtype=torch.uint8, device=device)
         step = lambda: F.normalize(  # noqa: E731
-            forward(standardize(self._static_in, channels_last)).float(), p=2, dim=1)
+            forward(prep(self._static_in, channels_last)).float(), p=2, dim=1)
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.no_grad(), torch.cuda.stream(stream):
