@@ -109,7 +109,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                           precision=args.precision, repeats=args.repeats,
                           old_tool=args.old_tool, workers=args.workers,
                           decode_processes=args.decode_processes, ceiling=args.ceiling,
-                          cuda_graphs=args.cuda_graphs, fold=args.fold)
+                          cuda_graphs=args.cuda_graphs, fold=args.fold,
+                          dlib_runtime=args.dlib_runtime, run_once=args.run_once)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -232,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="facenet on CUDA: embed eagerly (embedder.cuda_graphs: false)")
     b.add_argument("--no-fold", dest="fold", action="store_false",
                    help="facenet on CPU: the model as built, unfolded (embedder.fold: false)")
+    b.add_argument("--dlib-runtime", choices=["torch", "dlib"], default="torch",
+                   help="dlib: who runs its ResNet in the pipeline runs (embedder.dlib_runtime); "
+                        "either way --embedder dlib also compares both runtimes on the same chips")
+    b.add_argument("--run-once", action="store_true",
+                   help="dlib, with --images: also time 'facesortd run --once' on fresh copies of "
+                        "--images in --mode with each dlib runtime (end to end, one run)")
     b.add_argument("--repeats", type=int, default=5, help="runs (median reported)")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--device", default="auto")

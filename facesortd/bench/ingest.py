@@ -57,7 +57,8 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
                  precision: str = "auto", repeats: int = 3, old_tool: bool = True,
                  bare_seconds: float = 2.0, workers: Optional[int] = None,
                  decode_processes: Optional[int] = None, ceiling: bool = False,
-                 cuda_graphs: bool = True, fold: bool = True) -> dict:
+                 cuda_graphs: bool = True, fold: bool = True, dlib_runtime: str = "torch",
+                 run_once: bool = False) -> dict:
     """Ingest ``count`` files through the real pipeline ``repeats`` times (fresh store each time),
     each run between two measurements of the bare model at the same settings in the same process,
     and (facenet, aligned) followed by the old tool's way on the same files.
@@ -77,6 +78,10 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
     ``decode_processes``: 0 decodes in threads, N in N worker processes, None as the device wants.
     ``cuda_graphs``: embedder.cuda_graphs (facenet on CUDA replays one captured graph per batch).
     ``fold``: embedder.fold (facenet on CPU runs the folded copy of the model).
+    ``dlib_runtime``: embedder.dlib_runtime for the pipeline runs. With ``embedder="dlib"`` the
+    result also holds ``runtimes.chips`` (``runtimes.chip_throughput``: both runtimes' faces/s on
+    the same chips) and, with ``run_once`` and ``images``, ``runtimes.run_once`` (``facesortd run
+    --once`` on fresh copies of ``images`` in ``mode`` with each runtime).
     """
     from facesortd.models.embedders import create_embedder
 
@@ -88,7 +93,7 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
         weights = untrained_weights(tmp) if embedder == "facenet" and not ceiling else None
         emb_cfg = EmbedderConfig(name=embedder, weights=weights, device=device,
                                  batch_size=batch_size, precision=precision,
-                                 cuda_graphs=cuda_graphs, fold=fold)
+                                 cuda_graphs=cuda_graphs, fold=fold, dlib_runtime=dlib_runtime)
         if ceiling:
             from facesortd.bench.ceiling import CeilingEmbedder
             model = CeilingEmbedder()
@@ -100,7 +105,7 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
             from facesortd.app.daemon import make_detector
             from facesortd.models.embedders import resolve_device
         bare = None
-        if embedder == "facenet" and not ceiling:
+        if (embedder == "facenet" or dlib_runtime == "torch") and not ceiling:
             from facesortd.bench.model import bare_model_throughput as bare
         old = old_tool and embedder == "facenet" and mode == "aligned" and not ceiling \
             and str(model.describe().get("device", "cpu")).startswith("cpu")
@@ -146,6 +151,12 @@ def bench_ingest(mode: str = "aligned", embedder: str = "facenet", images: Optio
             out.update(old_tool={"what": "fp32, batch 64, contiguous NCHW, decode all then embed",
                                  "images_per_s": round(median("old_tool_images_per_s"), 1)},
                        vs_old_tool=round(median("vs_old_tool"), 2))
+        if embedder == "dlib" and not ceiling:
+            from facesortd.bench.runtimes import chip_throughput, run_once_throughput
+            out["runtimes"] = {"chips": chip_throughput(images, min(count, 64), batch_size,
+                                                        device, precision)}
+            if run_once and images is not None:
+                out["runtimes"]["run_once"] = run_once_throughput(images, mode, device, batch_size)
         out.update(runs=[rounded(r) for r in runs], store_counts=counts, machine=machine())
         return out
     finally:

@@ -122,7 +122,8 @@ def load_embedder(cfg: EmbedderConfig, store_model: Optional[str] = None
     except ModelUnavailable as exc:
         if not choice.may_fall_back:
             raise
-        why = " ".join(line.strip().lstrip("- ") for line in str(exc).splitlines())
+        why = " ".join(line.strip().lstrip("- ") for line in str(exc).splitlines()
+                       if "Or use the dlib model" not in line)   # it is in use
         log.warning("embedder.name auto: using dlib (offline), facenet is not available: %s", why)
         choice = EmbedderChoice("dlib", "auto: the VGGFace2 weights are not on this machine and "
                                         "could not be downloaded; dlib is installed", fell_back=why)
