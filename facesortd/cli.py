@@ -124,6 +124,18 @@ def cmd_recluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from facesortd.app.migrate import migrate
+
+    config = _config(args)
+    _setup_logging(config.log_level)
+    report = migrate(config, args.to, weights=args.weights, dry_run=args.dry_run)
+    if report.get("message"):
+        print(f"facesortd migrate: {report['message']}", file=sys.stderr)
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     from facesortd.app.review import serve
 
@@ -281,6 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recluster", parents=[common],
                        help="cluster every face again (asks the running daemon, if there is one)")
     p.set_defaults(func=cmd_recluster)
+
+    p = sub.add_parser(
+        "migrate", parents=[common], help="re-embed every face with another model, keep the people",
+        description="Re-embed every stored face with another model and switch the store to it: "
+                    "boxes, face ids, names, pins, 'not this person' and rejections stay; then a "
+                    "recluster with the new model's eps. Resumable: run it again after an "
+                    "interruption. The daemon must be stopped. Prints a JSON report.")
+    p.add_argument("--to", required=True, choices=["facenet", "dlib"], help="the model to move to")
+    p.add_argument("--weights", type=Path, default=None, metavar="PATH",
+                   help="facenet: the VGGFace2 state dict (default: embedder.weights, then the "
+                        "torch caches, then the download)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="embed and report what would change, without switching the store")
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("web", parents=[common],
                        help="serve the review page alone, against the store (no daemon running)")

@@ -43,8 +43,9 @@ class Progress:
     """``with Progress(counts): ...`` where ``counts()`` returns (done, total) at any moment."""
 
     def __init__(self, counts: Callable[[], tuple[int, int]], stream: Optional[TextIO] = None,
-                 interval: float = 0.5, delay: float = 1.0):
+                 interval: float = 0.5, delay: float = 1.0, unit: str = UNIT):
         self._counts = counts
+        self._unit = unit
         self._stream = stream if stream is not None else sys.stderr
         self._interval = interval
         self._delay = delay  # small runs finish before anything is drawn
@@ -96,7 +97,7 @@ class Progress:
         except Exception:
             done, total = 0, 0
         # initial=done: the rate and ETA count from here, not from files done before the bar.
-        self._bar = _Bar(total=max(total, done), initial=done, file=self._stream, unit=UNIT,
+        self._bar = _Bar(total=max(total, done), initial=done, file=self._stream, unit=self._unit,
                          mininterval=0, miniters=1, dynamic_ncols=True, leave=True)
         while not self._stop.wait(self._interval):
             self._update()

@@ -562,6 +562,113 @@ class Store:
                 vectors.append(ids, np.frombuffer(data, dtype=_VECTOR_DTYPE).reshape(-1, dim))
             self._vectors, self._vectors_loaded = vectors, True
 
+    # ---- another model's vectors, staged beside these (facesortd migrate) ----------------------
+
+    def staged_progress(self, model_id: str) -> tuple[int, int]:
+        """(faces with a vector of ``model_id`` staged, or marked gone; faces in the store)."""
+        with self._lock:
+            staged = self._conn.execute("SELECT COUNT(*) FROM staged_vectors WHERE model_id = ?",
+                                        (model_id,)).fetchone()[0]
+            return staged, self._conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
+
+    def unstaged_faces(self, model_id: str, limit: int) -> list[tuple[int, int, Box]]:
+        """Up to ``limit`` faces (rejected ones too) with nothing of ``model_id`` staged yet, as
+        (face id, image id, box), by image then face: one photo's faces come together."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, image_id, box_x1, box_y1, box_x2, box_y2 FROM faces f WHERE NOT EXISTS "
+                "(SELECT 1 FROM staged_vectors s WHERE s.face_id = f.id AND s.model_id = ?) "
+                "ORDER BY image_id, id LIMIT ?", (model_id, int(limit))).fetchall()
+        return [(r[0], r[1], tuple(r[2:6])) for r in rows]
+
+    def stage_vectors(self, model_id: str, dim: int, face_ids: Sequence[int],
+                      vectors: Sequence[Optional[np.ndarray]]) -> None:
+        """Keep another model's vectors (None: the face's photo is gone) beside the ones in force,
+        in one transaction; faces deleted meanwhile are skipped. No search ever reads them."""
+        rows = []
+        for face_id, vector in zip(face_ids, vectors):
+            if vector is not None:
+                vector = np.asarray(vector, dtype=_VECTOR_DTYPE)
+                if vector.shape != (dim,) or not np.isfinite(vector).all():
+                    raise ValueError(f"face {face_id}: a staged vector must be {dim} finite values")
+                vector = vector.tobytes()
+            rows.append((int(face_id), model_id, vector, int(face_id)))
+        with self._tx() as conn:
+            conn.executemany("INSERT OR REPLACE INTO staged_vectors (face_id, model_id, vector) "
+                             "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM faces WHERE id = ?)", rows)
+
+    def unstage(self, *, keep: Optional[str] = None, gone_of: Optional[str] = None) -> int:
+        """Forget staged rows: every model's but ``keep``'s, or only the 'photo gone' marks of
+        ``gone_of`` (checked again: the photo may be back). Returns the rows removed."""
+        with self._tx() as conn:
+            if gone_of is not None:
+                return conn.execute("DELETE FROM staged_vectors WHERE model_id = ? AND vector IS NULL",
+                                    (gone_of,)).rowcount
+            return conn.execute("DELETE FROM staged_vectors WHERE model_id IS NOT ?", (keep,)).rowcount
+
+    def staged_vectors(self, model_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(face ids, vectors) of ``model_id`` staged for the non-rejected faces, by id: what
+        ``vectors()`` will hold once the store switches (for a dry run's prediction)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT s.face_id, s.vector FROM staged_vectors s JOIN faces f ON f.id = s.face_id "
+                "WHERE s.model_id = ? AND s.vector IS NOT NULL AND f.rejected = 0 ORDER BY s.face_id",
+                (model_id,)).fetchall()
+        if not rows:
+            return np.empty(0, np.int64), np.empty((0, 0), np.float32)
+        ids = np.array([r[0] for r in rows], np.int64)
+        return ids, np.frombuffer(b"".join(r[1] for r in rows), _VECTOR_DTYPE).reshape(len(rows), -1)
+
+    @contextmanager
+    def switching_model(self, model_id: str, dim: int) -> Iterator[dict]:
+        """One transaction that puts the staged vectors of ``model_id`` in force for every face,
+        drops the faces whose photo was gone (their images become 'error' with the reason), makes
+        ``model_id`` the store's model and forgets the eps-neighbour graph (the next recluster
+        rebuilds it). The block runs inside the same transaction (the recluster): all or
+        nothing. ``vectors()`` holds the new model's vectors inside the block and after it, the
+        old ones again if it fails. Yields {'faces_dropped': [...], 'images_dropped': [...]}."""
+        with self._lock:
+            old_dim = self._dim
+            try:
+                with self._tx() as conn:
+                    missing = conn.execute(
+                        "SELECT COUNT(*) FROM faces f WHERE NOT EXISTS (SELECT 1 FROM staged_vectors "
+                        "s WHERE s.face_id = f.id AND s.model_id = ?)", (model_id,)).fetchone()[0]
+                    if missing:
+                        raise StoreError(f"{missing} face(s) have no vector of {model_id} yet")
+                    gone = conn.execute(
+                        "SELECT f.id, f.image_id FROM faces f JOIN staged_vectors s ON s.face_id = f.id "
+                        "AND s.model_id = ? WHERE s.vector IS NULL ORDER BY f.id", (model_id,)).fetchall()
+                    images = sorted({image for _, image in gone})
+                    conn.executemany("DELETE FROM faces WHERE id = ?", [(f,) for f, _ in gone])
+                    conn.executemany(
+                        "UPDATE images SET status = 'error', error = ?, updated_at = ? WHERE id = ? "
+                        "AND NOT EXISTS (SELECT 1 FROM faces WHERE image_id = images.id)",
+                        [(f"its file was gone when the store moved to model {model_id}: its faces "
+                          "were dropped", time.time(), i) for i in images])
+                    conn.execute(
+                        "UPDATE faces SET model_id = ?, vector = (SELECT vector FROM staged_vectors s "
+                        "WHERE s.face_id = faces.id AND s.model_id = ?)", (model_id, model_id))
+                    conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                     [("model_id", model_id), ("dim", str(int(dim)))])
+                    conn.execute("DELETE FROM meta WHERE key IN ('graph_upto', 'graph_radius')")
+                    conn.execute("DELETE FROM face_edges")
+                    conn.execute("DELETE FROM staged_vectors")
+                    self._dim, self._vectors, self._vectors_loaded = int(dim), None, False
+                    yield {"faces_dropped": [f for f, _ in gone], "images_dropped": images}
+            except BaseException:
+                self._dim, self._vectors, self._vectors_loaded = old_dim, None, False
+                raise
+
+    def set_meta(self, key: str, value: str) -> None:
+        """A meta value of the store's own (joins an outer transaction)."""
+        with self._tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def meta(self, key: str) -> Optional[str]:
+        with self._lock:
+            return self._meta(key)
+
     # ---- status -------------------------------------------------------------------------------
 
     def counts(self) -> dict:

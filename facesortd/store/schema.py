@@ -197,7 +197,21 @@ def _v6(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: Sequence[Step] = (_V1, _V2, _V3, _V4, _V5, _v6)
+# Version 7: ``facesortd migrate`` re-embeds every face with another model beside the vectors in
+# force: one row per face and target model, never read by a search (NULL vector: the face's photo
+# was gone, and the face is dropped when the store switches). A face deleted meanwhile (its file
+# replaced while the daemon ran on the old model) takes its row with it.
+_V7 = _sql(
+    """CREATE TABLE staged_vectors (
+        face_id  INTEGER NOT NULL REFERENCES faces(id) ON DELETE CASCADE,
+        model_id TEXT NOT NULL,
+        vector   BLOB,
+        PRIMARY KEY (face_id, model_id)
+    )""",
+)
+
+
+MIGRATIONS: Sequence[Step] = (_V1, _V2, _V3, _V4, _V5, _v6, _V7)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
