@@ -53,7 +53,8 @@ def test_no_weights_and_no_download_falls_back_to_dlib_with_one_warning(empty_to
         embedder, choice = load_embedder(AUTO)
     assert embedder.name == "dlib" and choice.name == "dlib"
     assert embedder.model_id == "dlib-resnet-v1"
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and r.name == "facesortd.models.embedders"]
     assert len(warnings) == 1
     line = warnings[0]
     assert "\n" not in line and "using dlib" in line
