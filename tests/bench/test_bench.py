@@ -84,3 +84,17 @@ def test_bench_web_times_every_route_and_a_thumbnail(tmp_path, data_dir):
         assert _get(client, out["routes"]["GET /people/<largest>"]["url"], lambda r: True)[1] > 0
         with pytest.raises(FacesortdError, match="gave 404"):
             _get(client, "/people/999999", lambda r: True)
+
+
+def test_bench_dlib_runtimes_on_the_same_chips(data_dir):
+    """bench ingest --embedder dlib's comparison: both runtimes embed the same chips; the figures
+    are there and the vectors agree (speed itself is not asserted: a benchmark, not a test)."""
+    pytest.importorskip("dlib")
+    from facesortd.bench.runtimes import chip_throughput
+
+    r = chip_throughput(data_dir / "faces_cropped", count=6, batch_size=4, device="cpu",
+                        precision="auto", seconds=0.2)
+    assert r["chips"] == 6 and r["torch_faces_per_s"] > 0 and r["dlib_faces_per_s"] > 0
+    assert r["ratio"] == pytest.approx(r["torch_faces_per_s"] / r["dlib_faces_per_s"], rel=0.01)
+    assert r["min_cosine"] >= 0.9999
+    assert r["torch"]["runtime"].startswith("torch") and r["dlib"]["runtime"].startswith("dlib")
