@@ -244,9 +244,10 @@ class Store:
                 raise StoreError(
                     f"the store {self.path} was made by model {known_id} ({known_dim}-d) and holds "
                     f"{count} vectors of it; the configured embedder is model {model_id} ({dim}-d). "
-                    "Vectors of two models are never mixed. To re-embed everything with the new "
-                    "model, point state_dir at a new folder; to keep this store, set embedder.name "
-                    "(and embedder.weights) back to what made it.")
+                    "Vectors of two models are never mixed. To re-embed this store with the new "
+                    "model and keep every name and correction, run facesortd migrate --to "
+                    f"{model_id.split('-')[0]}; to keep it as it is, set embedder.name to auto "
+                    "(or back to what made it, with the same embedder.weights).")
         with self._lock:
             self._dim = int(dim)
             if self._vectors is None:
