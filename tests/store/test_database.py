@@ -146,7 +146,7 @@ def test_bind_model_refuses_another_model_and_says_what_to_do(tmp_path):
             store.bind_model("dlib-resnet-v1", 128)
         message = str(err.value)
         assert MODEL in message and "dlib-resnet-v1" in message and "3 vectors" in message
-        assert "state_dir" in message and "embedder.name" in message
+        assert "facesortd migrate --to dlib" in message and "embedder.name" in message
         with pytest.raises(StoreError):
             store.bind_model(MODEL, DIM * 2)
         assert store.counts()["model_id"] == MODEL
