@@ -72,8 +72,9 @@ def check_device(config: Config) -> Iterator[Finding]:
     spec = config.embedder.device
     cuda = torch.cuda.is_available()
     names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
-    if config.embedder.name == "dlib":
-        yield _ok("device", "the dlib embedder runs on the CPU" +
+    dlib = config.embedder.name == "dlib"
+    if dlib and config.embedder.dlib_runtime == "dlib":
+        yield _ok("device", "embedder.dlib_runtime: dlib runs dlib's ResNet on one CPU core" +
                   (f" (CUDA present but unused: {', '.join(names)})" if names else ""))
         return
     from facesortd.models.embedders import resolve_device
@@ -84,6 +85,9 @@ def check_device(config: Config) -> Iterator[Finding]:
         return
     if device.type == "cuda":
         yield _ok("device", f"embedder.device {spec}: uses {device} ({names[device.index or 0]})")
+    elif spec == "auto" and dlib:
+        yield _ok("device", "no CUDA device: dlib's ResNet runs on the CPU through torch "
+                  "(embedder.dlib_runtime: torch, batched, every core)")
     elif spec == "auto":
         yield _warn("device", "no CUDA device: the model runs on the CPU (several times slower)",
                     "for a GPU install the NVIDIA driver and a CUDA build of torch; check with "

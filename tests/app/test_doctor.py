@@ -127,6 +127,22 @@ def test_a_web_port_in_use(tmp_path):
     assert rc == 1 and line(out, "web").startswith("FAIL") and str(port) in out
 
 
+@pytest.mark.parametrize("runtime", ["torch", "dlib"])
+def test_dlib_device_names_the_runtime(tmp_path, runtime):
+    """dlib's ResNet runs where embedder.device says through torch, on one core in dlib's own."""
+    import torch
+
+    config = parse_config("inboxes: [{path: inbox}]\n"
+                          f"embedder: {{name: dlib, dlib_runtime: {runtime}}}\n"
+                          "web: {enabled: false}\n", tmp_path / "facesortd.yaml")
+    device = {f.topic: f for f in run_checks(config)}["device"]
+    assert device.level == "ok"
+    if runtime == "dlib":
+        assert "one CPU core" in device.message
+    elif not torch.cuda.is_available():
+        assert "runs on the CPU through torch" in device.message
+
+
 def test_facenet_device_and_weights(tmp_path, monkeypatch):
     import torch
 
