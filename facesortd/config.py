@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from facesortd.errors import ConfigError
 
@@ -40,8 +48,15 @@ class WatchConfig(_Model):
     extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff",
                                    ".heic", ".heif", ".avif")
     ignore: tuple[str, ...] = ("*.part", "*.tmp", "*.crdownload", ".*")
+    #: move (into placement.other_dir) | leave (in the inbox, logged once): files that are
+    #: neither photos nor a photo's companions
+    other_files: Literal["move", "leave"] = "move"
+    #: files sharing a photo's stem (``stem.*``, same folder) that travel with it; a RAW file
+    #: without a JPEG/HEIC twin is analysed on its own embedded preview
+    companions: tuple[str, ...] = (".xmp", ".aae", ".mov", ".json", ".thm", ".cr2", ".cr3", ".nef",
+                                   ".arw", ".dng", ".raf", ".orf", ".rw2")
 
-    @field_validator("extensions")
+    @field_validator("extensions", "companions")
     @classmethod
     def _dotted_lowercase(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         out = []
@@ -49,8 +64,21 @@ class WatchConfig(_Model):
             ext = ext.strip().lower()
             if not ext or ext == ".":
                 raise ValueError("an extension may not be empty (write them like .jpg)")
-            out.append(ext if ext.startswith(".") else "." + ext)
+            ext = ext if ext.startswith(".") else "." + ext
+            if "/" in ext or "\\" in ext or "*" in ext:
+                raise ValueError(f"{ext!r} is not an extension (write them like .xmp)")
+            out.append(ext)
         return tuple(out)
+
+    @model_validator(mode="after")
+    def _photo_or_companion(self) -> "WatchConfig":
+        both = sorted(set(self.extensions) & set(self.companions))
+        if both:
+            raise ValueError(
+                f"{', '.join(both)} in both watch.extensions and watch.companions: a file is a photo "
+                "or a photo's companion; keep RAW extensions in companions (a RAW without a twin is "
+                "still analysed on its preview) or list them only in extensions (every RAW alone)")
+        return self
 
 
 class EmbedderConfig(_Model):
@@ -142,6 +170,7 @@ class PlacementConfig(_Model):
     group_dir: str = "_groups"
     duplicates_dir: str = "_duplicates"
     on_conflict: Literal["rename_new", "skip_identical"] = "rename_new"
+    other_dir: str = "_other"        # with watch.other_files: move (path inside the inbox kept)
 
     @field_validator("layout")
     @classmethod
@@ -162,7 +191,8 @@ class PlacementConfig(_Model):
             raise ValueError("must be a relative path inside the library (no leading / or ..)")
         return value
 
-    @field_validator("unknown_dir", "noface_dir", "quarantine_dir", "group_dir", "duplicates_dir")
+    @field_validator("unknown_dir", "noface_dir", "quarantine_dir", "group_dir", "duplicates_dir",
+                     "other_dir")
     @classmethod
     def _plain_dir(cls, value: str) -> str:
         if not value or "/" in value or "\\" in value or value in (".", ".."):

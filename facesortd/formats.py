@@ -43,3 +43,31 @@ def is_raw(name: str) -> bool:
     """Whether a file name is a camera RAW's (by its extension, any case)."""
     dot = name.rfind(".")
     return dot > 0 and name[dot:].lower() in RAW_EXTENSIONS
+
+
+def extension(name: str) -> str:
+    """A file name's last extension, lower case with its dot ('' when it has none)."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot > 0 else ""
+
+
+def companion_suffix(photo_name: str, name: str) -> str | None:
+    """What follows the photo's stem in a companion's name (``.CR3``, ``.xmp``, ``.JPG.json``),
+    or None when ``name`` is not named after the photo: a companion is ``stem.*`` (which takes in
+    ``stem.ext.*``) beside ``stem.ext``."""
+    dot = photo_name.rfind(".")
+    stem = photo_name[:dot] if dot > 0 else photo_name
+    if name != photo_name and name.startswith(stem + "."):
+        return name[len(stem):]
+    return None
+
+
+def owner(name: str, photos) -> str | None:
+    """The photo among ``photos`` (names in the same folder) that ``name`` is a companion of: the
+    one with the longest stem (``a.b.jpg`` over ``a.jpg`` for ``a.b.xmp``), then the first name."""
+    best = None
+    for photo in sorted(photos):
+        suffix = companion_suffix(photo, name)
+        if suffix is not None and (best is None or len(suffix) < best[0]):
+            best = (len(suffix), photo)
+    return best[1] if best else None

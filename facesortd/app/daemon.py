@@ -103,6 +103,10 @@ class Daemon:
         # A file that left the inbox (quarantined, gone) may come back with the same stat later.
         if outcome in ("error", "gone") and self.watcher is not None:
             self.watcher.forget(job.path)
+        # no model work, so no new faces to announce it: an other file, a companion come after
+        # its photo, a RAW without a readable preview (no face) are for the placer now
+        if outcome in ("other", "companion") or (outcome == "noface" and reason):
+            self.notify_changed()
 
     def start(self) -> None:
         self.identities.start()

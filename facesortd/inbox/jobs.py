@@ -19,3 +19,6 @@ class Job:
     mode: str  # "detect" | "aligned"
     size: int
     mtime_ns: int
+    #: photo: analysed; other: neither a photo nor a companion (watch.other_files: move);
+    #: loose: a companion whose photo is no longer beside it (it may follow a placed one)
+    kind: str = "photo"

@@ -1,7 +1,13 @@
 """Turn files that land in inbox folders into Jobs, once they have settled.
 
 Watchdog events and folder scans only mark paths as seen; one worker thread stats them, waits
-until size and mtime have held still for ``settle_ms``, and hands a ``Job`` to the pipeline. Scans
+until size and mtime have held still for ``settle_ms``, and hands a ``Job`` to the pipeline. What
+a settled file is depends on its folder: a photo (``watch.extensions``) is a job; a companion
+(``watch.companions``) named after a photo beside it is left to travel with that photo (the
+placer takes it); a companion with no photo beside it waits a little longer for its twin, then is
+a job of its own (a lone RAW is analysed on its preview, anything else may follow a photo already
+placed); any other file is a job for ``placement.other_dir`` or, with ``other_files: leave``, is
+logged once and left. Scans
 run at start (files that came while the daemon was down), every ``rescan_interval_s``, and whenever
 an observer dies or the kernel drops events, so a missed event delays a file but never loses it.
 """
@@ -25,6 +31,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from facesortd.config import InboxConfig, WatchConfig
+from facesortd.formats import extension, is_raw, owner
 from facesortd.inbox.jobs import Job
 
 log = logging.getLogger("facesortd.watcher")
@@ -34,6 +41,9 @@ MISSING_RETRY_S = 5.0  # how often a missing or replaced inbox folder is looked 
 _FILE_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed", "attrib"})
 # watchdog reports an inotify queue overflow only as this logger's warning; we listen for it.
 _OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
+#: a companion with no photo beside it waits this much longer than settle_ms for its twin (a RAW
+#: camera's JPEG, an XMP written before its photo) before it is taken alone
+ORPHAN_WAIT_S = 1.0
 
 
 @dataclass
@@ -78,6 +88,8 @@ class Watcher:
         self._settle_s = watch.settle_ms / 1000.0
         self._tick_s = max(0.01, min(0.1, self._settle_s / 4))
         self._extensions = frozenset(e.lower() for e in watch.extensions)
+        self._companions = frozenset(e.lower() for e in watch.companions)
+        self._orphan_s = self._settle_s + max(ORPHAN_WAIT_S, self._settle_s)
         self._handler = _EventHandler(self)
         self._overflow_hook = _OverflowHook(self)
 
@@ -254,8 +266,6 @@ class Watcher:
             return False
         if any(self._skip_folder(folder) for folder in parts[:-1]):
             return False
-        if os.path.splitext(name)[1].lower() not in self._extensions:
-            return False
         if any(fnmatch.fnmatch(name, pat) for pat in self._config.ignore):
             return False
         return not any(_inside(path, ex) for ex in self._exclude)
@@ -272,9 +282,23 @@ class Watcher:
         if st is None or not stat.S_ISREG(st.st_mode):
             self._pending.pop(path, None)
             with self._lock:
-                self._submitted.pop(path, None)
+                was = self._submitted.pop(path, None)
+            if was is not None and extension(path) in self._extensions:
+                self._photo_left(path, inboxes, now)
             return
         self._note(path, found[1], st, now)
+
+    def _photo_left(self, path: str, inboxes: dict[str, InboxConfig], now: float) -> None:
+        """A photo left its folder (placed, quarantined): companions of it that stayed behind
+        (not settled when it was placed) are looked at again, alone now."""
+        folder, name = os.path.split(path)
+        with self._lock:
+            behind = [p for p in self._submitted if os.path.dirname(p) == folder
+                      and owner(os.path.basename(p), [name]) is not None]
+            for p in behind:
+                del self._submitted[p]
+        for p in behind:
+            self._look(p, inboxes, now)
 
     def _note(self, path: str, inbox: InboxConfig, st: os.stat_result, now: float) -> None:
         key = (st.st_size, st.st_mtime_ns)
@@ -327,9 +351,27 @@ class Watcher:
                 for path in [p for p in self._submitted if _inside(p, root) and p not in seen_files]:
                     del self._submitted[path]
 
+    def _kind(self, path: str, listings: dict[str, list[str]]) -> str:
+        """What a settled file is: photo | companion (its photo is beside it) | orphan (a
+        companion alone: waits for its twin) | other | leave (other, left in the inbox)."""
+        ext = extension(path)
+        if ext in self._extensions:
+            return "photo"
+        if ext in self._companions:
+            folder, name = os.path.split(path)
+            if folder not in listings:
+                try:
+                    listings[folder] = os.listdir(folder)
+                except OSError:
+                    listings[folder] = []
+            photos = [n for n in listings[folder] if extension(n) in self._extensions]
+            return "companion" if owner(name, photos) is not None else "orphan"
+        return "other" if self._config.other_files == "move" else "leave"
+
     def _settle(self, now: float) -> None:
         """Submit pending files whose size and mtime held still for settle_ms, oldest first."""
         due = [(p, s) for p, s in self._pending.items() if now - s.since >= self._settle_s]
+        listings: dict[str, list[str]] = {}
         for path, seen in due:
             try:
                 st = os.lstat(path)
@@ -346,8 +388,20 @@ class Watcher:
                 if self._submitted.get(path) == key:
                     del self._pending[path]
                     continue
+            kind = self._kind(path, listings)
+            if kind == "orphan":
+                if now - seen.since < self._orphan_s:
+                    continue   # its twin may still be on its way
+                kind = "photo" if is_raw(path) else "loose"
+            if kind in ("companion", "leave"):
+                if kind == "leave":
+                    log.info("left in the inbox (watch.other_files: leave): %s", path)
+                with self._lock:
+                    self._submitted[path] = key
+                del self._pending[path]
+                continue
             job = Job(path=Path(path), inbox=seen.inbox.path, mode=seen.inbox.mode,
-                      size=key[0], mtime_ns=key[1])
+                      size=key[0], mtime_ns=key[1], kind=kind)
             try:
                 accepted = self._submit(job)
             except Exception:

@@ -24,6 +24,7 @@ import numpy as np
 
 from facesortd import fsops
 from facesortd.config import Config
+from facesortd.formats import owner
 from facesortd.inbox.jobs import Job
 from facesortd.models.base import Box
 from facesortd.store.database import Store
@@ -61,6 +62,7 @@ class Stats:
     files_duplicate: int = 0
     files_error: int = 0
     files_skipped: int = 0
+    files_other: int = 0           # neither photos nor companions, recorded for placement.other_dir
     faces: int = 0
     batches: int = 0
     batch_faces: int = 0
@@ -195,6 +197,25 @@ class Ledger:
         log.warning("quarantined %s: %s%s", job.path, reason,
                     f" -> {moved_to}" if moved_to else "")
         self.finish(job, "error", reason)
+
+    def side_file(self, job: Job) -> None:
+        """A file that is not analysed: a companion whose photo was placed before it settled
+        ('loose': the placer brings it to its photo, outcome 'companion'), or an other file,
+        recorded as 'other' for the placer to move into ``placement.other_dir`` (its hash is
+        taken there, off the watcher's thread)."""
+        if job.kind == "loose":
+            photos = self.store.images_in_folder(job.path.parent, "done", "noface", "duplicate")
+            if owner(job.path.name, [p.path.name for p in photos]) is not None:
+                log.info("%s arrived after its photo; it follows it", job.path)
+                self.finish(job, "companion")
+                return
+        if self.config.watch.other_files == "leave":
+            log.info("left in the inbox (watch.other_files: leave): %s", job.path)
+            return
+        self.store.add_image(job.path, job.inbox, None, job.size, job.mtime_ns, status="other")
+        self.stats.files_other += 1
+        log.info("other file %s: to %s", job.path, self.config.placement.other_dir)
+        self.finish(job, "other")
 
     def no_preview(self, job: Job, reason: str) -> None:
         """A camera RAW file whose picture cannot be read: not broken, so it is recorded as a

@@ -137,6 +137,9 @@ class Pipeline:
         if self.store.image_is_current(job.path, job.size, job.mtime_ns):
             self.stats.files_skipped += 1
             return True
+        if job.kind != "photo":
+            self._ledger.side_file(job)
+            return True
         if not self._ledger.take(job.path):
             return True
         try:

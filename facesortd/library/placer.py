@@ -11,6 +11,11 @@ quarantined ones too. Operations are planned for a chunk of images, then carried
 ``quarantine()`` is the pipeline's way to set a broken file aside (quarantine.py).
 ``audit()`` says, read-only, where each placed file is against where the placer wants it
 (``facesortd doctor``).
+Companions (companions.py: ``IMG_1.CR3``, ``IMG_1.xmp``, ``IMG_1.JPG.json`` beside ``IMG_1.JPG``)
+are operations of their photo's group: placed with it under names that share its (renamed) stem,
+moved when it follows its person, undone with it; one that arrives later goes to where its photo
+is now. Other files ('other' images: neither photos nor companions) go to ``placement.other_dir``
+with their path inside the inbox kept.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections import defaultdict
@@ -27,7 +33,7 @@ from typing import Callable, Iterable, Optional
 
 from facesortd.config import Config
 from facesortd.fsops import candidate_names
-from facesortd.library import quarantine
+from facesortd.library import companions, quarantine
 from facesortd.library.journal import Journal, Op, content_id
 from facesortd.library.layout import Folder, identity_folders, is_candidate, layout_fields, photo_date, render
 from facesortd.store.database import DB_NAME, ImageRow, Store, decode_path, encode_path
@@ -57,6 +63,7 @@ class _Snapshot:
     by_path: dict[Path, _Placement]
     dates: dict[int, tuple[Optional[str], str]]
     reserved: set[Path] = field(default_factory=set)           # destinations chosen this sync
+    listings: dict[Path, companions.Listing] = field(default_factory=dict)   # inbox folders
 
 
 @dataclass
@@ -200,7 +207,9 @@ class Placer:
         group = _Group(image)
         main = next((p for p in placements if p.kind == "main"), None)
         extras = [p for p in placements if p.kind == "extra"]
+        placed = [p for p in placements if p.kind == "companion" and os.path.lexists(p.path)]
         action = self.config.placement.action
+        arriving = self._arriving(image, snap, placed)
         if main is None:
             try:
                 st = os.lstat(image.path)
@@ -208,9 +217,14 @@ class Placer:
                 return []  # gone from the inbox before it could be placed
             if (st.st_size, st.st_mtime_ns) != (image.size, image.mtime_ns):
                 return []  # a new version: the pipeline ingests it first
+            if image.sha256 is None:   # an other file: hashed here, off the watcher's thread
+                image = replace(image, sha256=content_id(image.path))
+                if not dry_run:
+                    self._set_sha(image)
             template = Op(action, image.path, None, image.id,
                           "main", image.sha256, "place", action)
-            main_path = self._carry_out(template, targets[0], image, snap, group)
+            main_path = self._carry_out(template, targets[0], image, snap, group,
+                                        [suffix for _, suffix in arriving])
         elif not os.path.lexists(main.path):
             log.warning("%s was placed at %s but is not there any more; leaving it be",
                         image.path, main.path)
@@ -222,8 +236,28 @@ class Placer:
         else:
             sha = content_id(main.path) if os.path.islink(main.path) else image.sha256
             template = Op("move", main.path, None, image.id, "main", sha, "follow", main.action)
-            main_path = self._carry_out(template, targets[0], image, snap, group)
+            suffixes = [companions.suffix(p.path.name, main.path, image.path) for p in placed]
+            main_path = self._carry_out(template, targets[0], image, snap, group,
+                                        suffixes + [suffix for _, suffix in arriving])
             group.prune.append(main.path.parent)
+            for p, suffix in zip(placed, suffixes):   # the group follows under the new stem
+                dst = companions.beside(main_path, suffix)
+                snap.reserved.add(dst)
+                group.ops.append(Op("move", p.path, dst, image.id, "companion", _sha(p), "follow",
+                                    p.action))
+            placed = []
+        for p in placed:
+            if p.path.parent != main_path.parent:   # left behind (a crash between two moves)
+                suffix = companions.suffix(p.path.name, main.path if main else image.path,
+                                           image.path)
+                dst = self._free(companions.beside(main_path, suffix), snap)
+                group.ops.append(Op("move", p.path, dst, image.id, "companion", _sha(p), "follow",
+                                    p.action))
+                group.prune.append(p.path.parent)
+        for path, suffix in arriving:
+            dst = self._free(companions.beside(main_path, suffix), snap)
+            group.ops.append(Op(action, path, dst, image.id, "companion", content_id(path), "place",
+                                action))
         unmatched = list(extras)
         for rel in targets[1:]:
             keep = next((e for e in unmatched if self._acceptable(e.path, rel, image, snap)), None)
@@ -251,6 +285,10 @@ class Placer:
                     self._forget(p, "DELETE FROM placements WHERE image_id = ? AND path = ?")
             elif p.kind == "gone":
                 return None
+            elif p.kind == "companion":
+                live.append(p)     # its own bytes: never compared with the photo's
+            elif p.kind == "held_companion":
+                continue           # back in the inbox with its held photo (undo)
             elif p.sha256 != image.sha256:
                 # the inbox path now holds other content: the old file stays where it is, untracked
                 if not dry_run:
@@ -266,6 +304,12 @@ class Placer:
         if not folders:
             return []
         pc = self.config.placement
+        if image.status == "other":   # the path inside the inbox, kept
+            try:
+                inside = image.path.relative_to(image.inbox)
+            except ValueError:
+                inside = Path(image.path.name)
+            return [Path(pc.other_dir) / inside]
         date = self._date(image, snap) if layout_fields(pc.layout) & {"year", "month", "day"} \
             else None
         return [render(pc, f, image.path, image.inbox, date) for f in folders]
@@ -282,6 +326,8 @@ class Placer:
             return self._folders(original, snap)
         if image.status in ("done", "noface"):
             return self._folders(image, snap)
+        if image.status == "other":
+            return [Folder(pc.other_dir, True)]
         return []
 
     def _folders(self, image: ImageRow, snap: _Snapshot) -> list[Folder]:
@@ -345,8 +391,12 @@ class Placer:
         except OSError:
             return False
 
-    def _choose(self, rel: Path, image: ImageRow, kind: str, snap: _Snapshot) -> Path:
-        """A free destination for ``rel`` under the conflict policy (never an existing path)."""
+    def _choose(self, rel: Path, image: ImageRow, kind: str, snap: _Snapshot,
+                suffixes: Iterable[str] = ()) -> Path:
+        """A free destination for ``rel`` under the conflict policy (never an existing path);
+        with its companions' ``suffixes``, one whose stem is free for all of them too (rename_new
+        renames the whole group: IMG_1.jpg, IMG_1.CR3, IMG_1.xmp)."""
+        suffixes = list(suffixes)
         want = self.config.library / rel
         if (self.config.placement.on_conflict == "skip_identical" and kind == "main"
                 and want not in snap.reserved and self._holds_same(want, image, snap)):
@@ -355,15 +405,50 @@ class Placer:
             want = self._divert(image, snap)
         for name in candidate_names(want.name):
             path = want.parent / name
-            if path not in snap.reserved and not os.path.lexists(path):
+            if all(p not in snap.reserved and not os.path.lexists(p) for p in
+                   [path] + [companions.beside(path, s) for s in suffixes]):
                 return path
         raise AssertionError("unreachable")
 
+    def _free(self, want: Path, snap: _Snapshot) -> Path:
+        """``want`` or its first free rename_new variant, reserved for this sync."""
+        for name in candidate_names(want.name):
+            path = want.parent / name
+            if path not in snap.reserved and not os.path.lexists(path):
+                snap.reserved.add(path)
+                return path
+        raise AssertionError("unreachable")
+
+    def _arriving(self, image: ImageRow, snap: _Snapshot,
+                  placed: list[_Placement]) -> list[tuple[Path, str]]:
+        """Companions of this image in its inbox folder, settled, to be placed beside it now
+        (with a copy or link action, those placed before stay placed: they are not taken twice)."""
+        if image.status == "other":
+            return []
+        folder = image.path.parent
+        if folder not in snap.listings:
+            snap.listings[folder] = companions.listing(folder, self.store, self.config.watch)
+        found = companions.of(image.path.name, snap.listings[folder], self.config.watch)
+        if self.config.placement.action != "move" and found:
+            have = {companions.suffix(p.path.name, p.path, image.path) for p in placed}
+            found = [(name, suffix) for name, suffix in found if suffix not in have]
+        settle_s = self.config.watch.settle_ms / 1000.0
+        out = []
+        for name, suffix in found:
+            try:
+                st = os.lstat(folder / name)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime >= settle_s:
+                out.append((folder / name, suffix))
+        return out
+
     def _carry_out(self, template: Op, rel: Path, image: ImageRow, snap: _Snapshot,
-                   group: _Group) -> Path:
+                   group: _Group, suffixes: Iterable[str] = ()) -> Path:
         """Pick a free destination for ``template`` and add the operation to ``group``."""
-        dst = self._choose(rel, image, template.kind, snap)
-        snap.reserved.add(dst)
+        suffixes = list(suffixes)
+        dst = self._choose(rel, image, template.kind, snap, suffixes)
+        snap.reserved.add(dst)   # the companions' names, free too, are reserved as they are taken
         group.ops.append(replace(template, dst=dst))
         return dst
 
@@ -373,16 +458,25 @@ class Placer:
         beside its inbox path, then held there. A quarantined file's reason file is retired on its
         own (one edited by hand stays and does not keep the file from going back)."""
         placements = [p for p in snap.placements.get(image.id, [])
-                      if p.kind in ("main", "extra", "reason")]
+                      if p.kind in ("main", "extra", "reason", "companion")]
         group, note = _Group(image), _Group(image)
-        for p in sorted(placements, key=lambda p: ("extra", "main", "reason").index(p.kind)):
+        order = ("extra", "main", "companion", "reason")
+        main = next((p for p in placements if p.kind == "main"), None)
+        back = image.path   # where the photo goes back to: its companions take its stem
+        for p in sorted(placements, key=lambda p: order.index(p.kind)):
             if not os.path.lexists(p.path):
                 continue
             sha = p.sha256 or image.sha256   # a quarantined file: the image row has no hash
             if p.kind == "main" and p.action == "move":
-                target = self._free_beside(image.path, snap)
+                back = target = self._free_beside(image.path, snap)
                 sha = content_id(p.path) if os.path.islink(p.path) else sha
                 group.ops.append(Op("move", p.path, target, image.id, "held", sha, "undo", "move"))
+            elif p.kind == "companion" and p.action == "move":
+                suffix = companions.suffix(p.path.name, main.path if main else image.path,
+                                           image.path)
+                target = self._free(companions.beside(back, suffix), snap)
+                group.ops.append(Op("move", p.path, target, image.id, "held_companion", _sha(p),
+                                    "undo", "move"))
             else:
                 (note if p.kind == "reason" else group).ops.append(
                     Op("retire", p.path, None, image.id, p.kind, sha, "undo", p.action))
@@ -416,7 +510,8 @@ class Placer:
         """What sync needs, read in one go; ``identities`` (id, name, merged_into) rows stand in
         for the store's (``audit``)."""
         with self.store.read() as conn:
-            images = {r.id: r for r in self.store.images_with_status("done", "noface", "duplicate")}
+            images = {r.id: r for r in self.store.images_with_status("done", "noface", "duplicate",
+                                                                     "other")}
             merged, names = {}, {}
             rows = conn.execute("SELECT id, name, merged_into FROM identities") \
                 if identities is None else identities
@@ -441,8 +536,13 @@ class Placer:
         pc = self.config.placement
         live = {i: name for i, name in names.items() if merged[i] is None}
         folders = identity_folders(live, (pc.unknown_dir, pc.noface_dir, pc.quarantine_dir,
-                                          pc.group_dir, pc.duplicates_dir))
+                                          pc.group_dir, pc.duplicates_dir, pc.other_dir))
         return _Snapshot(images, dict(faces), folders, dict(placements), by_path, dates)
+
+    def _set_sha(self, image: ImageRow) -> None:
+        with self.store.transaction() as conn:
+            conn.execute("UPDATE images SET sha256 = ? WHERE id = ? AND sha256 IS NULL",
+                         (image.sha256, image.id))
 
     def _mark_gone(self, p: _Placement) -> None:
         self._forget(p, "UPDATE placements SET kind = 'gone' WHERE image_id = ? AND path = ?")
@@ -492,6 +592,11 @@ def audit(config: Config, conn: sqlite3.Connection,
                           os.path.lexists(main.path),
                           placer._acceptable(main.path, rel, image, snap)))
     return out
+
+
+def _sha(p: _Placement) -> Optional[str]:
+    """What the journal checks a placed file by: its recorded hash, a symlink's target."""
+    return content_id(p.path) if os.path.islink(p.path) else p.sha256
 
 
 def _root(identity: Optional[int], merged: dict[int, Optional[int]]) -> Optional[int]:

@@ -23,7 +23,8 @@ from facesortd.errors import StoreError
 from facesortd.store.schema import SCHEMA_VERSION, migrate, schema_version
 
 DB_NAME = "facesortd.db"
-STATUSES = ("pending", "done", "noface", "error", "duplicate")
+#: other: not a photo, a file the placer keeps for ``placement.other_dir`` (watch.other_files)
+STATUSES = ("pending", "done", "noface", "error", "duplicate", "other")
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the decoded image
 FaceIn = tuple[Box, float, np.ndarray]  # box (x1, y1, x2, y2), detector score, vector [dim]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -348,6 +349,17 @@ class Store:
             if cur.rowcount != 1:
                 raise KeyError(f"no image with id {image_id}")
 
+    def images_in_folder(self, folder: PathLike, *statuses: str) -> list[ImageRow]:
+        """Images whose inbox path is directly in ``folder``, in one of ``statuses`` (a
+        companion arriving after its photo looks for the photo among these)."""
+        prefix = os.fspath(folder).rstrip(os.sep) + os.sep
+        marks = ", ".join("?" * len(statuses))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_IMAGE_COLUMNS} FROM images WHERE path >= ? AND path < ? "
+                f"AND status IN ({marks})", (prefix, prefix + "\U0010ffff", *statuses)).fetchall()
+        return [r for r in map(_image_row, rows) if os.fspath(r.path.parent) == prefix[:-1]]
+
     def image_is_current(self, path: PathLike, size: int, mtime_ns: int) -> bool:
         """True if this exact file (same size and mtime) already has its faces recorded, or is
         a broken file that ``facesortd undo`` took back out of quarantine and holds.
@@ -359,7 +371,7 @@ class Store:
         with self._lock:
             row = self._conn.execute(
                 "SELECT 1 FROM images WHERE path = ? AND size = ? AND mtime_ns = ? "
-                "AND (status IN ('done', 'noface', 'duplicate') OR status = 'error' AND EXISTS ("
+                "AND (status IN ('done', 'noface', 'duplicate', 'other') OR status = 'error' AND EXISTS ("
                 "SELECT 1 FROM placements WHERE image_id = images.id AND kind = 'held' "
                 "AND mtime_ns = images.mtime_ns))",
                 (encode_path(path), size, mtime_ns)).fetchone()

@@ -120,7 +120,7 @@ def test_slow_writer_is_taken_once_with_its_final_size(tmp_path, make_watcher):
 def test_temp_names_dotfiles_and_other_extensions_are_ignored(tmp_path, make_watcher):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    w, intake = make_watcher(inbox)
+    w, intake = make_watcher(inbox, other_files="leave")
     for name in ("a.part", "b.jpg.tmp", "c.crdownload", ".hidden.jpg", "notes.txt", "movie.mp4",
                  ".sync/inside.jpg", "sub/.cache/deep.png"):
         write(inbox / name)
@@ -312,3 +312,34 @@ def test_inotify_watch_limit_falls_back_to_polling(tmp_path, make_watcher, monke
     assert "polling it instead" in caplog.text
     write(inbox / "still_seen.jpg")
     assert wait_for(lambda: intake.names() == ["still_seen.jpg"])
+
+
+def test_photos_companions_lone_raws_and_other_files(tmp_path, make_watcher, monkeypatch, caplog):
+    """A companion with its photo beside it is no job (it travels with the photo); a RAW alone
+    is a photo job once it waited for its twin; a sidecar alone is 'loose' (it may follow a photo
+    placed already); anything else is an 'other' job, or with other_files: leave is logged once."""
+    monkeypatch.setattr(watcher_mod, "ORPHAN_WAIT_S", 0.5)
+    inbox = tmp_path / "inbox"
+    for name in ("IMG_1.JPG", "IMG_1.CR3", "IMG_1.xmp", "IMG_1.JPG.json", "IMG_2.HEIC", "IMG_2.MOV",
+                 "IMG_3.NEF", "IMG_4.xmp", "notes.pdf", "clip.mp4"):
+        write(inbox / name)
+    w, intake = make_watcher(inbox)
+    assert wait_for(lambda: len(intake.names()) == 6)
+    kinds = {name: intake.job(name).kind for name in quiet_for(intake)}
+    assert kinds == {"IMG_1.JPG": "photo", "IMG_2.HEIC": "photo", "IMG_3.NEF": "photo",
+                     "IMG_4.xmp": "loose", "notes.pdf": "other", "clip.mp4": "other"}
+    with intake.lock:
+        at = {j.path.name: t for t, j in intake.jobs}
+    assert at["IMG_3.NEF"] - at["IMG_1.JPG"] >= 0.4   # it waited for a twin
+    # the photo leaves (placed without the XMP, which was still being written): the XMP is
+    # looked at again, alone now, and offered as loose
+    os.unlink(inbox / "IMG_1.JPG")
+    assert wait_for(lambda: "IMG_1.xmp" in intake.names())
+    assert intake.job("IMG_1.xmp").kind == "loose"
+
+    left = tmp_path / "left"
+    write(left / "notes.pdf")
+    with caplog.at_level(logging.INFO, logger="facesortd.watcher"):
+        w2, intake2 = make_watcher(left, other_files="leave")
+        assert quiet_for(intake2) == []
+    assert sum("left in the inbox" in r.getMessage() for r in caplog.records) == 1

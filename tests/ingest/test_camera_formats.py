@@ -132,39 +132,60 @@ PEOPLE = ("Allyson_Felix", "JK_Rowling", "Paul_McCartney")
 
 def test_camera_samples_and_heic_faces_through_run_once(tmp_path, data_dir, camera, make_config,
                                                         run_once, images):
-    """HEIC face photos land with the people of their JPEG originals; the broken and oversized
-    samples are quarantined with a reason; a RAW without a readable preview goes to _noface."""
+    """HEIC face photos land with the people of their JPEG originals, each with its companions
+    (a Live Photo's MOV and AAE; a JPEG's RAW twin and XMP); the broken and oversized samples are
+    quarantined with a reason; a lone RAW without a readable preview goes to _noface; sidecars
+    with no photo and other files to _other."""
     pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
-    config = make_config(tmp_path, extensions="[.jpg, .heic, .nef, .cr2, .cr3, .dng]")
+    config = make_config(tmp_path, extensions="[.jpg, .heic]")
     inbox = tmp_path / "inbox"
+    groups = {}
     for person in PEOPLE:
         for f in sorted((data_dir / "faces" / person).iterdir())[:3]:
-            shutil.copyfile(f, inbox / f"{person}__{f.stem}.jpg")
+            stem = f"{person}__{f.stem}"
+            shutil.copyfile(f, inbox / f"{stem}.jpg")
             with Image.open(f) as im:
-                im.save(inbox / f"{person}__{f.stem}_h.heic", quality=90)
-    samples = sorted(p.name for p in camera.iterdir() if p.suffix in (".heic", ".nef", ".cr2",
-                                                                      ".cr3", ".dng"))
+                im.save(inbox / f"{stem}_h.heic", quality=90)
+            groups[f"{stem}_h.heic"] = [f"{stem}_h.MOV", f"{stem}_h.AAE"]          # Live Photo
+            shutil.copyfile(camera / "QuickTime.mov", inbox / f"{stem}_h.MOV")
+            shutil.copyfile(camera / "PLIST.aae", inbox / f"{stem}_h.AAE")
+    twin = f"{PEOPLE[0]}__{sorted((data_dir / 'faces' / PEOPLE[0]).iterdir())[0].stem}"
+    groups[f"{twin}.jpg"] = [f"{twin}.CR3", f"{twin}.xmp"]                          # RAW + JPEG
+    shutil.copyfile(camera / "CanonRaw.cr3", inbox / f"{twin}.CR3")
+    shutil.copyfile(camera / "XMP.xmp", inbox / f"{twin}.xmp")
+    samples = sorted(p.name for p in camera.iterdir() if p.name != "README.md")
     for name in samples:
         shutil.copyfile(camera / name, inbox / name)
+    (inbox / "docs").mkdir()
+    (inbox / "docs" / "notes.pdf").write_bytes(b"%PDF-1.4 not a photo")
+    want = {p.relative_to(inbox): p.read_bytes() for p in inbox.rglob("*") if p.is_file()}
     run_once(config)
     lib = config.library
-    placed = {p.name: p.relative_to(lib).parts[0] for p in lib.rglob("*") if p.is_file()}
+    placed = {p.name: p.relative_to(lib).parent for p in lib.rglob("*")
+              if p.is_file() and not p.name.endswith(".reason.txt")}
+    assert len(placed) == len(want) and not any(p.is_file() for p in inbox.rglob("*"))
     for person in PEOPLE:
         for f in sorted((data_dir / "faces" / person).iterdir())[:3]:
             folder = placed[f"{person}__{f.stem}.jpg"]
-            assert not folder.startswith("_"), (f, folder)
+            assert not str(folder).startswith("_"), (f, folder)
             assert placed[f"{person}__{f.stem}_h.heic"] == folder, f
+    for photo, companions in groups.items():
+        assert all(placed[c] == placed[photo] for c in companions), (photo, companions)
+        for c in companions:
+            assert (lib / placed[c] / c).read_bytes() == want[Path(c)]
     with Store.open(config.state_dir) as store:
         rows = images(store)
     for name, word in (("200MP.heic", "decompression bomb"), ("corrupted.heic", "not a supported"),
                        ("truncated.heic", "truncated")):
         assert rows[name][1] == "error" and word in rows[name][2], rows[name]
-        assert placed[name] == "_quarantine"
+        assert placed[name] == Path("_quarantine")
         assert word in (lib / "_quarantine" / f"{name}.reason.txt").read_text()
-    for name in ("Nikon.nef", "CanonRaw.cr2", "CanonRaw.cr3"):
+    for name in ("Nikon.nef", "CanonRaw.cr2", "CanonRaw.cr3"):   # alone: analysed, not broken
         assert rows[name][1] == "noface" and "RAW file without a readable preview" in rows[name][2]
-        assert placed[name] == "_noface"
+        assert placed[name] == Path("_noface")
         assert (lib / "_noface" / name).read_bytes() == (camera / name).read_bytes()
     for name in ("xiaomi.heic", "pug.heic", "bird_burst.heic", "L_exif_xmp_iptc.heic", "DNG.dng"):
-        assert rows[name][1] == "noface" and placed[name] == "_noface", rows[name]
-    assert not any(inbox.iterdir())
+        assert rows[name][1] == "noface" and placed[name] == Path("_noface"), rows[name]
+    for name in ("PLIST.aae", "QuickTime.mov", "XMP.xmp"):   # no photo of that name: other files
+        assert rows[name][1] == "other" and placed[name] == Path("_other"), rows[name]
+    assert (lib / "_other" / "docs" / "notes.pdf").read_bytes() == want[Path("docs/notes.pdf")]
