@@ -150,7 +150,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _setup_logging("warning")
     figures = evaluate(args.dataset, mode=args.mode, embedder=args.embedder, stream=args.stream,
-                       seed=args.seed, eps=args.eps, keep=args.keep, from_run_dir=args.from_run)
+                       seed=args.seed, eps=args.eps, keep=args.keep, from_run_dir=args.from_run,
+                       dlib_runtime=args.dlib_runtime)
     print(json.dumps(figures, indent=2))
     problem = disagreement(figures)
     if problem:   # the figures are still printed: they say how far apart the two are
@@ -325,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="order of --stream arrival")
     p.add_argument("--embedder", choices=["facenet", "dlib"], default="dlib")
     p.add_argument("--mode", choices=["detect", "aligned"], default="detect")
+    p.add_argument("--dlib-runtime", choices=["torch", "dlib"], default="torch",
+                   help="dlib: who runs its ResNet (embedder.dlib_runtime); the vectors are the same")
     p.add_argument("--eps", type=float, default=None, help="clustering.eps (default: auto)")
     p.add_argument("--keep", type=Path, default=None,
                    help="keep the run's state and library in this new folder")

@@ -84,14 +84,16 @@ def _names(photos: list[tuple[Path, str]]) -> list[str]:
     return [f"img{k:05d}{path.suffix.lower()}" for k, (path, _) in enumerate(photos)]
 
 
-def _config(root: Path, mode: str, embedder: str, stream: bool, eps: Optional[float]) -> Config:
+def _config(root: Path, mode: str, embedder: str, stream: bool, eps: Optional[float],
+            dlib_runtime: str = "torch") -> Config:
     (root / "inbox").mkdir(parents=True, exist_ok=True)
     # stream: no recluster at all, to score what incremental assignment alone reaches
     recluster = "  recluster_interval_s: 0\n  recluster_after_faces: 0\n" if stream else ""
     text = (f"state_dir: state\nlibrary: library\n"
             f"inboxes:\n  - path: inbox\n    mode: {mode}\n"
             "watch:\n  settle_ms: 100\n  rescan_interval_s: 0\n"
-            f"embedder:\n  name: {embedder}\n  batch_size: 32\n  max_wait_ms: 50\n"
+            f"embedder:\n  name: {embedder}\n  dlib_runtime: {dlib_runtime}\n"
+            "  batch_size: 32\n  max_wait_ms: 50\n"
             f"clustering:\n  eps: {'auto' if eps is None else eps}\n{recluster}"
             "web:\n  enabled: false\nlog_level: warning\n")
     (root / "facesortd.yaml").write_text(text)
@@ -100,13 +102,13 @@ def _config(root: Path, mode: str, embedder: str, stream: bool, eps: Optional[fl
 
 def ingest(dataset_dirs: Sequence[Path], root: Path, mode: str = "detect", embedder: str = "dlib",
            stream: bool = False, seed: int = 0, eps: Optional[float] = None,
-           timeout: float = 1800) -> Ingested:
+           timeout: float = 1800, dlib_runtime: str = "torch") -> Ingested:
     """Copy the photos into ``root``/inbox and run the real daemon over them (see module doc)."""
     from facesortd.app.daemon import Daemon
 
     photos = collect(dataset_dirs)
     root = Path(root)
-    config = _config(root, mode, embedder, stream, eps)
+    config = _config(root, mode, embedder, stream, eps, dlib_runtime)
     names = _names(photos)
     labels = {name: label for name, (_, label) in zip(names, photos)}
     t0 = time.perf_counter()
@@ -512,7 +514,8 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 def evaluate(dataset_dirs: Sequence[Path], mode: str = "detect", embedder: str = "dlib",
              stream: bool = False, seed: int = 0, eps: Optional[float] = None,
-             keep: Optional[Path] = None, from_run_dir: Optional[Path] = None) -> dict:
+             keep: Optional[Path] = None, from_run_dir: Optional[Path] = None,
+             dlib_runtime: str = "torch") -> dict:
     """Run (or, with ``from_run_dir``, re-sort a kept run), score and return the JSON figures of
     ``facesortd eval``: the store's at the top level, the library folders' under ``library``."""
     from facesortd.models.embedders import tuned_eps
@@ -532,7 +535,8 @@ def evaluate(dataset_dirs: Sequence[Path], mode: str = "detect", embedder: str =
             run = from_run(from_run_dir, dataset_dirs, root, eps=eps)
             mode, embedder = run.config.inboxes[0].mode, run.config.embedder.name
         else:
-            run = ingest(dataset_dirs, root, mode, embedder, stream=stream, seed=seed, eps=eps)
+            run = ingest(dataset_dirs, root, mode, embedder, stream=stream, seed=seed, eps=eps,
+                         dlib_runtime=dlib_runtime)
         true, pred = predictions(run.config.state_dir, run.labels)
         figures = score(true, pred).as_dict()
         library = score_library(run.config, run.labels)
@@ -544,6 +548,7 @@ def evaluate(dataset_dirs: Sequence[Path], mode: str = "detect", embedder: str =
     default_eps = tuned_eps(run.config.embedder.name)
     return {
         "datasets": [str(d) for d in dataset_dirs], "mode": mode, "embedder": embedder,
+        "dlib_runtime": run.config.embedder.dlib_runtime if embedder == "dlib" else None,
         "arrival": "stream" if stream else "batch", "seed": seed if stream else None,
         "eps": "auto" if eps is None else eps,
         "eps_used": ClusterParams.for_embedder(default_eps, run.config.clustering.eps).eps,

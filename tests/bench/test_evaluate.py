@@ -185,3 +185,11 @@ def test_eval_refuses_a_folder_without_person_folders(tmp_path):
     with pytest.raises(FacesortdError, match="no photos in person folders"):
         collect([tmp_path])
     assert main(["eval", str(tmp_path / "missing")]) == 1
+
+
+@pytest.mark.parametrize("runtime", ["torch", "dlib"])
+def test_eval_config_carries_the_dlib_runtime(tmp_path, runtime):
+    """facesortd eval --dlib-runtime: the run's config names the runtime that embeds."""
+    config = evaluate_module._config(tmp_path, "detect", "dlib", stream=False, eps=None,
+                                     dlib_runtime=runtime)
+    assert config.embedder.name == "dlib" and config.embedder.dlib_runtime == runtime
