@@ -158,6 +158,8 @@ class Telemetry:
         self.store_faces = Gauge("facesortd_store_faces", "Faces in the store (not rejected).")
         self.store_unassigned = Gauge("facesortd_store_faces_unassigned", "Faces in the store with no identity.")
         self.store_identities = Gauge("facesortd_store_identities", "Identities (people) in the store.")
+        self.store_files = Gauge("facesortd_store_files", "Placed photos that have companions (groups), "
+                                 "their companion files (companions), and other files (other).", ["kind"])
         self.uptime = Gauge("facesortd_uptime_seconds", "Seconds since the daemon started.")
         self.up = Gauge("facesortd_healthy", "1 while every daemon thread runs and the pipeline makes progress.")
         self.up.set(1)
@@ -221,6 +223,8 @@ class Telemetry:
         self.store_faces.set(counts.get("faces", 0))
         self.store_unassigned.set(counts.get("faces_unassigned", 0))
         self.store_identities.set(counts.get("identities", 0))
+        for kind, n in counts.get("files", {}).items():
+            self.store_files.set(n, kind=kind)
         with self._lock:
             self._store_counts = counts
         return counts
@@ -229,7 +233,8 @@ class Telemetry:
     def metrics(self) -> list[_Metric]:
         return [self.files, self.errors, self.faces, self.reclusters, self.batch_faces,
                 self.batch_seconds, self.queue_depth, self.pending, self.rate, self.store_images,
-                self.store_faces, self.store_unassigned, self.store_identities, self.uptime, self.up]
+                self.store_faces, self.store_unassigned, self.store_identities, self.store_files,
+                self.uptime, self.up]
 
     def render(self, store: Any = None) -> str:
         """The Prometheus text exposition format (version 0.0.4)."""

@@ -685,7 +685,8 @@ class Store:
     # ---- status -------------------------------------------------------------------------------
 
     def counts(self) -> dict:
-        """What ``facesortd status`` shows: images by status, faces, identities, model, schema."""
+        """What ``facesortd status`` shows: images by status, faces, identities, photos placed with
+        companions and the companions, other files, model, schema."""
         with self._lock:
             images = dict.fromkeys(STATUSES, 0)
             images.update(self._conn.execute("SELECT status, COUNT(*) FROM images GROUP BY status"))
@@ -699,6 +700,14 @@ class Store:
                 "faces_unassigned": one("SELECT COUNT(*) FROM faces "
                                         "WHERE identity_id IS NULL AND rejected = 0"),
                 "identities": one("SELECT COUNT(*) FROM identities WHERE merged_into IS NULL"),
+                # files that travel with a photo, placed beside it (library/companions.py), and
+                # files that are neither (placement.other_dir)
+                "files": {
+                    "groups": one("SELECT COUNT(DISTINCT image_id) FROM placements "
+                                  "WHERE kind = 'companion'"),
+                    "companions": one("SELECT COUNT(*) FROM placements WHERE kind = 'companion'"),
+                    "other": images.get("other", 0),
+                },
                 "model_id": self._meta("model_id"),
                 "dim": int(self._meta("dim")) if self._meta("dim") else None,
                 "schema_version": schema_version(self._conn),

@@ -1,5 +1,5 @@
 """A driver the crash test (test_crash.py) runs and kills: ``placer_driver.py CONFIG ROUND`` replays
-the journal, records every inbox file not yet recorded (face i of file n belongs to identity n % 7;
+the journal, records every inbox photo not yet recorded (face i of file n belongs to identity n % 7;
 every 5th file has no face; duplicates point at their original), renames every identity after the
 round number so that placed files must follow, then syncs. Each phase is appended to
 ``rounds.log`` beside the state folder, so the test knows where each kill landed.
@@ -41,8 +41,9 @@ def main(argv: Sequence[str]) -> int:
     while len(people) < 7:
         people.append(new_identity(store))
     inbox = config.inboxes[0].path
+    photos = set(config.watch.extensions)   # companions (RAW twins, sidecars) travel with these
     for n, path in enumerate(sorted(p for p in inbox.rglob("*") if p.is_file())):
-        if str(path) in known:
+        if str(path) in known or path.suffix.lower() not in photos:
             continue
         ids = [] if n % 5 == 0 else [people[n % 7]] + ([None] if n % 3 == 0 else [])
         fabricate(store, path, inbox, ids)

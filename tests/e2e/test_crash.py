@@ -38,6 +38,47 @@ def make_inbox(inbox: Path, n: int, rng: random.Random) -> Counter:
     return want
 
 
+#: the companions of each photo in a census with groups, by i % 3: a camera's RAW + JPEG pair with
+#: a sidecar of the RAW, a Live Photo (HEIC, its MOV video and its edits), a JPEG with its sidecar
+#: and its Google Takeout metadata
+GROUPS = ((".jpg", ".CR3", ".CR3.xmp"), (".heic", ".MOV", ".AAE"), (".jpg", ".xmp", ".jpg.json"))
+
+
+def make_groups(inbox: Path, n: int, rng: random.Random) -> tuple[Counter, int]:
+    """``n`` photos with their companions, in four folders with clashing names (each group's name
+    is in all four, so rename_new must rename whole groups); the census and the file count."""
+    files = 0
+    for i in range(n):
+        folder = inbox / f"cam{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        photo, *companions = GROUPS[(i // 4) % 3]
+        stem = f"IMG_{i // 4:04d}"
+        for ext in (photo, *companions):
+            (folder / f"{stem}{ext}").write_bytes(rng.randbytes(200 + i) + ext.encode())
+            files += 1
+    return census(inbox), files
+
+
+def groups_together(root: Path) -> int:
+    """Each placed photo's companions sit beside it under its stem; returns how many there are."""
+    db = sqlite3.connect(root / "state" / "facesortd.db")
+    try:
+        rows = db.execute("SELECT image_id, path, kind FROM placements WHERE kind IN "
+                          "('main', 'companion') ORDER BY image_id, kind DESC").fetchall()
+    finally:
+        db.close()
+    mains = {image: Path(path) for image, path, kind in rows if kind == "main"}
+    n = 0
+    for image, path, kind in rows:
+        if kind == "companion":
+            main, companion = mains[image], Path(path)
+            assert companion.parent == main.parent, (main, companion)
+            assert companion.name.startswith(main.stem + "."), (main, companion)
+            assert companion.is_file() and main.is_file(), (main, companion)
+            n += 1
+    return n
+
+
 def census(root: Path, skip: Callable[[Path], bool] = lambda p: False) -> Counter:
     """sha256 of every regular file under ``root`` (each path counts: a second link is a copy)."""
     return Counter(hashlib.sha256(p.read_bytes()).hexdigest()
@@ -85,12 +126,20 @@ def replayed(log: Path) -> int:
     return sum(int(line.split()[2]) for line in log.read_text().splitlines() if " replayed " in line)
 
 
-def crash_rounds(root: Path, library: Path, n_files: int, kills_wanted: int, seed: int):
+def crash_rounds(root: Path, library: Path, n_files: int, kills_wanted: int, seed: int,
+                 groups: bool = False):
+    """With ``groups``: ``n_files`` photos with their companions (``GROUPS``), every group checked
+    together after each round that ran to its end (the one after a kill repairs) and at the end."""
     rng = random.Random(seed)
     inbox = root / "inbox"
-    want = make_inbox(inbox, n_files, rng)
+    if groups:
+        want, files = make_groups(inbox, n_files, rng)
+        n_companions = files - n_files
+    else:
+        want, n_companions = make_inbox(inbox, n_files, rng), 0
     config = root / "facesortd.yaml"
-    config.write_text(f"library: {library}\ninboxes:\n  - path: inbox\n")
+    config.write_text(f"library: {library}\ninboxes:\n  - path: inbox\n"
+                      "watch:\n  settle_ms: 0\n")
     (root / "rounds.log").write_text("\n")
     run_driver(config, 1)      # records the files and places them
     run_driver(config, 2)      # how long moving them all to renamed folders takes
@@ -112,6 +161,8 @@ def crash_rounds(root: Path, library: Path, n_files: int, kills_wanted: int, see
             mid_sync += f"\n{rounds} syncing " in phases and f"\n{rounds} synced " not in phases
         else:   # it finished first: aim at the shortest sync seen (the machine may be busy)
             moving = min(moving, sync_seconds(root / "rounds.log", rounds))
+            if groups:
+                assert groups_together(root) == n_companions
     assert kills >= kills_wanted, f"only {kills} of {rounds} rounds were killed mid-run"
     assert mid_sync >= kills_wanted // 2, f"only {mid_sync} kills landed while files were moving"
     run_driver(config, rounds + 1)     # the last start repairs and finishes
@@ -128,6 +179,7 @@ def crash_rounds(root: Path, library: Path, n_files: int, kills_wanted: int, see
         db.close()
     assert "planned" not in statuses and "failed" not in statuses, statuses
     assert len(placed) == n_files and all(p.is_file() for p in placed)
+    assert groups_together(root) == n_companions
     assert replayed(root / "rounds.log") > 0, \
         "no kill left an operation for the journal replay to settle"
     return kills, statuses
@@ -139,6 +191,13 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     # Each interrupted operation was completed or rolled back (which one depends on the instant);
     # crash_rounds checks that the replay settled some and that nothing is left half done.
     assert statuses.get("done", 0) > 240
+
+
+def test_sigkill_keeps_companion_groups_together(tmp_path):
+    """RAW + JPEG pairs, Live Photos and sidecars: after the kills and the final run every group
+    sits in one folder under one stem (renamed together where names clash), byte for byte."""
+    crash_rounds(tmp_path, tmp_path / "library", n_files=60, kills_wanted=10, seed=4321,
+                 groups=True)
 
 
 def test_sigkill_with_the_library_on_another_filesystem(tmp_path):

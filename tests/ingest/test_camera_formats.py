@@ -4,6 +4,7 @@ samples of ../shared/data/camera/, and HEIC face photos made from real ones at t
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -13,10 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facesortd.cli import main
 from facesortd.errors import BadImage
 from facesortd.formats import AVIF_READABLE, FORMATS
 from facesortd.ingest.imageio import NoPreview, decode, decode_face_crop
 from facesortd.store.database import Store
+from facesortd.telemetry import Telemetry
 
 pillow_heif = pytest.importorskip("pillow_heif")
 
@@ -131,7 +134,7 @@ PEOPLE = ("Allyson_Felix", "JK_Rowling", "Paul_McCartney")
 
 
 def test_camera_samples_and_heic_faces_through_run_once(tmp_path, data_dir, camera, make_config,
-                                                        run_once, images):
+                                                        run_once, images, capsys):
     """HEIC face photos land with the people of their JPEG originals, each with its companions
     (a Live Photo's MOV and AAE; a JPEG's RAW twin and XMP); the broken and oversized samples are
     quarantined with a reason; a lone RAW without a readable preview goes to _noface; sidecars
@@ -175,6 +178,13 @@ def test_camera_samples_and_heic_faces_through_run_once(tmp_path, data_dir, came
             assert (lib / placed[c] / c).read_bytes() == want[Path(c)]
     with Store.open(config.state_dir) as store:
         rows = images(store)
+        metrics = Telemetry().render(store)
+    # 10 groups (9 Live Photos, 1 RAW + JPEG pair) of 2 companions; 3 sidecars alone and a PDF
+    assert 'facesortd_store_files{kind="groups"} 10.0' in metrics
+    assert 'facesortd_store_files{kind="companions"} 20.0' in metrics
+    assert 'facesortd_store_files{kind="other"} 4.0' in metrics
+    assert main(["status", "--config", str(tmp_path / "facesortd.yaml")]) == 0
+    assert "files: companions 20, groups 10, other 4" in capsys.readouterr().out
     for name, word in (("200MP.heic", "decompression bomb"), ("corrupted.heic", "not a supported"),
                        ("truncated.heic", "truncated")):
         assert rows[name][1] == "error" and word in rows[name][2], rows[name]
@@ -189,3 +199,53 @@ def test_camera_samples_and_heic_faces_through_run_once(tmp_path, data_dir, came
     for name in ("PLIST.aae", "QuickTime.mov", "XMP.xmp"):   # no photo of that name: other files
         assert rows[name][1] == "other" and placed[name] == Path("_other"), rows[name]
     assert (lib / "_other" / "docs" / "notes.pdf").read_bytes() == want[Path("docs/notes.pdf")]
+
+
+def test_camera_files_dropped_into_a_running_daemon(tmp_path, data_dir, camera, make_config):
+    """The daemon takes what a phone drops while it runs: a Live Photo (HEIC + MOV) placed as one,
+    an edit file that comes after its photo was placed follows it, the broken and oversized
+    samples are quarantined with the daemon going on, a lone RAW goes to _noface, a sidecar alone
+    and a PDF to _other."""
+    pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
+    import threading
+    import time
+
+    from facesortd.app.daemon import Daemon
+
+    config = make_config(tmp_path, extensions="[.jpg, .heic]")
+    inbox, lib = tmp_path / "inbox", config.library
+    daemon = Daemon(config)
+    thread = threading.Thread(target=daemon.run_forever, name="test-daemon")
+    thread.start()
+
+    def where(name: str, timeout: float = 60.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [p for p in lib.rglob(name) if p.is_file()] if lib.exists() else []
+            if found:
+                return found[0].parent.relative_to(lib)
+            time.sleep(0.1)
+        raise AssertionError(f"{name} was not placed; library: {sorted(map(str, lib.rglob('*')))}")
+
+    try:
+        with Image.open(sorted((data_dir / "faces" / "JK_Rowling").iterdir())[0]) as im:
+            im.save(inbox / "IMG_0412.HEIC.part", "HEIF", quality=90)
+        shutil.copyfile(camera / "QuickTime.mov", inbox / "IMG_0412.MOV")
+        os.rename(inbox / "IMG_0412.HEIC.part", inbox / "IMG_0412.HEIC")
+        for name in ("corrupted.heic", "truncated.heic", "200MP.heic", "Nikon.nef", "XMP.xmp"):
+            shutil.copyfile(camera / name, inbox / name)
+        (inbox / "notes.pdf").write_bytes(b"%PDF-1.4")
+        folder = where("IMG_0412.HEIC")
+        assert str(folder) in ("_unsorted",) or not str(folder).startswith("_")
+        assert where("IMG_0412.MOV") == folder
+        for name in ("corrupted.heic", "truncated.heic", "200MP.heic"):
+            assert where(name) == Path("_quarantine")
+        assert where("Nikon.nef") == Path("_noface")
+        assert where("XMP.xmp") == where("notes.pdf") == Path("_other")
+        shutil.copyfile(camera / "PLIST.aae", inbox / "IMG_0412.AAE")   # edited on the phone later
+        assert where("IMG_0412.AAE") == folder
+        assert thread.is_alive() and not any(p.is_file() for p in inbox.rglob("*"))
+    finally:
+        daemon._stop.set()
+        thread.join(60)
+    assert not thread.is_alive()

@@ -133,8 +133,8 @@ def test_metrics_parse_with_prometheus_clients_parser_after_a_real_run(tmp_path,
         "facesortd_queue_depth": "gauge", "facesortd_watcher_pending": "gauge",
         "facesortd_images_per_second": "gauge", "facesortd_store_images": "gauge",
         "facesortd_store_faces": "gauge", "facesortd_store_faces_unassigned": "gauge",
-        "facesortd_store_identities": "gauge", "facesortd_uptime_seconds": "gauge",
-        "facesortd_healthy": "gauge"}
+        "facesortd_store_identities": "gauge", "facesortd_store_files": "gauge",
+        "facesortd_uptime_seconds": "gauge", "facesortd_healthy": "gauge"}
 
     def values(family: str) -> dict:
         return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in families[family].samples}
@@ -164,5 +164,7 @@ def test_metrics_parse_with_prometheus_clients_parser_after_a_real_run(tmp_path,
     assert stored["done"] == 5 and stored["error"] == 1
     assert values("facesortd_store_faces") == {("facesortd_store_faces", ()): 5}
     assert values("facesortd_store_identities")[("facesortd_store_identities", ())] >= 1
+    files = {labels[0][1]: v for (_, labels), v in values("facesortd_store_files").items()}
+    assert files == {"groups": 0, "companions": 0, "other": 0}
     assert values("facesortd_healthy") == {("facesortd_healthy", ()): 1}
     assert values("facesortd_uptime_seconds")[("facesortd_uptime_seconds", ())] > 0
