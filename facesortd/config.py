@@ -91,7 +91,8 @@ class EmbedderConfig(_Model):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     #: auto: worker processes on an accelerator, threads on a CPU; 0: threads; N: N processes
     decode_processes: Union[Literal["auto"], int] = "auto"
-    #: facenet on CUDA: replay the whole embedding step as one captured CUDA graph (false: eager)
+    #: facenet and dlib's torch runtime on CUDA: replay the whole embedding step as one captured
+    #: CUDA graph (false: eager)
     cuda_graphs: bool = True
     #: facenet on CPU: BatchNorm and residual scales folded into the convolutions (same fp32
     #: results within float rounding, fewer passes); false: the model exactly as facenet-pytorch builds it

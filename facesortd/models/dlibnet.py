@@ -290,20 +290,20 @@ def _check_shapes(r: _Reader, w: DlibResNetWeights) -> None:
 def _conv(conv: Conv, affine: Affine, mean: Optional[tuple[float, float, float]] = None) -> nn.Conv2d:
     """``affine(con(x))`` as one convolution with a bias (folded in float64). With ``mean``, the
     input scaling ``(x - mean) / 256`` folds in too (exact only without padding)."""
-    weight = torch.from_numpy(conv.weight).double()
-    bias = torch.from_numpy(conv.bias).double()
+    weight, bias = conv.weight.astype(np.float64), conv.bias.astype(np.float64)
     if mean is not None:
         assert conv.padding == 0, "the input scaling folds into an unpadded convolution only"
-        m = torch.tensor(mean, dtype=torch.float64)
         weight = weight / 256.0
-        bias = bias - (weight * m[None, :, None, None]).sum(dim=(1, 2, 3))
-    gamma, beta = torch.from_numpy(affine.gamma).double(), torch.from_numpy(affine.beta).double()
+        bias = bias - (weight * np.asarray(mean)[None, :, None, None]).sum(axis=(1, 2, 3))
+    gamma, beta = affine.gamma.astype(np.float64), affine.beta.astype(np.float64)
+    # built on the meta device: no random initialisation of weights about to be replaced
     out = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2], conv.stride, conv.padding,
-                    bias=True)
-    with torch.no_grad():
-        out.weight.copy_((weight * gamma[:, None, None, None]).float())
-        out.bias.copy_((bias * gamma + beta).float())
-    return out.requires_grad_(False)
+                    bias=True, device="meta")
+    out.weight = nn.Parameter(torch.from_numpy(
+        (weight * gamma[:, None, None, None]).astype(np.float32)), requires_grad=False)
+    out.bias = nn.Parameter(torch.from_numpy((bias * gamma + beta).astype(np.float32)),
+                            requires_grad=False)
+    return out
 
 
 def add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -352,9 +352,8 @@ class DlibResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         if pools[5].size != 0:
             raise ModelUnavailable("the last pooling layer is not avg_pool_everything")
-        self.fc = nn.Linear(256, DIM, bias=False).requires_grad_(False)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.from_numpy(weights.fc))
+        self.fc = nn.Linear(256, DIM, bias=False, device="meta")
+        self.fc.weight = nn.Parameter(torch.from_numpy(weights.fc), requires_grad=False)
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
