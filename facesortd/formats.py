@@ -62,12 +62,25 @@ def companion_suffix(photo_name: str, name: str) -> str | None:
     return None
 
 
-def owner(name: str, photos) -> str | None:
-    """The photo among ``photos`` (names in the same folder) that ``name`` is a companion of: the
-    one with the longest stem (``a.b.jpg`` over ``a.jpg`` for ``a.b.xmp``), then the first name."""
-    best = None
+def stems(photos) -> dict[str, str]:
+    """Photo names by stem (the first name in order where two photos share one), for ``owner``."""
+    out: dict[str, str] = {}
     for photo in sorted(photos):
-        suffix = companion_suffix(photo, name)
-        if suffix is not None and (best is None or len(suffix) < best[0]):
-            best = (len(suffix), photo)
-    return best[1] if best else None
+        dot = photo.rfind(".")
+        out.setdefault(photo[:dot] if dot > 0 else photo, photo)
+    return out
+
+
+def owner(name: str, photos) -> str | None:
+    """The photo that ``name`` is a companion of, among ``photos`` (names in the same folder, or
+    their ``stems()``): the one with the longest stem (``a.b.jpg`` over ``a.jpg`` for
+    ``a.b.xmp``), then the first name."""
+    by_stem = photos if isinstance(photos, dict) else stems(photos)
+    i = len(name)
+    while True:
+        i = name.rfind(".", 0, i)
+        if i <= 0:
+            return None
+        photo = by_stem.get(name[:i])
+        if photo is not None and photo != name:
+            return photo

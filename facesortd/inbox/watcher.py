@@ -31,7 +31,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from facesortd.config import InboxConfig, WatchConfig
-from facesortd.formats import extension, is_raw, owner
+from facesortd.formats import extension, is_raw, owner, stems
 from facesortd.inbox.jobs import Job
 
 log = logging.getLogger("facesortd.watcher")
@@ -101,6 +101,7 @@ class Watcher:
         self._full_rescan = False
         self._reconcile = False  # inbox list changed or a rescan was asked: check the observers
         self._submitted: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) handed over
+        self._beside: dict[str, set[str]] = {}  # folder -> companions left to travel with a photo
         self._idle = False  # set by the worker after a tick that left nothing to do
         self._pending_n = 0
 
@@ -283,6 +284,7 @@ class Watcher:
             self._pending.pop(path, None)
             with self._lock:
                 was = self._submitted.pop(path, None)
+                self._beside.get(os.path.dirname(path), set()).discard(path)
             if was is not None and extension(path) in self._extensions:
                 self._photo_left(path, inboxes, now)
             return
@@ -293,10 +295,13 @@ class Watcher:
         (not settled when it was placed) are looked at again, alone now."""
         folder, name = os.path.split(path)
         with self._lock:
-            behind = [p for p in self._submitted if os.path.dirname(p) == folder
-                      and owner(os.path.basename(p), [name]) is not None]
+            waiting = self._beside.get(folder, set())
+            behind = [p for p in waiting if owner(os.path.basename(p), [name]) is not None]
             for p in behind:
-                del self._submitted[p]
+                waiting.discard(p)
+                self._submitted.pop(p, None)
+            if not waiting:
+                self._beside.pop(folder, None)
         for p in behind:
             self._look(p, inboxes, now)
 
@@ -351,7 +356,7 @@ class Watcher:
                 for path in [p for p in self._submitted if _inside(p, root) and p not in seen_files]:
                     del self._submitted[path]
 
-    def _kind(self, path: str, listings: dict[str, list[str]]) -> str:
+    def _kind(self, path: str, listings: dict[str, dict[str, str]]) -> str:
         """What a settled file is: photo | companion (its photo is beside it) | orphan (a
         companion alone: waits for its twin) | other | leave (other, left in the inbox)."""
         ext = extension(path)
@@ -361,17 +366,17 @@ class Watcher:
             folder, name = os.path.split(path)
             if folder not in listings:
                 try:
-                    listings[folder] = os.listdir(folder)
+                    names = os.listdir(folder)
                 except OSError:
-                    listings[folder] = []
-            photos = [n for n in listings[folder] if extension(n) in self._extensions]
-            return "companion" if owner(name, photos) is not None else "orphan"
+                    names = []
+                listings[folder] = stems(n for n in names if extension(n) in self._extensions)
+            return "companion" if owner(name, listings[folder]) is not None else "orphan"
         return "other" if self._config.other_files == "move" else "leave"
 
     def _settle(self, now: float) -> None:
         """Submit pending files whose size and mtime held still for settle_ms, oldest first."""
         due = [(p, s) for p, s in self._pending.items() if now - s.since >= self._settle_s]
-        listings: dict[str, list[str]] = {}
+        listings: dict[str, dict[str, str]] = {}   # folder -> its photos by stem, this tick
         for path, seen in due:
             try:
                 st = os.lstat(path)
@@ -398,6 +403,8 @@ class Watcher:
                     log.info("left in the inbox (watch.other_files: leave): %s", path)
                 with self._lock:
                     self._submitted[path] = key
+                    if kind == "companion":
+                        self._beside.setdefault(os.path.dirname(path), set()).add(path)
                 del self._pending[path]
                 continue
             job = Job(path=Path(path), inbox=seen.inbox.path, mode=seen.inbox.mode,

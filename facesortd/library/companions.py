@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facesortd.config import WatchConfig
-from facesortd.formats import companion_suffix, extension, owner
+from facesortd.formats import companion_suffix, extension, owner, stems
 from facesortd.store.database import STATUSES, Store
 
 __all__ = ["Listing", "beside", "listing", "of", "suffix"]
@@ -25,10 +25,11 @@ __all__ = ["Listing", "beside", "listing", "of", "suffix"]
 @dataclass(frozen=True)
 class Listing:
     """An inbox folder as the placer saw it once per sync: the names there that are no image of
-    the store's (companion candidates), and the names photos have or had there."""
+    the store's (companion candidates) by each stem they could belong to (``a.b.xmp`` under
+    ``a`` and ``a.b``), and the names photos have or had there."""
 
-    names: tuple[str, ...]
-    photos: frozenset[str]
+    by_stem: dict[str, list[str]]
+    photos: dict[str, str]        # formats.stems() of the photos
 
 
 def listing(folder: Path, store: Store, watch: WatchConfig) -> Listing:
@@ -39,18 +40,25 @@ def listing(folder: Path, store: Store, watch: WatchConfig) -> Listing:
     images = {row.path.name for row in store.images_in_folder(folder, *STATUSES)
               if row.path.parent == folder}
     photos = images | {n for n in names if extension(n) in watch.extensions}
-    return Listing(tuple(sorted(n for n in names if n not in images)), frozenset(photos))
+    by_stem: dict[str, list[str]] = {}
+    for name in sorted(names):
+        if name in images or extension(name) not in watch.companions:
+            continue
+        for i, c in enumerate(name):
+            if c == "." and i > 0:
+                by_stem.setdefault(name[:i], []).append(name)
+    return Listing(by_stem, stems(photos))
 
 
 def of(photo_name: str, found: Listing, watch: WatchConfig) -> list[tuple[str, str]]:
     """(name, suffix) of each companion of ``photo_name`` in the folder: a companion extension,
     named after this photo and not after a photo there with a longer stem."""
     out = []
-    for name in found.names:
+    for name in found.by_stem.get(os.path.splitext(photo_name)[0], ()):
         if extension(name) not in watch.companions:
             continue
         tail = companion_suffix(photo_name, name)
-        if tail is not None and owner(name, found.photos | {photo_name}) == photo_name:
+        if tail is not None and owner(name, found.photos) in (photo_name, None):
             out.append((name, tail))
     return out
 
