@@ -179,3 +179,20 @@ def test_check_config_cli_exit_codes(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"state_dir: {tmp_path / 'state'}" in proc.stdout
     assert isinstance(Config.model_validate({}), Config)
+
+
+def test_companions_and_other_files_keys(tmp_path):
+    config = parse_config("{}", tmp_path / "c.yaml")
+    assert config.watch.other_files == "move" and config.placement.other_dir == "_other"
+    assert {".xmp", ".aae", ".mov", ".json", ".thm", ".cr3", ".nef", ".dng"} <= set(config.watch.companions)
+    assert {".heic", ".heif"} <= set(config.watch.extensions)
+    ok = parse_config("watch:\n  companions: [XMP, .Mp4]\n  other_files: leave\n", tmp_path / "c.yaml")
+    assert ok.watch.companions == (".xmp", ".mp4") and ok.watch.other_files == "leave"
+    [both] = problems("watch:\n  extensions: [.jpg, .cr2]\n", tmp_path)
+    assert both.startswith("watch:") and ".cr2 in both" in both
+    [mode] = problems("watch:\n  other_files: delete\n", tmp_path)
+    assert mode.startswith("watch.other_files:") and "'move' or 'leave'" in mode
+    [folder] = problems("placement:\n  other_dir: a/b\n", tmp_path)
+    assert folder.startswith("placement.other_dir:")
+    [pattern] = problems("watch:\n  companions: ['*.xmp']\n", tmp_path)
+    assert pattern.startswith("watch.companions:")
