@@ -36,7 +36,7 @@ from facesortd.ingest.worker import decode_request
 from facesortd.models.base import Embedder
 from facesortd.models.embedders import create_embedder
 from facesortd.people.recluster import recluster
-from facesortd.people.storage import load_constraints
+from facesortd.people.storage import load_constraints, rows_of
 from facesortd.store.database import DB_NAME, Store, decode_path
 
 __all__ = ["migrate", "MODELS"]
@@ -252,45 +252,50 @@ def _prepare(config: Config, embedder: Embedder, path: Path, aligned: bool,
 
 # -- who is who, before and after ----------------------------------------------------------------
 
-def _people(conn) -> tuple[dict[int, Optional[int]], dict[int, Optional[str]]]:
-    """(face id -> identity or None, for the faces that count: not rejected; identity -> name)."""
-    faces = dict(conn.execute("SELECT id, identity_id FROM faces WHERE rejected = 0"))
+def _people(conn) -> tuple[np.ndarray, np.ndarray, dict[int, Optional[str]]]:
+    """(face ids, identity or -1) of the faces that count (not rejected), by id; identity -> name."""
+    rows = conn.execute("SELECT id, COALESCE(identity_id, -1) FROM faces WHERE rejected = 0 "
+                        "ORDER BY id").fetchall()
+    arr = np.array(rows, np.int64).reshape(-1, 2)
     names = dict(conn.execute("SELECT id, name FROM identities WHERE merged_into IS NULL"))
-    return faces, names
+    return arr[:, 0], arr[:, 1], names
 
 
-def _compare(before: dict[int, Optional[int]], after: dict[int, Any],
+def _compare(ids: np.ndarray, before: np.ndarray, after_ids: np.ndarray, after: np.ndarray,
              names: dict[int, Optional[str]]) -> dict:
-    """The report's people: kept, changed (with counts), new, gone, and the unassigned faces."""
-    def groups(labels: dict) -> dict[Any, set]:
-        out: dict[Any, set] = {}
-        for face, who in labels.items():
-            if who is not None:
-                out.setdefault(who, set()).add(face)
-        return out
-
-    old, new = groups(before), groups(after)
+    """The report's people: kept, changed (with counts), new, gone, and the unassigned faces.
+    ``before``/``after``: identity per face (-1 none; in a prediction, <= -2 a new person);
+    faces missing from ``after_ids`` were dropped (their photo is gone)."""
+    present, rows = rows_of(after_ids, ids)
+    now = np.full(len(ids), _DROPPED, np.int64)
+    now[present] = after[rows[present]]
     changed, gone = [], []
     kept = unchanged = 0
-    for who, faces in sorted(old.items()):
-        now = new.get(who, set())
-        if not now:
-            gone.append({"id": who, "name": names.get(who), "faces_before": len(faces)})
+    for who in np.unique(before[before >= 0]).tolist():
+        was = before == who
+        has = after == who
+        lost = int((was & (now != who)).sum())
+        gained = int(has.sum()) - int((was & (now == who)).sum())
+        if not has.any():
+            gone.append({"id": who, "name": names.get(who), "faces_before": int(was.sum())})
             continue
         kept += 1
-        if now == faces:
-            unchanged += 1
+        if lost or gained:
+            changed.append({"id": who, "name": names.get(who), "faces_before": int(was.sum()),
+                            "faces_after": int(has.sum()), "gained": gained, "lost": lost})
         else:
-            changed.append({"id": who, "name": names.get(who), "faces_before": len(faces),
-                            "faces_after": len(now), "gained": len(now - faces),
-                            "lost": len(faces - now)})
-    fresh = [{"id": who, "faces": len(faces)} for who, faces in
-             sorted(new.items(), key=lambda kv: str(kv[0])) if who not in old]
-    return {"faces_reembedded": len(after), "people_before": len(old), "people_after": len(new),
-            "people_kept": kept, "people_unchanged": unchanged, "people_changed": changed,
-            "people_new": fresh, "people_gone": gone,
-            "unassigned_before": sum(who is None for who in before.values()),
-            "unassigned_after": sum(who is None for who in after.values())}
+            unchanged += 1
+    old = set(np.unique(before[before >= 0]).tolist())
+    labels, counts = np.unique(after[after != -1], return_counts=True)
+    fresh = [{"id": (int(x) if x >= 0 else None), "faces": int(c)}
+             for x, c in zip(labels.tolist(), counts.tolist()) if x not in old]
+    return {"people_before": len(old), "people_after": len(labels), "people_kept": kept,
+            "people_unchanged": unchanged, "people_changed": changed, "people_new": fresh,
+            "people_gone": gone, "unassigned_before": int((before == -1).sum()),
+            "unassigned_after": int((after == -1).sum())}
+
+
+_DROPPED = -(2 ** 62)    # a face whose photo was gone: in no identity, not unassigned either
 
 
 def _predict(state: State, model_id: str) -> dict:
@@ -299,16 +304,18 @@ def _predict(state: State, model_id: str) -> dict:
     store = state.store
     ids, matrix = store.staged_vectors(model_id)
     with store.read() as conn:
-        before, names = _people(conn)
+        before_ids, before, names = _people(conn)
         constraints = load_constraints(conn)
         image_of = dict(conn.execute("SELECT id, image_id FROM faces WHERE rejected = 0"))
-    prev = np.array([before.get(int(f)) if before.get(int(f)) is not None else -1 for f in ids],
-                    np.int64)
+        staged = conn.execute("SELECT COUNT(*) FROM staged_vectors WHERE model_id = ? AND vector "
+                              "IS NOT NULL", (model_id,)).fetchone()[0]
+    present, rows = rows_of(before_ids, ids)
+    prev = np.where(present, before[rows], -1)
     img = np.array([image_of[int(f)] for f in ids], np.int64)
     result = recluster(ids, matrix, img, state.identities.params, constraints, prev)
-    after = {int(f): (int(x) if x >= 0 else (f"new{-int(x) - 1}" if x <= -2 else None))
-             for f, x in zip(ids.tolist(), result.identity.tolist())}
-    return _compare(before, after, names)
+    out = _compare(before_ids, before, ids, result.identity, names)
+    out["faces_reembedded"] = int(staged)
+    return out
 
 
 def _switch(state: State, embedder: Embedder, model_id: str, report: dict) -> dict:
@@ -316,14 +323,16 @@ def _switch(state: State, embedder: Embedder, model_id: str, report: dict) -> di
     new eps, the report kept in meta 'last_migration' (all or nothing)."""
     store = state.store
     with store.read() as conn:
-        before, names = _people(conn)
+        before_ids, before, names = _people(conn)
     t0 = time.perf_counter()
     with store.switching_model(model_id, embedder.dim) as switched:
         result = state.identities.recluster(reason="facesortd migrate")
         with store.read() as conn:
-            after, names_after = _people(conn)
-        report.update(_compare(before, after, {**names, **names_after}))
-        assert report["faces_dropped"] == len(switched["faces_dropped"])
+            after_ids, after, names_after = _people(conn)
+            report["faces_reembedded"] = conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
+        report.update(_compare(before_ids, before, after_ids, after, {**names, **names_after}))
+        if report["faces_dropped"] != len(switched["faces_dropped"]):
+            raise RuntimeError("the faces dropped changed while the store was switching")
         report["recluster"] = result.counts()
         report["note"] = _config_note(state.config, embedder, model_id)
         report["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

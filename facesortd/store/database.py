@@ -636,10 +636,11 @@ class Store:
     def switching_model(self, model_id: str, dim: int) -> Iterator[dict]:
         """One transaction that puts the staged vectors of ``model_id`` in force for every face,
         drops the faces whose photo was gone (their images become 'error' with the reason), makes
-        ``model_id`` the store's model and forgets the eps-neighbour graph (the next recluster
-        rebuilds it). The block runs inside the same transaction (the recluster): all or
-        nothing. ``vectors()`` holds the new model's vectors inside the block and after it, the
-        old ones again if it fails. Yields {'faces_dropped': [...], 'images_dropped': [...]}."""
+        ``model_id`` the store's model and forgets the eps-neighbour graph and the open merge
+        suggestions (both measured with the old model; the next recluster rebuilds them). The
+        block runs inside the same transaction (the recluster): all or nothing. ``vectors()``
+        holds the new model's vectors inside the block and after it, the old ones again if it
+        fails. Yields {'faces_dropped': [...], 'images_dropped': [...]}."""
         with self._lock:
             old_dim = self._dim
             try:
@@ -666,6 +667,9 @@ class Store:
                                      [("model_id", model_id), ("dim", str(int(dim)))])
                     conn.execute("DELETE FROM meta WHERE key IN ('graph_upto', 'graph_radius')")
                     conn.execute("DELETE FROM face_edges")
+                    # open merge suggestions measured the old model's distances (dismissed ones
+                    # are a person's decision and stay); the recluster records its own
+                    conn.execute("DELETE FROM suggestions WHERE status = 'open'")
                     conn.execute("DELETE FROM staged_vectors")
                     self._dim, self._vectors, self._vectors_loaded = int(dim), None, False
                     yield {"faces_dropped": [f for f, _ in gone], "images_dropped": images}
