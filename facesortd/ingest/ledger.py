@@ -204,7 +204,8 @@ class Ledger:
         recorded as 'other' for the placer to move into ``placement.other_dir`` (its hash is
         taken there, off the watcher's thread)."""
         if job.kind == "loose":
-            photos = self.store.images_in_folder(job.path.parent, "done", "noface", "duplicate")
+            photos = self.store.images_in_folder(job.path.parent, "done", "noface", "duplicate",
+                                                 "error")   # a broken photo's: into quarantine
             if owner(job.path.name, [p.path.name for p in photos]) is not None:
                 log.info("%s arrived after its photo; it follows it", job.path)
                 self.finish(job, "companion")

@@ -62,6 +62,7 @@ class _Snapshot:
     placements: dict[int, list[_Placement]]
     by_path: dict[Path, _Placement]
     dates: dict[int, tuple[Optional[str], str]]
+    hidden_only: set[int] = field(default_factory=set)         # images whose faces are all hidden
     reserved: set[Path] = field(default_factory=set)           # destinations chosen this sync
     listings: dict[Path, companions.Listing] = field(default_factory=dict)   # inbox folders
 
@@ -198,6 +199,8 @@ class Placer:
     def _reconcile(self, image: ImageRow, snap: _Snapshot, dry_run: bool) -> list[_Group]:
         """This image's operations (a dry run writes nothing; a real one may update the image's
         placement rows, not its files)."""
+        if image.status == "error":
+            return self._beside_quarantined(image, snap)
         placements = self._current(image, snap.placements.get(image.id, []), dry_run)
         if placements is None:
             return []
@@ -273,6 +276,21 @@ class Placer:
                                 "follow", extra.action))
         return [group]
 
+    def _beside_quarantined(self, image: ImageRow, snap: _Snapshot) -> list[_Group]:
+        """A broken photo set aside (quarantine.py) keeps its group: its companions join it in
+        the quarantine folder, the ones that come later too."""
+        rows = snap.placements.get(image.id, [])
+        main = next((p for p in rows if p.kind == "main"), None)
+        if main is None or any(p.kind == "held" for p in rows) or not os.path.lexists(main.path):
+            return []
+        placed = [p for p in rows if p.kind == "companion"]
+        group = _Group(image)
+        for path, suffix in self._arriving(image, snap, placed):
+            dst = self._free(companions.beside(main.path, suffix), snap)
+            group.ops.append(Op("move", path, dst, image.id, "companion", content_id(path),
+                                "quarantine", "move"))
+        return [group] if group.ops else []
+
     def _current(self, image: ImageRow, placements: list[_Placement],
                  dry_run: bool) -> Optional[list[_Placement]]:
         """This image's live placements; None if it is held or gone (leave it alone)."""
@@ -333,9 +351,11 @@ class Placer:
     def _folders(self, image: ImageRow, snap: _Snapshot) -> list[Folder]:
         pc = self.config.placement
         faces = snap.faces.get(image.id, [])
+        unknown = Folder(pc.unknown_dir, True)
+        if image.id in snap.hidden_only:
+            return [unknown]
         if image.status == "noface" or not faces:
             return [Folder(pc.noface_dir, True)]
-        unknown = Folder(pc.unknown_dir, True)
         if pc.multi_face == "largest":
             root = faces[0][1]
             return [snap.folders[root] if root is not None else unknown]
@@ -511,17 +531,23 @@ class Placer:
         for the store's (``audit``)."""
         with self.store.read() as conn:
             images = {r.id: r for r in self.store.images_with_status("done", "noface", "duplicate",
-                                                                     "other")}
+                                                                     "other", "error")}
             merged, names = {}, {}
             rows = conn.execute("SELECT id, name, merged_into FROM identities") \
                 if identities is None else identities
             for iid, name, into in rows:
                 names[iid], merged[iid] = name, into
+            hidden = _hidden(conn)
             faces: dict[int, list] = defaultdict(list)
+            veiled: set[int] = set()
             for image_id, area, identity in conn.execute(
                     "SELECT image_id, (box_x2 - box_x1) * (box_y2 - box_y1), identity_id "
                     "FROM faces WHERE rejected = 0 ORDER BY image_id, id"):
-                faces[image_id].append((area, _root(identity, merged)))
+                root = _root(identity, merged)
+                if root is not None and root in hidden:   # placed as if the face were not there
+                    veiled.add(image_id)
+                    continue
+                faces[image_id].append((area, root))
             placements: dict[int, list] = defaultdict(list)
             by_path = {}
             for row in conn.execute("SELECT image_id, path, kind, action, sha256, mtime_ns "
@@ -537,7 +563,8 @@ class Placer:
         live = {i: name for i, name in names.items() if merged[i] is None}
         folders = identity_folders(live, (pc.unknown_dir, pc.noface_dir, pc.quarantine_dir,
                                           pc.group_dir, pc.duplicates_dir, pc.other_dir))
-        return _Snapshot(images, dict(faces), folders, dict(placements), by_path, dates)
+        return _Snapshot(images, dict(faces), folders, dict(placements), by_path, dates,
+                         hidden_only=veiled - set(faces))
 
     def _set_sha(self, image: ImageRow) -> None:
         with self.store.transaction() as conn:
@@ -606,6 +633,15 @@ def _root(identity: Optional[int], merged: dict[int, Optional[int]]) -> Optional
         seen.add(identity)
         identity = merged[identity]
     return identity if identity is None or identity in merged else None
+
+
+def _hidden(conn: sqlite3.Connection) -> set[int]:
+    """People hidden by a correction (none in a store from before schema 8, which doctor may read
+    before the next start migrates it)."""
+    try:
+        return {r[0] for r in conn.execute("SELECT id FROM identities WHERE hidden = 1")}
+    except sqlite3.OperationalError:
+        return set()
 
 
 def _prune_empty(folder: Path, library: Path) -> None:

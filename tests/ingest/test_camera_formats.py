@@ -159,6 +159,8 @@ def test_camera_samples_and_heic_faces_through_run_once(tmp_path, data_dir, came
     samples = sorted(p.name for p in camera.iterdir() if p.name != "README.md")
     for name in samples:
         shutil.copyfile(camera / name, inbox / name)
+    groups["truncated.heic"] = ["truncated.xmp"]          # a broken photo keeps its sidecar
+    shutil.copyfile(camera / "XMP.xmp", inbox / "truncated.xmp")
     (inbox / "docs").mkdir()
     (inbox / "docs" / "notes.pdf").write_bytes(b"%PDF-1.4 not a photo")
     want = {p.relative_to(inbox): p.read_bytes() for p in inbox.rglob("*") if p.is_file()}
@@ -179,12 +181,13 @@ def test_camera_samples_and_heic_faces_through_run_once(tmp_path, data_dir, came
     with Store.open(config.state_dir) as store:
         rows = images(store)
         metrics = Telemetry().render(store)
-    # 10 groups (9 Live Photos, 1 RAW + JPEG pair) of 2 companions; 3 sidecars alone and a PDF
-    assert 'facesortd_store_files{kind="groups"} 10.0' in metrics
-    assert 'facesortd_store_files{kind="companions"} 20.0' in metrics
+    # 11 groups (9 Live Photos, 1 RAW + JPEG pair: 2 companions each; a broken HEIC's XMP);
+    # 3 sidecars alone and a PDF
+    assert 'facesortd_store_files{kind="groups"} 11.0' in metrics
+    assert 'facesortd_store_files{kind="companions"} 21.0' in metrics
     assert 'facesortd_store_files{kind="other"} 4.0' in metrics
     assert main(["status", "--config", str(tmp_path / "facesortd.yaml")]) == 0
-    assert "files: companions 20, groups 10, other 4" in capsys.readouterr().out
+    assert "files: companions 21, groups 11, other 4" in capsys.readouterr().out
     for name, word in (("200MP.heic", "decompression bomb"), ("corrupted.heic", "not a supported"),
                        ("truncated.heic", "truncated")):
         assert rows[name][1] == "error" and word in rows[name][2], rows[name]

@@ -123,3 +123,19 @@ def test_other_files_keep_their_path_and_undo(env):
     assert ops.dst == e.library / "_other" / "trip" / "notes.pdf" and ops.dst.read_bytes() == data
     e.placer.undo()
     assert path.read_bytes() == data and e.placer.sync() == []
+
+
+def test_a_broken_photo_keeps_its_group_in_quarantine(env):
+    e = env()
+    path = e.write("IMG_9.HEIC")
+    mov = e.write("IMG_9.MOV")
+    data, video = path.read_bytes(), mov.read_bytes()
+    st = path.stat()
+    image = e.store.record_error(path, e.inbox, None, st.st_size, st.st_mtime_ns, "truncated")
+    e.placer.quarantine(image, path, "truncated")
+    (op,) = e.placer.sync()
+    assert op.dst == e.library / "_quarantine" / "IMG_9.MOV" and op.dst.read_bytes() == video
+    assert e.placer.sync() == []
+    e.placer.undo()
+    assert path.read_bytes() == data and mov.read_bytes() == video
+    assert e.placer.sync() == []
