@@ -130,8 +130,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     config = _config(args)
     _setup_logging(config.log_level)
     report = migrate(config, args.to, weights=args.weights, dry_run=args.dry_run)
-    if report.get("message"):
-        print(f"facesortd migrate: {report['message']}", file=sys.stderr)
+    for key in ("message", "note"):     # what to do next, where a person reads it
+        if report.get(key):
+            print(f"facesortd migrate: {report[key]}", file=sys.stderr)
     print(json.dumps(report, indent=2, sort_keys=True))
     return 0
 
