@@ -133,6 +133,9 @@ def test_reads_the_whole_file(resnet_file):
     assert len(w.convs) == 29 and len(w.affines) == 29 and w.fc.shape == (128, 256)
     assert [round(m, 3) for m in w.mean] == [122.782, 117.001, 104.298]
     assert (w.convs[0].stride, w.convs[0].padding) == (2, 0)
+    # dlib's con_ default: padding 0 at stride 2 (the 3x3 stride-2 convolutions shrink 8x8 to
+    # 3x3 while the skip path pools it to 4x4: add_prev pads), half the kernel at stride 1
+    assert {(c.stride, c.padding) for c in w.convs[1:]} == {(1, 1), (2, 0)}
     assert [(p.size, p.stride, p.padding) for p in w.pools] == \
         [(3, 2, 0)] + [(2, 2, 0)] * 4 + [(0, 1, 0)]
 
