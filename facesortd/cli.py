@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the pipeline's own limit: a benchmark-only model whose forward pass "
                         "costs ~nothing replaces the embedder (no bare model, no old tool)")
     b.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
-                   help="facenet on CUDA: embed eagerly (embedder.cuda_graphs: false)")
+                   help="on CUDA (facenet, dlib via torch): embed eagerly (embedder.cuda_graphs: false)")
     b.add_argument("--no-fold", dest="fold", action="store_false",
                    help="facenet on CPU: the model as built, unfolded (embedder.fold: false)")
     b.add_argument("--dlib-runtime", choices=["torch", "dlib"], default="torch",
