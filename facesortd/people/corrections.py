@@ -22,7 +22,7 @@ from facesortd.store.identity_rows import resolve, retire
 from facesortd.store.sql import in_chunks
 
 __all__ = ["CorrectionError", "UnknownId", "rename", "merge", "split", "move_faces", "not_this_person",
-           "reject", "accept_suggestion", "dismiss_suggestion", "undo", "history"]
+           "reject", "confirm", "hide", "accept_suggestion", "dismiss_suggestion", "undo", "history"]
 
 
 class CorrectionError(FacesortdError):
@@ -44,6 +44,7 @@ class _Recorder:
         self.cl_added: list[list[int]] = []
         self.cl_removed: list[list[int]] = []
         self.created: list[int] = []
+        self.hidden: dict[int, int] = {}
 
     def face(self, face_ids: Iterable[int]) -> None:
         ids = [int(f) for f in face_ids if int(f) not in self.faces]
@@ -82,7 +83,8 @@ class _Recorder:
     def write(self) -> int:
         payload = {"args": self.args, "faces": self.faces, "identities": self.identities,
                    "suggestions": self.suggestions, "cannot_link_added": self.cl_added,
-                   "cannot_link_removed": self.cl_removed, "created": self.created}
+                   "cannot_link_removed": self.cl_removed, "created": self.created,
+                   "hidden": self.hidden}
         return self.conn.execute(
             "INSERT INTO history (op, payload, created_at) VALUES (?, ?, ?)",
             (self.op, json.dumps(payload), time.time())).lastrowid
@@ -215,6 +217,32 @@ def reject(store: Store, face_ids: Iterable[int]) -> dict:
         return {"history": rec.write(), "faces": len(faces)}
 
 
+def confirm(store: Store, face_ids: Iterable[int]) -> dict:
+    """These faces are right where they are: pinned to their person (they leave the review
+    queue, and no recluster moves them). Faces with no person are refused."""
+    with store.transaction() as conn:
+        faces = _faces(conn, face_ids)
+        rec = _Recorder(conn, "confirm", {"faces": faces})
+        rec.face(faces)
+        loose = [f for f in faces if rec.faces[f][0] is None]
+        if loose:
+            raise CorrectionError(f"faces {loose[:10]} have no person to confirm; move them instead")
+        conn.executemany("UPDATE faces SET pinned = 1 WHERE id = ?", [(f,) for f in faces])
+        return {"history": rec.write(), "faces": len(faces)}
+
+
+def hide(store: Store, identity_id: int, hidden: bool = True) -> dict:
+    """Hide a person (a stranger, a poster): off the overview and the review queue, and photos
+    are placed as if its faces were not there. ``hidden=False`` shows it again."""
+    with store.transaction() as conn:
+        identity_id = _live_identity(conn, identity_id)
+        rec = _Recorder(conn, "hide" if hidden else "unhide", {"identity": identity_id})
+        rec.hidden[identity_id] = conn.execute("SELECT hidden FROM identities WHERE id = ?",
+                                               (identity_id,)).fetchone()[0]
+        conn.execute("UPDATE identities SET hidden = ? WHERE id = ?", (int(hidden), identity_id))
+        return {"history": rec.write(), "identity": identity_id, "hidden": hidden}
+
+
 def _suggestion(conn, suggestion_id: int) -> tuple[int, int, str]:
     row = conn.execute("SELECT a, b, status FROM suggestions WHERE id = ?",
                        (int(suggestion_id),)).fetchone()
@@ -288,6 +316,8 @@ def undo(store: Store, last: int = 1, since: Optional[float] = None) -> list[dic
             for identity, merged_into in retire_again:
                 if resolve(conn, identity) == identity:
                     retire(conn, identity, merged_into)
+            for identity, was in p.get("hidden", {}).items():
+                conn.execute("UPDATE identities SET hidden = ? WHERE id = ?", (was, int(identity)))
             for sid, status in p["suggestions"].items():
                 conn.execute("UPDATE suggestions SET status = ? WHERE id = ?", (status, int(sid)))
             for face, identity in p["cannot_link_added"]:

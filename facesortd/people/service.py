@@ -24,6 +24,7 @@ import numpy as np
 
 from facesortd.people.assign import FaceIndex, assign_incremental
 from facesortd.people.clustering import ClusterParams, Graph, ReclusterResult, build_graph, radius_neighbours
+from facesortd.people.doubt import doubt, write_doubt
 from facesortd.people.index import SearchCache
 from facesortd.people.recluster import recluster
 from facesortd.people.storage import (  # noqa: F401 (history_marker, load_constraints: public)
@@ -250,6 +251,7 @@ class IdentityService:
                 result, marker, new_img = res
                 if self._apply(result, marker, graph=result.edges, new_faces=(result.ids[:len(new_img)], new_img)):
                     self._since_recluster += len(new_img)
+                    self._write_doubt(result.ids)   # the new faces, and any they moved
                     if result.created or result.merged or result.split or result.faces_moved or len(new_img):
                         self.on_changed()
                     return result
@@ -313,6 +315,7 @@ class IdentityService:
                     # tight bounds again (moved faces only ever widen them)
                     self._search.invalidate()
                     self._search.sync(ids, matrix, self._labels_for(ids)[1])
+                    self._write_doubt(None)
                     self._since_recluster = 0
                     self._last_recluster = time.monotonic()
                     counts = result.counts()
@@ -359,6 +362,21 @@ class IdentityService:
             keep = a != b
             with self.store.transaction() as conn:
                 write_edges(conn, a[keep], b[keep], d[keep])
+
+    def _write_doubt(self, face_ids: Optional[np.ndarray]) -> None:
+        """The review queue's scores (``people.doubt``) of these faces, or of every face (None),
+        against the labels just written."""
+        ids, matrix = self.store.vectors()
+        if not len(ids):
+            return
+        _, ident = self._labels_for(ids)
+        rows = None
+        if face_ids is not None:
+            present, found = rows_of(ids, np.asarray(face_ids, np.int64))
+            rows = found[present]
+        rows, score, cand = doubt(matrix, ident, self.params.eps, rows)
+        with self.store.transaction() as conn:
+            write_doubt(conn, ids[rows], score, cand, replace_all=face_ids is None)
 
     # ---- writing a result ---------------------------------------------------------------------
 

@@ -26,8 +26,9 @@ def load_constraints(conn) -> Constraints:
                                "WHERE pinned = 1 AND rejected = 0 AND identity_id IS NOT NULL"))
     cannot = frozenset((int(f), int(i)) for f, i in conn.execute(
         "SELECT face_id, identity_id FROM cannot_link"))
+    # a hidden person is a decision too: never merged automatically, like a named one
     named = frozenset(r[0] for r in conn.execute(
-        "SELECT id FROM identities WHERE name IS NOT NULL AND merged_into IS NULL"))
+        "SELECT id FROM identities WHERE (name IS NOT NULL OR hidden = 1) AND merged_into IS NULL"))
     return Constraints(pinned=pinned, cannot_link=cannot, named=named)
 
 

@@ -211,7 +211,24 @@ _V7 = _sql(
 )
 
 
-MIGRATIONS: Sequence[Step] = (_V1, _V2, _V3, _V4, _V5, _v6, _V7)
+# Version 8: review at scale (issue 18). ``face_doubt`` holds, for each assigned face, how likely
+# its person is wrong (``people.doubt``: its distance to its own person against the nearest other
+# person, written by assignment and recluster) and that other person, the review queue's
+# candidate; advisory, so it cascades with the face and may lag a correction (the queue filters
+# pinned faces). ``identities.hidden``: a person hidden by a correction (strangers, a poster):
+# off the overview and the review queue, and placed as if its faces were not there.
+_V8 = _sql(
+    """CREATE TABLE face_doubt (
+        face_id   INTEGER PRIMARY KEY REFERENCES faces(id) ON DELETE CASCADE,
+        score     REAL NOT NULL,
+        candidate INTEGER
+    )""",
+    "CREATE INDEX face_doubt_score ON face_doubt(score)",
+    "ALTER TABLE identities ADD COLUMN hidden INTEGER NOT NULL DEFAULT 0",
+)
+
+
+MIGRATIONS: Sequence[Step] = (_V1, _V2, _V3, _V4, _V5, _v6, _V7, _V8)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
