@@ -73,12 +73,26 @@ def csrf():
 def identities():
     q = request.args.get("q", "")
     require(len(q) <= MAX_QUERY, f"q must be at most {MAX_QUERY} characters")
-    return jsonify(queries.identities(read_conn(), _page(), q))
+    hidden = request.args.get("hidden", "0")
+    require(hidden in ("0", "1"), "hidden must be 0 or 1")
+    return jsonify(queries.identities(read_conn(), _page(), q, hidden=hidden == "1"))
+
+
+@bp.get("/review")
+def review():
+    """The review queue: faces most likely wrong first (``queries.review``)."""
+    return jsonify(queries.review(read_conn(), _page()))
+
+
+def _order() -> str:
+    order = request.args.get("order", "doubt")
+    require(order in queries.ORDERS, f"order must be one of {', '.join(queries.ORDERS)}")
+    return order
 
 
 @bp.get("/identities/<int:identity_id>")
 def identity(identity_id: int):
-    found = queries.identity(read_conn(), identity_id, _page())
+    found = queries.identity(read_conn(), identity_id, _page(), order=_order())
     if found is None:
         return error(404, f"no identity with id {identity_id}")
     return jsonify(found)
@@ -87,6 +101,15 @@ def identity(identity_id: int):
 @bp.get("/unassigned")
 def unassigned():
     return jsonify(queries.unassigned(read_conn(), _page()))
+
+
+@bp.get("/images/<int:image_id>")
+def image(image_id: int):
+    """One photo's faces: boxes (upright full-size pixels) and people."""
+    found = queries.image(read_conn(), image_id)
+    if found is None:
+        return error(404, f"no image with id {image_id}")
+    return jsonify(found)
 
 
 @bp.get("/suggestions")
@@ -125,6 +148,21 @@ def move():
 @bp.post("/faces/not-this-person")
 def not_this_person():
     return _change(corrections.not_this_person, _face_ids(_body()))
+
+
+@bp.post("/faces/confirm")
+def confirm():
+    return _change(corrections.confirm, _face_ids(_body()))
+
+
+@bp.post("/identities/<int:identity_id>/hide")
+def hide(identity_id: int):
+    return _change(corrections.hide, identity_id, True)
+
+
+@bp.post("/identities/<int:identity_id>/unhide")
+def unhide(identity_id: int):
+    return _change(corrections.hide, identity_id, False)
 
 
 @bp.post("/faces/reject")

@@ -131,6 +131,21 @@ def _save(picture: Image.Image, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def upright_size(conn, image_id: int) -> Optional[tuple[int, int]]:
+    """(width, height) of the photo as its face boxes were found in (upright, full size; a camera
+    RAW's embedded preview), or None when its file is not on disk or not readable."""
+    photo = _photo(conn, image_id)
+    if photo is None:
+        return None
+    try:
+        if _aligned(photo[1]):
+            with Image.open(photo[0], formats=FORMATS) as im:
+                return im.size
+        return decode(photo[0], max_side=None if is_raw(photo[0].name) else 64).original_size
+    except (BadImage, OSError):
+        return None
+
+
 @bp.get("/image/<int:image_id>")
 def image(image_id: int):
     """The photo itself, from wherever it is now."""

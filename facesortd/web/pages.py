@@ -12,7 +12,7 @@ import time
 from flask import Blueprint, Flask, current_app, make_response, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from facesortd.web import queries
+from facesortd.web import media, queries
 from facesortd.web.context import read_conn
 from facesortd.web.security import (
     AUTH_COOKIE,
@@ -31,7 +31,8 @@ LOGIN_FAIL_DELAY_S = 1.0
 
 OPS = {"rename": "renamed", "merge": "merged", "move_faces": "moved faces",
        "split": "split", "not_this_person": "not this person", "reject": "not a face",
-       "accept_suggestion": "accepted a suggestion", "dismiss_suggestion": "dismissed a suggestion"}
+       "accept_suggestion": "accepted a suggestion", "dismiss_suggestion": "dismissed a suggestion",
+       "confirm": "confirmed", "hide": "hid a person", "unhide": "showed a person again"}
 
 
 @bp.app_template_filter("utc")
@@ -71,12 +72,53 @@ def person(identity_id: int):
     page = _page_arg()
     if page is None:
         return _bad_page()
-    data = queries.identity(read_conn(), identity_id, page)
+    order = request.args.get("order", "doubt")
+    if order not in queries.ORDERS:
+        order = "doubt"
+    data = queries.identity(read_conn(), identity_id, page, order=order)
     if data is None:
         return _render("error.html", status=404, message=f"no person with id {identity_id}"), 404
     if data["merged_into"] is not None:
         return redirect(url_for("pages.person", identity_id=data["merged_into"]))
     return _render("person.html", person=data, nav="people")
+
+
+@bp.get("/review")
+def review():
+    page = _page_arg()
+    if page is None:
+        return _bad_page()
+    return _render("review.html", data=queries.review(read_conn(), page, samples=3), nav="review")
+
+
+@bp.get("/photo/<int:image_id>")
+def photo(image_id: int):
+    """The whole photo with every face box drawn and labelled with its person."""
+    conn = read_conn()
+    data = queries.image(conn, image_id)
+    if data is None:
+        return _render("error.html", status=404, message=f"no photo with id {image_id}"), 404
+    size = media.upright_size(conn, image_id)
+    if size is None:   # an aligned crop (its box is the model's crop) or a file gone: the boxes' frame
+        size = (max([f["box"][2] for f in data["faces"]] or [1]),
+                max([f["box"][3] for f in data["faces"]] or [1]))
+    w, h = size
+    for f in data["faces"]:
+        x1, y1, x2, y2 = f["box"]
+        f["pct"] = [round(100 * x1 / w, 3), round(100 * y1 / h, 3),
+                    round(100 * (x2 - x1) / w, 3), round(100 * (y2 - y1) / h, 3)]
+    raw = request.args.get("face", "")
+    focus = int(raw) if raw.isdigit() else None
+    return _render("photo.html", photo=data, size=size, focus=focus, nav="")
+
+
+@bp.get("/hidden")
+def hidden():
+    page = _page_arg()
+    if page is None:
+        return _bad_page()
+    return _render("hidden.html", data=queries.identities(read_conn(), page, hidden=True),
+                   nav="hidden")
 
 
 @bp.get("/unassigned")

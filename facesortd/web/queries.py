@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Optional
 
 from facesortd.library.layout import identity_folder
+from facesortd.people.doubt import DOUBTFUL
+from facesortd.store.database import decode_path
 
 PEOPLE_PER_PAGE = 48
 FACES_PER_PAGE = 120
 SAMPLES = 4
+REVIEW_PER_PAGE = 40
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,11 @@ def _search(q: str) -> tuple[str, list]:
 
 
 def identities(conn: sqlite3.Connection, page: int = 1, q: str = "",
-               per_page: int = PEOPLE_PER_PAGE) -> dict:
-    """People with at least one face, largest first (ties: oldest first)."""
+               per_page: int = PEOPLE_PER_PAGE, hidden: bool = False) -> dict:
+    """People with at least one face, largest first (ties: oldest first); hidden people only
+    with ``hidden``, else none of them."""
     where, args = _search(q)
+    where += " AND i.hidden = 1" if hidden else " AND i.hidden = 0"
     total = conn.execute(
         "SELECT COUNT(*) FROM identities i WHERE i.merged_into IS NULL AND EXISTS (SELECT 1 FROM "
         f"faces f WHERE f.identity_id = i.id AND f.rejected = 0){where}", args).fetchone()[0]
@@ -90,18 +95,21 @@ def identities(conn: sqlite3.Connection, page: int = 1, q: str = "",
 
 
 def identity(conn: sqlite3.Connection, identity_id: int, page: int = 1,
-             per_page: int = FACES_PER_PAGE) -> Optional[dict]:
-    """One person and a page of its faces; None if there is no such identity."""
-    row = conn.execute("SELECT id, name, merged_into FROM identities WHERE id = ?",
+             per_page: int = FACES_PER_PAGE, order: str = "doubt") -> Optional[dict]:
+    """One person and a page of its faces; None if there is no such identity. ``order``:
+    ``doubt`` (most doubtful first, confirmed faces last) or ``date`` (taken, else arrival)."""
+    row = conn.execute("SELECT id, name, merged_into, hidden FROM identities WHERE id = ?",
                        (identity_id,)).fetchone()
     if row is None:
         return None
     total = conn.execute("SELECT COUNT(*) FROM faces WHERE identity_id = ? AND rejected = 0",
                          (identity_id,)).fetchone()[0]
     p = Page(page, per_page, total)
-    faces = _faces(conn, "identity_id = ? AND rejected = 0", [identity_id], p)
+    faces = _faces(conn, "f.identity_id = ? AND f.rejected = 0", [identity_id], p,
+                   ORDERS[order])
     return {"id": row[0], "name": row[1], "display_name": display_name(row[0], row[1]),
-            "merged_into": row[2], "face_count": total, "faces": faces, **p.as_dict()}
+            "merged_into": row[2], "hidden": bool(row[3]), "face_count": total, "faces": faces,
+            "order": order, **p.as_dict()}
 
 
 def unassigned(conn: sqlite3.Connection, page: int = 1, per_page: int = FACES_PER_PAGE) -> dict:
@@ -111,11 +119,49 @@ def unassigned(conn: sqlite3.Connection, page: int = 1, per_page: int = FACES_PE
     return {"faces": _faces(conn, "identity_id IS NULL AND rejected = 0", [], p), **p.as_dict()}
 
 
-def _faces(conn, where: str, args: list, p: Page) -> list[dict]:
-    rows = conn.execute(f"SELECT id, image_id, pinned, score FROM faces WHERE {where} "
-                        "ORDER BY id LIMIT ? OFFSET ?", [*args, p.size, p.offset]).fetchall()
-    return [{"id": r[0], "image_id": r[1], "pinned": bool(r[2]), "score": round(r[3], 3)}
+#: How a person's faces can be ordered (the SQL after ORDER BY, over faces f, face_doubt d and
+#: image_dates t).
+ORDERS = {"doubt": "f.pinned, COALESCE(d.score, -1) DESC, f.id",
+          "date": "COALESCE(t.taken, '9999'), f.id"}
+
+
+def _faces(conn, where: str, args: list, p: Page, order: str = "f.id") -> list[dict]:
+    rows = conn.execute(
+        "SELECT f.id, f.image_id, f.pinned, f.score, d.score FROM faces f "
+        "LEFT JOIN face_doubt d ON d.face_id = f.id "
+        + ("LEFT JOIN image_dates t ON t.image_id = f.image_id " if "t." in order else "")
+        + f"WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?", [*args, p.size, p.offset]).fetchall()
+    return [{"id": r[0], "image_id": r[1], "pinned": bool(r[2]), "score": round(r[3], 3),
+             "doubt": None if r[4] is None or r[2] else round(r[4], 3),
+             "doubtful": bool(r[4] is not None and not r[2] and r[4] >= DOUBTFUL)}
             for r in rows]
+
+
+def review(conn: sqlite3.Connection, page: int = 1, per_page: int = REVIEW_PER_PAGE,
+           samples: int = 0) -> dict:
+    """The review queue: assigned faces not yet confirmed or placed by a person, of people not
+    hidden, most doubtful first, each with its person and the nearest other person."""
+    rows = conn.execute(
+        "SELECT d.face_id, f.image_id, f.identity_id, i.name, c.id, c.name, d.score "
+        "FROM face_doubt d JOIN faces f ON f.id = d.face_id "
+        "JOIN identities i ON i.id = f.identity_id "
+        "LEFT JOIN identities c ON c.id = d.candidate AND c.id != f.identity_id "
+        "AND c.merged_into IS NULL AND c.hidden = 0 "
+        "WHERE f.pinned = 0 AND f.rejected = 0 AND i.hidden = 0 "
+        "ORDER BY d.score DESC, d.face_id LIMIT ? OFFSET ?",
+        (per_page + 1, (page - 1) * per_page)).fetchall()
+    more = len(rows) > per_page
+    faces = [{"face_id": r[0], "image_id": r[1],
+              "person": {"id": r[2], "name": r[3], "display_name": display_name(r[2], r[3])},
+              "candidate": None if r[4] is None else
+              {"id": r[4], "name": r[5], "display_name": display_name(r[4], r[5])},
+              "score": round(r[6], 4)} for r in rows[:per_page]]
+    if samples:   # the page shows a few faces of each side
+        for f in faces:
+            for side in (f["person"], f["candidate"]):
+                if side is not None:
+                    side["sample_face_ids"] = _samples(conn, side["id"], samples)
+    return {"faces": faces, "page": page, "per_page": per_page, "more": more}
 
 
 def suggestions(conn: sqlite3.Connection, limit: int = 100) -> list[dict]:
@@ -175,6 +221,27 @@ def _summary(conn, op: str, args: dict, created: list) -> str:
     if op == "dismiss_suggestion":
         return f"suggestion #{args['suggestion']} dismissed: different people"
     return json.dumps(args)
+
+
+def image(conn: sqlite3.Connection, image_id: int) -> Optional[dict]:
+    """One photo's faces (boxes in the upright full-size photo's pixels) with their people,
+    largest first; None if there is no such image. A duplicate shows its original's faces."""
+    row = conn.execute("SELECT id, path, status, duplicate_of FROM images WHERE id = ?",
+                       (image_id,)).fetchone()
+    if row is None:
+        return None
+    rows = conn.execute(
+        "SELECT f.id, f.box_x1, f.box_y1, f.box_x2, f.box_y2, f.identity_id, i.name, i.hidden, "
+        "f.pinned, d.score FROM faces f LEFT JOIN identities i ON i.id = f.identity_id "
+        "LEFT JOIN face_doubt d ON d.face_id = f.id WHERE f.image_id = ? AND f.rejected = 0 "
+        "ORDER BY (f.box_x2 - f.box_x1) * (f.box_y2 - f.box_y1) DESC, f.id",
+        (row[3] or row[0],)).fetchall()
+    faces = [{"id": r[0], "box": [round(v, 1) for v in r[1:5]],
+              "person": None if r[5] is None else
+              {"id": r[5], "name": r[6], "display_name": display_name(r[5], r[6]), "hidden": bool(r[7])},
+              "pinned": bool(r[8]), "doubt": None if r[9] is None or r[8] else round(r[9], 3)}
+             for r in rows]
+    return {"id": row[0], "name": decode_path(row[1]).name, "status": row[2], "faces": faces}
 
 
 def face(conn: sqlite3.Connection, face_id: int) -> Optional[tuple]:

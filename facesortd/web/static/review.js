@@ -30,6 +30,7 @@ async function act(work, done) {
   document.body.classList.add("busy");
   try {
     const data = await work();
+    sessionStorage.removeItem(selKey);   // the selection was used up
     if (done) { done(data); } else { location.reload(); }
   } catch (err) {
     say(err.message, true);
@@ -83,23 +84,32 @@ for (const input of document.querySelectorAll("input[list=people-list]")) {
 }
 
 // ---- selecting faces: click, shift-click for a range, all on the page ------------------------
+// The selection is kept per page path (a person's pages share one) for the browser tab's life,
+// so faces picked on page 1 and page 3 of a person move together.
 const faces = Array.from(document.querySelectorAll(".faces.selectable .face"));
+const selKey = "facesortd-selection:" + location.pathname;
 let anchor = null;
+let chosen = new Set();
+try { chosen = new Set(JSON.parse(sessionStorage.getItem(selKey) || "[]")); } catch (e) { chosen = new Set(); }
 
 function selected() {
-  return faces.filter((f) => f.classList.contains("selected")).map((f) => parseInt(f.dataset.face, 10));
+  return Array.from(chosen);
 }
 
 function refreshCount() {
-  const n = selected().length;
+  const onPage = faces.filter((f) => chosen.has(parseInt(f.dataset.face, 10))).length;
+  const elsewhere = chosen.size - onPage;
   for (const c of document.querySelectorAll("[data-count]")) {
-    c.textContent = n + " selected";
+    c.textContent = chosen.size + " selected" + (elsewhere ? " (" + elsewhere + " on other pages)" : "");
   }
 }
 
 function setSelected(face, on) {
   face.classList.toggle("selected", on);
   face.setAttribute("aria-selected", on ? "true" : "false");
+  const id = parseInt(face.dataset.face, 10);
+  if (on) { chosen.add(id); } else { chosen.delete(id); }
+  sessionStorage.setItem(selKey, JSON.stringify(Array.from(chosen)));
 }
 
 faces.forEach((face, index) => {
@@ -123,9 +133,13 @@ faces.forEach((face, index) => {
   });
 });
 
+faces.forEach((f) => { if (chosen.has(parseInt(f.dataset.face, 10))) { setSelected(f, true); } });
+refreshCount();
+
 for (const button of document.querySelectorAll("[data-select]")) {
   button.addEventListener("click", () => {
     const on = button.dataset.select === "all";
+    if (!on) { chosen.clear(); }
     faces.forEach((f) => setSelected(f, on));
     anchor = null;
     refreshCount();
@@ -134,6 +148,8 @@ for (const button of document.querySelectorAll("[data-select]")) {
 
 function needFaces() {
   const ids = selected();
+  const focused = document.activeElement && document.activeElement.closest(".faces.selectable .face");
+  if (!ids.length && focused) { return [parseInt(focused.dataset.face, 10)]; }   // keyboard: the face in focus
   if (!ids.length) { throw new Error("select one or more faces first"); }
   return ids;
 }
@@ -152,6 +168,9 @@ const handlers = {
     (data) => location.assign("/people/" + data.identity)),
   "not-this-person": () => act(() => api("/api/faces/not-this-person", {faces: needFaces()})),
   "reject": () => act(() => api("/api/faces/reject", {faces: needFaces()})),
+  "confirm": () => act(() => api("/api/faces/confirm", {faces: needFaces()})),
+  "hide": (button) => act(() => api("/api/identities/" + button.closest("[data-identity]").dataset.identity + "/hide")),
+  "unhide": (button) => act(() => api("/api/identities/" + button.closest("[data-identity]").dataset.identity + "/unhide")),
   "accept": (button) => act(() => api("/api/suggestions/" + button.closest("[data-suggestion]").dataset.suggestion + "/accept")),
   "dismiss": (button) => act(() => api("/api/suggestions/" + button.closest("[data-suggestion]").dataset.suggestion + "/dismiss")),
 };
@@ -176,3 +195,110 @@ if (head) {
     }, (data) => location.assign("/people/" + data.identity));
   });
 }
+
+for (const input of document.querySelectorAll("[data-toolbar] [data-target]")) {
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      input.closest("[data-toolbar]").querySelector('[data-action="move"]').click();
+    }
+  });
+}
+
+// ---- the review queue: one face per row, its person and the nearest other person -------------
+const rows = Array.from(document.querySelectorAll(".review-row"));
+const posKey = "facesortd-review-position";
+
+function reviewAct(row, what) {
+  const face = parseInt(row.dataset.face, 10);
+  sessionStorage.setItem(posKey, String(rows.indexOf(row)));   // the next row takes its place
+  if (what === "confirm") { return act(() => api("/api/faces/confirm", {faces: [face]})); }
+  if (what === "move") {
+    if (!row.dataset.candidate) { say("no other person near this face: use its person's page", true); return null; }
+    return act(() => api("/api/faces/move", {faces: [face], to: parseInt(row.dataset.candidate, 10)}));
+  }
+  return act(() => api("/api/faces/not-this-person", {faces: [face]}));
+}
+
+for (const button of document.querySelectorAll("[data-review-action]")) {
+  button.addEventListener("click", () => reviewAct(button.closest(".review-row"), button.dataset.reviewAction));
+}
+if (rows.length) {
+  const pos = parseInt(sessionStorage.getItem(posKey) || "0", 10);
+  sessionStorage.removeItem(posKey);
+  rows[Math.min(Math.max(pos, 0), rows.length - 1)].focus();
+}
+
+// ---- keyboard shortcuts; "?" lists them ------------------------------------------------------
+const KEYS = [
+  ["j  →", "next face"], ["k  ←", "previous face"], ["x  space", "select / unselect the face"],
+  ["c", "confirm: the face is right where it is"], ["m", "move: to the other person (review), else to the person typed"],
+  ["n", "new person from the selected faces"], ["t", "not this person"], ["d", "not a face"],
+  ["u", "undo the last correction"], ["Esc", "clear the selection / close this list"], ["?", "this list"],
+];
+
+function overlay() {
+  let box = document.getElementById("keys");
+  if (!box) {
+    box = document.createElement("div");
+    box.id = "keys";
+    box.setAttribute("role", "dialog");
+    box.setAttribute("aria-label", "keyboard shortcuts");
+    const table = document.createElement("table");
+    for (const [key, what] of KEYS) {
+      const tr = table.insertRow();
+      tr.insertCell().textContent = key;
+      tr.insertCell().textContent = what;
+    }
+    const title = document.createElement("h2");
+    title.textContent = "Keyboard shortcuts";
+    box.append(title, table);
+    box.hidden = true;
+    document.body.append(box);
+  }
+  return box;
+}
+
+function items() { return rows.length ? rows : faces; }
+
+function step(delta) {
+  const list = items();
+  if (!list.length) { return; }
+  const at = list.indexOf(document.activeElement);
+  const next = at < 0 ? 0 : Math.min(Math.max(at + delta, 0), list.length - 1);
+  list[next].focus();
+  list[next].scrollIntoView({block: "nearest"});
+}
+
+function clickAction(name) {
+  const button = document.querySelector('button[data-action="' + name + '"]');
+  if (button) { button.click(); }
+}
+
+document.addEventListener("keydown", (event) => {
+  if (event.ctrlKey || event.metaKey || event.altKey) { return; }
+  if (event.target.closest && event.target.closest("input, textarea, select")) {
+    if (event.key === "Escape") { event.target.blur(); }
+    return;
+  }
+  const row = document.activeElement && document.activeElement.closest && document.activeElement.closest(".review-row");
+  const key = event.key;
+  const box = overlay();
+  let handled = true;
+  if (key === "?") { box.hidden = !box.hidden; }
+  else if (key === "Escape") { if (!box.hidden) { box.hidden = true; } else { const b = document.querySelector('[data-select="none"]'); if (b) { b.click(); } } }
+  else if (key === "j" || key === "ArrowRight") { step(1); }
+  else if (key === "k" || key === "ArrowLeft") { step(-1); }
+  else if (key === "x" && document.activeElement.classList.contains("face")) { document.activeElement.click(); }
+  else if (key === "u") { clickAction("undo"); }
+  else if (row && key === "c") { reviewAct(row, "confirm"); }
+  else if (row && key === "m") { reviewAct(row, "move"); }
+  else if (row && key === "t") { reviewAct(row, "not-this-person"); }
+  else if (!rows.length && key === "c") { clickAction("confirm"); }
+  else if (!rows.length && key === "m") { const input = document.querySelector("[data-toolbar] [data-target]"); if (input) { input.focus(); } }
+  else if (!rows.length && key === "n") { clickAction("move-new"); }
+  else if (!rows.length && key === "t") { clickAction("not-this-person"); }
+  else if (!rows.length && (key === "d" || key === "Delete")) { clickAction("reject"); }
+  else { handled = false; }
+  if (handled) { event.preventDefault(); }
+});

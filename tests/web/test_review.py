@@ -1,0 +1,101 @@
+"""Review at scale (issue 18) through Flask's test client: the review queue, confirming, hiding a
+person, a person's faces most doubtful first, the photo with its faces."""
+
+from __future__ import annotations
+
+import pytest
+
+from facesortd.library.placer import Placer
+
+pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
+
+
+def _queue(review) -> list[dict]:
+    out, page = [], 1
+    while True:
+        body = review.client.get(f"/api/review?page={page}").json
+        out += body["faces"]
+        if not body["more"]:
+            return out
+        page += 1
+
+
+def test_the_queue_is_most_doubtful_first_and_confirmed_faces_leave_it_for_good(review):
+    queue = _queue(review)
+    assert len(queue) >= 10
+    scores = [f["score"] for f in queue]
+    assert scores == sorted(scores, reverse=True)
+    first = queue[0]
+    assert set(first) == {"face_id", "image_id", "person", "candidate", "score"}
+    assert first["candidate"]["id"] != first["person"]["id"]
+    page = review.client.get("/review").get_data(as_text=True)
+    assert f'data-face="{first["face_id"]}"' in page and "Right person" in page
+
+    assert review.post("/api/faces/confirm", {"faces": [first["face_id"]]}).status_code == 200
+    assert first["face_id"] not in {f["face_id"] for f in _queue(review)}
+    assert review.post("/api/recluster").status_code == 202          # still gone after a recluster
+    assert first["face_id"] not in {f["face_id"] for f in _queue(review)}
+    assert review.post("/api/undo").json["undone"][0]["op"] == "confirm"
+    assert first["face_id"] in {f["face_id"] for f in _queue(review)}
+    # moving to the candidate takes it out too (a moved face is pinned)
+    second = _queue(review)[1]
+    assert review.post("/api/faces/move", {"faces": [second["face_id"]],
+                                           "to": second["candidate"]["id"]}).status_code == 200
+    assert second["face_id"] not in {f["face_id"] for f in _queue(review)}
+    loose = review.post("/api/faces/not-this-person", {"faces": [first["face_id"]]})
+    assert loose.status_code == 200
+    assert review.post("/api/faces/confirm", {"faces": [first["face_id"]]}).status_code == 409
+
+
+def test_a_person_page_shows_the_most_doubtful_faces_first(review):
+    person = review.people()["Paul_McCartney"]
+    faces = review.client.get(f"/api/identities/{person}").json["faces"]
+    doubts = [f["doubt"] for f in faces]
+    assert None not in doubts and doubts == sorted(doubts, reverse=True)
+    by_date = review.client.get(f"/api/identities/{person}?order=date").json["faces"]
+    assert sorted(f["id"] for f in by_date) == sorted(f["id"] for f in faces)
+    assert review.client.get(f"/api/identities/{person}?order=size").status_code == 400
+    page = review.client.get(f"/people/{person}?order=date").get_data(as_text=True)
+    assert "<strong>by date</strong>" in page
+
+
+def test_a_hidden_person_leaves_the_overview_and_the_queue_and_its_photos_their_folder(review):
+    config = review.app.config["FACESORTD_CONFIG"]
+    placer = Placer(config, review.store)
+    placer.sync()
+    paul = review.people()["Paul_McCartney"]
+    folder = config.library / f"Person_{paul:04d}"
+    photos = sorted(p.name for p in folder.iterdir())
+    assert photos
+    assert review.post(f"/api/identities/{paul}/hide").json["hidden"] is True
+    assert paul not in {p["id"] for p in review.client.get("/api/identities").json["identities"]}
+    assert paul in {p["id"] for p in review.client.get("/api/identities?hidden=1").json["identities"]}
+    assert paul not in {f["person"]["id"] for f in _queue(review)}
+    assert f'data-identity="{paul}"' in review.client.get("/hidden").get_data(as_text=True)
+    review.post("/api/recluster")                                    # kept through a recluster
+    assert paul in {p["id"] for p in review.client.get("/api/identities?hidden=1").json["identities"]}
+    placer.sync()
+    assert not folder.exists() or not any(folder.iterdir())
+    unknown = config.library / config.placement.unknown_dir
+    assert set(photos) <= {p.name for p in unknown.iterdir()}
+    assert review.post(f"/api/identities/{paul}/unhide").status_code == 200
+    placer.sync()
+    assert sorted(p.name for p in folder.iterdir()) == photos
+    assert review.post(f"/api/identities/{paul}/hide").status_code == 200
+    assert review.post("/api/undo").json["undone"][0]["op"] == "hide"
+    assert paul in {p["id"] for p in review.client.get("/api/identities").json["identities"]}
+
+
+def test_the_photo_view_draws_every_face_with_its_person(review):
+    with review.store.read() as conn:
+        image_id = conn.execute("SELECT image_id FROM faces GROUP BY image_id "
+                                "ORDER BY COUNT(*) DESC LIMIT 1").fetchone()[0]
+    data = review.client.get(f"/api/images/{image_id}").json
+    assert data["faces"] and all(len(f["box"]) == 4 for f in data["faces"])
+    page = review.client.get(f"/photo/{image_id}").get_data(as_text=True)
+    for f in data["faces"]:
+        assert f'data-face="{f["id"]}"' in page
+        if f["person"]:
+            assert f["person"]["display_name"] in page
+    assert review.client.get("/photo/999999").status_code == 404
+    assert review.client.get("/api/images/999999").status_code == 404
