@@ -47,7 +47,7 @@ from facesortd.people.clustering import ClusterParams
 from facesortd.people.recluster import recluster
 from facesortd.store.database import DB_NAME, ImageRow, Store, decode_path
 
-__all__ = ["Ingested", "collect", "ingest", "from_run", "predictions", "rescore", "replay",
+__all__ = ["Ingested", "collect", "inbox_labels", "ingest", "from_run", "predictions", "rescore", "replay",
            "score_library", "disagreement", "evaluate", "agreement"]
 
 log = logging.getLogger("facesortd.eval")
@@ -82,6 +82,13 @@ def collect(dataset_dirs: Sequence[Path]) -> list[tuple[Path, str]]:
 def _names(photos: list[tuple[Path, str]]) -> list[str]:
     """The neutral inbox name of each photo (its position in ``collect``'s order)."""
     return [f"img{k:05d}{path.suffix.lower()}" for k, (path, _) in enumerate(photos)]
+
+
+def inbox_labels(dataset_dirs: Sequence[Path]) -> dict[str, str]:
+    """The true label of each neutral inbox file name a run over ``dataset_dirs`` uses (a kept
+    run's photos are named by their place in ``collect``'s order)."""
+    photos = collect(dataset_dirs)
+    return {name: label for name, (_, label) in zip(_names(photos), photos)}
 
 
 def _config(root: Path, mode: str, embedder: str, stream: bool, eps: Optional[float],
