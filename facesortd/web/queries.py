@@ -145,8 +145,10 @@ def review(conn: sqlite3.Connection, page: int = 1, per_page: int = REVIEW_PER_P
         "SELECT d.face_id, f.image_id, f.identity_id, i.name, c.id, c.name, d.score "
         "FROM face_doubt d JOIN faces f ON f.id = d.face_id "
         "JOIN identities i ON i.id = f.identity_id "
-        "LEFT JOIN identities c ON c.id = d.candidate AND c.id != f.identity_id "
-        "AND c.merged_into IS NULL AND c.hidden = 0 "
+        # the candidate as it stands today: merged since, the person it was merged into
+        "LEFT JOIN identities c0 ON c0.id = d.candidate "
+        "LEFT JOIN identities c ON c.id = COALESCE(c0.merged_into, c0.id) "
+        "AND c.id != f.identity_id AND c.merged_into IS NULL AND c.hidden = 0 "
         "WHERE f.pinned = 0 AND f.rejected = 0 AND i.hidden = 0 "
         "ORDER BY d.score DESC, d.face_id LIMIT ? OFFSET ?",
         (per_page + 1, (page - 1) * per_page)).fetchall()

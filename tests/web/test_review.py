@@ -3,6 +3,8 @@ person, a person's faces most doubtful first, the photo with its faces."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from facesortd.library.placer import Placer
@@ -93,6 +95,11 @@ def test_the_photo_view_draws_every_face_with_its_person(review):
     data = review.client.get(f"/api/images/{image_id}").json
     assert data["faces"] and all(len(f["box"]) == 4 for f in data["faces"])
     page = review.client.get(f"/photo/{image_id}").get_data(as_text=True)
+    placed = [[float(v) for v in m.split()] for m in re.findall(r'data-pct="([^"]+)"', page)]
+    assert len(placed) == len(data["faces"])
+    for left, top, width, height in placed:     # inside the photo, in per cent
+        assert 0 <= left and 0 <= top and 0 < width and 0 < height
+        assert left + width <= 100.5 and top + height <= 100.5
     for f in data["faces"]:
         assert f'data-face="{f["id"]}"' in page
         if f["person"]:

@@ -83,6 +83,12 @@ for (const input of document.querySelectorAll("input[list=people-list]")) {
   input.addEventListener("focus", () => suggestPeople(input));
 }
 
+// ---- the photo view: each face box placed in per cent of the photo (the CSP allows no inline style)
+for (const box of document.querySelectorAll(".photo-frame .face.box")) {
+  const [left, top, width, height] = box.dataset.pct.split(" ");
+  Object.assign(box.style, {left: left + "%", top: top + "%", width: width + "%", height: height + "%"});
+}
+
 // ---- selecting faces: click, shift-click for a range, all on the page ------------------------
 // The selection is kept per page path (a person's pages share one) for the browser tab's life,
 // so faces picked on page 1 and page 3 of a person move together.
