@@ -26,6 +26,7 @@ from PIL import Image
 from facesortd.config import parse_config
 from facesortd.errors import FacesortdError
 from facesortd.people import corrections
+from facesortd.people.doubt import doubt, write_doubt
 from facesortd.store.database import Store, encode_path
 from facesortd.web import create_app, queries
 
@@ -108,10 +109,31 @@ def build_store(state_dir: Path, inbox: Path, faces: int = 100_000, dim: int = 5
     return store
 
 
+def _doubt(store: Store) -> float:
+    """The review queue's scores of every assigned face, computed as a recluster does
+    (``people.doubt`` over the whole matrix); hides a few people. Returns the seconds taken."""
+    t = time.perf_counter()
+    ids, matrix = store.vectors()
+    with store.read() as conn:
+        of = dict(conn.execute("SELECT id, identity_id FROM faces WHERE identity_id IS NOT NULL "
+                               "AND rejected = 0"))
+    ident = np.array([of.get(int(f), -1) for f in ids], np.int64)
+    rows, score, cand = doubt(matrix, ident, eps=0.9)
+    with store.transaction() as conn:
+        write_doubt(conn, ids[rows], score, cand, replace_all=True)
+    seconds = time.perf_counter() - t
+    with store.read() as conn:
+        order = _people_by_size(conn)
+    for k in range(10):
+        corrections.hide(store, order[-1 - 3 * k])
+    return seconds
+
+
 def _people_by_size(conn: sqlite3.Connection) -> list[int]:
     return [r[0] for r in conn.execute(
         "SELECT f.identity_id FROM faces f JOIN identities i ON i.id = f.identity_id WHERE "
-        "f.rejected = 0 AND i.merged_into IS NULL GROUP BY f.identity_id ORDER BY COUNT(*) DESC, "
+        "f.rejected = 0 AND i.merged_into IS NULL AND i.hidden = 0 GROUP BY f.identity_id "
+        "ORDER BY COUNT(*) DESC, "
         "f.identity_id")]
 
 
@@ -200,6 +222,8 @@ def _routes(info: dict) -> dict[str, tuple[str, Callable]]:
     big, last_faces = info["largest_identity"]["id"], info["largest_pages"]
     last_people = info["people_pages"]
     thumbs = _html(b"/thumb/")
+    full = max(1, min(info["review_queue"], queries.REVIEW_MAX) // queries.REVIEW_PER_PAGE)
+    mid = max(1, full // 2)
     return {
         "GET /": ("/", thumbs),
         "GET /?page=<last>": (f"/?page={last_people}", thumbs),
@@ -213,6 +237,17 @@ def _routes(info: dict) -> dict[str, tuple[str, Callable]]:
             r.get_json()["identities"]) == queries.PEOPLE_PER_PAGE),
         "GET /api/identities/<largest>": (f"/api/identities/{big}", lambda r: len(
             r.get_json()["faces"]) == queries.FACES_PER_PAGE),
+        "GET /people/<largest>?order=date": (f"/people/{big}?order=date", thumbs),
+        "GET /review": ("/review", _html(b'class="review-row"')),
+        "GET /review?page=<middle>": (f"/review?page={mid}", _html(b'class="review-row"')),
+        "GET /api/review": ("/api/review", lambda r: len(
+            r.get_json()["faces"]) == queries.REVIEW_PER_PAGE),
+        "GET /api/review?page=<last full>": (f"/api/review?page={full}", lambda r: len(
+            r.get_json()["faces"]) == queries.REVIEW_PER_PAGE),
+        "GET /hidden": ("/hidden", _html(b'data-action="unhide"')),
+        "GET /photo/<id>": (f"/photo/{info['photo_image']}", _html(b'class="face box')),
+        "GET /api/images/<id>": (f"/api/images/{info['photo_image']}",
+                                 lambda r: len(r.get_json()["faces"]) >= 1),
     }
 
 
@@ -235,6 +270,10 @@ def _describe(store: Store) -> dict:
                 "rejected_faces": one("SELECT COUNT(*) FROM faces WHERE rejected = 1"),
                 "open_suggestions": one("SELECT COUNT(*) FROM suggestions WHERE status = 'open'"),
                 "history_rows": one("SELECT COUNT(*) FROM history"),
+                "review_queue": one("SELECT COUNT(*) FROM face_doubt d JOIN faces f ON f.id = "
+                                    "d.face_id JOIN identities i ON i.id = f.identity_id WHERE "
+                                    "f.pinned = 0 AND f.rejected = 0 AND i.hidden = 0"),
+                "hidden": one("SELECT COUNT(*) FROM identities WHERE hidden = 1"),
                 "largest_identity": {"id": order[0], "faces": big},
                 "people_pages": -(-len(order) // queries.PEOPLE_PER_PAGE),
                 "largest_pages": -(-big // queries.FACES_PER_PAGE), "search": search}
@@ -256,8 +295,16 @@ def bench_web(faces: int = 100_000, repeats: int = 20, dim: int = 512, seed: int
         t = time.perf_counter()
         store = build_store(config.state_dir, config.inboxes[0].path, faces, dim, seed)
         build_s = time.perf_counter() - t
+        doubt_s = round(_doubt(store), 2)
         try:
             info = _describe(store)
+            # the photo view and the thumbnail need a real file: one face's image points at one
+            with store.read() as conn:
+                face_id = conn.execute("SELECT MIN(id) FROM faces WHERE identity_id = ? AND "
+                                       "rejected = 0", (info["largest_identity"]["id"],)).fetchone()[0]
+                info["photo_image"] = conn.execute("SELECT image_id FROM faces WHERE id = ?",
+                                                   (face_id,)).fetchone()[0]
+            info["photo_px"] = list(_point_at_photo(store, face_id, photo, config.inboxes[0].path))
             app = create_app(config, store)
             client = app.test_client()
             routes = {}
@@ -267,7 +314,7 @@ def bench_web(faces: int = 100_000, repeats: int = 20, dim: int = 512, seed: int
                 stats = _ms([s for s, _ in runs])
                 routes[label] = {"url": url, **stats, "bytes": runs[-1][1],
                                  "under_target": stats["median_ms"] < TARGET_MS}
-            thumb = _bench_thumb(client, store, info, photo, config.inboxes[0].path, repeats)
+            thumb = _bench_thumb(client, store, face_id, photo, info["photo_px"], repeats)
         finally:
             store.close()
         return {"method": "Flask test client (app.test_client()): server-side render only, a "
@@ -275,6 +322,7 @@ def bench_web(faces: int = 100_000, repeats: int = 20, dim: int = 512, seed: int
                           "no browser",
                 "target_ms": TARGET_MS, "repeats": repeats, "dim": dim, "model_id": f"bench-{dim}d",
                 "store_build_s": round(build_s, 2),
+                "doubt_scores_s": doubt_s,
                 "db_mib": round((config.state_dir / "facesortd.db").stat().st_size / 2 ** 20, 1),
                 "sqlite": sqlite3.sqlite_version,
                 "store": info,
@@ -286,13 +334,9 @@ def bench_web(faces: int = 100_000, repeats: int = 20, dim: int = 512, seed: int
             tmp.cleanup()
 
 
-def _bench_thumb(client, store: Store, info: dict, photo: Path, inbox: Path, repeats: int) -> dict:
+def _bench_thumb(client, store: Store, face_id: int, photo: Path, size: list, repeats: int) -> dict:
     """The first request of a thumbnail (decode, crop, cache write), again with the cache file
     removed each time, and the cached hits."""
-    with store.read() as conn:
-        face_id = conn.execute("SELECT MIN(id) FROM faces WHERE identity_id = ? AND rejected = 0",
-                               (info["largest_identity"]["id"],)).fetchone()[0]
-    size = _point_at_photo(store, face_id, photo, inbox)
     url = f"/thumb/{face_id}.jpg"
     is_jpeg = lambda r: r.mimetype == "image/jpeg" and r.get_data()[:2] == b"\xff\xd8"  # noqa: E731
     cached = Path(store.path).parent / "thumbs" / f"{face_id // 1000:04d}" / f"{face_id}.jpg"

@@ -21,6 +21,7 @@ PEOPLE_PER_PAGE = 48
 FACES_PER_PAGE = 120
 SAMPLES = 4
 REVIEW_PER_PAGE = 40
+REVIEW_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -140,19 +141,23 @@ def _faces(conn, where: str, args: list, p: Page, order: str = "f.id") -> list[d
 def review(conn: sqlite3.Connection, page: int = 1, per_page: int = REVIEW_PER_PAGE,
            samples: int = 0) -> dict:
     """The review queue: assigned faces not yet confirmed or placed by a person, of people not
-    hidden, most doubtful first, each with its person and the nearest other person."""
+    hidden, most doubtful first, each with its person and the nearest other person. It goes
+    REVIEW_MAX faces deep (each face decided lets the next one in): a page costs its offset."""
+    if (page - 1) * per_page >= REVIEW_MAX:
+        return {"faces": [], "page": page, "per_page": per_page, "more": False}
+    # CROSS JOIN: walk the score index from the top, never sort the whole table
     rows = conn.execute(
         "SELECT d.face_id, f.image_id, f.identity_id, i.name, c.id, c.name, d.score "
-        "FROM face_doubt d JOIN faces f ON f.id = d.face_id "
+        "FROM face_doubt d CROSS JOIN faces f ON f.id = d.face_id "
         "JOIN identities i ON i.id = f.identity_id "
         # the candidate as it stands today: merged since, the person it was merged into
         "LEFT JOIN identities c0 ON c0.id = d.candidate "
         "LEFT JOIN identities c ON c.id = COALESCE(c0.merged_into, c0.id) "
         "AND c.id != f.identity_id AND c.merged_into IS NULL AND c.hidden = 0 "
         "WHERE f.pinned = 0 AND f.rejected = 0 AND i.hidden = 0 "
-        "ORDER BY d.score DESC, d.face_id LIMIT ? OFFSET ?",
+        "ORDER BY d.score DESC, d.face_id DESC LIMIT ? OFFSET ?",
         (per_page + 1, (page - 1) * per_page)).fetchall()
-    more = len(rows) > per_page
+    more = len(rows) > per_page and page * per_page < REVIEW_MAX
     faces = [{"face_id": r[0], "image_id": r[1],
               "person": {"id": r[2], "name": r[3], "display_name": display_name(r[2], r[3])},
               "candidate": None if r[4] is None else

@@ -62,13 +62,16 @@ def test_bench_web_times_every_route_and_a_thumbnail(tmp_path, data_dir):
     photo = max(data_dir.glob("faces/*/*.jpg"), key=lambda p: p.stat().st_size)
     out = bench_web(faces=2000, repeats=2, photo=photo, keep=tmp_path)
     store = out["store"]
-    assert store["faces"] == 2000 and store["people"] >= 90 and store["open_suggestions"] >= 10
+    assert store["faces"] == 2000 and store["people"] + store["hidden"] >= 90 and store["open_suggestions"] >= 10
     assert store["history_rows"] > 50 and 0 < store["named"] < store["people"]
     assert store["largest_identity"]["faces"] > 100 and store["largest_pages"] >= 2
     assert set(out["routes"]) == {
         "GET /", "GET /?page=<last>", "GET /?q=<a name>", "GET /people/<largest>",
         "GET /people/<largest>?page=<last>", "GET /unassigned", "GET /suggestions", "GET /history",
-        "GET /api/identities", "GET /api/identities/<largest>"}
+        "GET /api/identities", "GET /api/identities/<largest>",
+        "GET /people/<largest>?order=date", "GET /review", "GET /review?page=<middle>",
+        "GET /api/review", "GET /api/review?page=<last full>", "GET /hidden", "GET /photo/<id>", "GET /api/images/<id>"}
+    assert out["doubt_scores_s"] > 0 and store["review_queue"] > 1000 and store["hidden"] == 10
     for route in out["routes"].values():
         assert 0 < route["min_ms"] <= route["median_ms"] <= route["p95_ms"] <= route["max_ms"]
         assert route["bytes"] > 0 and route["under_target"] == (route["median_ms"] < TARGET_MS)
