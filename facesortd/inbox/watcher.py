@@ -356,6 +356,17 @@ class Watcher:
                 for path in [p for p in self._submitted if _inside(p, root) and p not in seen_files]:
                     del self._submitted[path]
 
+    def _photo_name(self, name: str) -> Optional[str]:
+        """The photo a name is or will be: ``IMG_1.HEIC``, or ``IMG_1.HEIC`` for the upload
+        ``IMG_1.HEIC.part`` (an ignored name), so its companions wait for it."""
+        if extension(name) in self._extensions:
+            return name
+        dot = name.rfind(".")
+        if dot > 0 and extension(name[:dot]) in self._extensions \
+                and any(fnmatch.fnmatch(name, pat) for pat in self._config.ignore):
+            return name[:dot]
+        return None
+
     def _kind(self, path: str, listings: dict[str, dict[str, str]]) -> str:
         """What a settled file is: photo | companion (its photo is beside it) | orphan (a
         companion alone: waits for its twin) | other | leave (other, left in the inbox)."""
@@ -369,7 +380,8 @@ class Watcher:
                     names = os.listdir(folder)
                 except OSError:
                     names = []
-                listings[folder] = stems(n for n in names if extension(n) in self._extensions)
+                listings[folder] = stems(self._photo_name(n) for n in names
+                                         if self._photo_name(n) is not None)
             return "companion" if owner(name, listings[folder]) is not None else "orphan"
         return "other" if self._config.other_files == "move" else "leave"
 

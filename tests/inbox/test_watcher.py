@@ -321,7 +321,8 @@ def test_photos_companions_lone_raws_and_other_files(tmp_path, make_watcher, mon
     monkeypatch.setattr(watcher_mod, "ORPHAN_WAIT_S", 0.5)
     inbox = tmp_path / "inbox"
     for name in ("IMG_1.JPG", "IMG_1.CR3", "IMG_1.xmp", "IMG_1.JPG.json", "IMG_2.HEIC", "IMG_2.MOV",
-                 "IMG_3.NEF", "IMG_4.xmp", "notes.pdf", "clip.mp4"):
+                 "IMG_3.NEF", "IMG_4.xmp", "notes.pdf", "clip.mp4",
+                 "IMG_5.HEIC.part", "IMG_5.MOV"):   # a photo still uploading: its MOV waits
         write(inbox / name)
     w, intake = make_watcher(inbox)
     assert wait_for(lambda: len(intake.names()) == 6)
