@@ -212,7 +212,7 @@ class Placer:
         extras = [p for p in placements if p.kind == "extra"]
         placed = [p for p in placements if p.kind == "companion" and os.path.lexists(p.path)]
         action = self.config.placement.action
-        arriving = self._arriving(image, snap, placed)
+        arriving = self._arriving(image, snap, placed, main.path if main else image.path)
         if main is None:
             try:
                 st = os.lstat(image.path)
@@ -285,7 +285,7 @@ class Placer:
             return []
         placed = [p for p in rows if p.kind == "companion"]
         group = _Group(image)
-        for path, suffix in self._arriving(image, snap, placed):
+        for path, suffix in self._arriving(image, snap, placed, main.path):
             dst = self._free(companions.beside(main.path, suffix), snap)
             group.ops.append(Op("move", path, dst, image.id, "companion", content_id(path),
                                 "quarantine", "move"))
@@ -439,8 +439,8 @@ class Placer:
                 return path
         raise AssertionError("unreachable")
 
-    def _arriving(self, image: ImageRow, snap: _Snapshot,
-                  placed: list[_Placement]) -> list[tuple[Path, str]]:
+    def _arriving(self, image: ImageRow, snap: _Snapshot, placed: list[_Placement],
+                  main_at: Path) -> list[tuple[Path, str]]:
         """Companions of this image in its inbox folder, settled, to be placed beside it now
         (with a copy or link action, those placed before stay placed: they are not taken twice)."""
         if image.status == "other":
@@ -450,7 +450,7 @@ class Placer:
             snap.listings[folder] = companions.listing(folder, self.store, self.config.watch)
         found = companions.of(image.path.name, snap.listings[folder], self.config.watch)
         if self.config.placement.action != "move" and found:
-            have = {companions.suffix(p.path.name, p.path, image.path) for p in placed}
+            have = {companions.suffix(p.path.name, main_at, image.path) for p in placed}
             found = [(name, suffix) for name, suffix in found if suffix not in have]
         settle_s = self.config.watch.settle_ms / 1000.0
         out = []

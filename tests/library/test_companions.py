@@ -139,3 +139,17 @@ def test_a_broken_photo_keeps_its_group_in_quarantine(env):
     e.placer.undo()
     assert path.read_bytes() == data and mov.read_bytes() == video
     assert e.placer.sync() == []
+
+
+def test_copied_group_renamed_on_conflict_is_copied_once(env):
+    """With copy, the inbox keeps the group: a renamed copy (my.trip_1.jpg) must still be known
+    as the copy of my.trip.xmp, or every sync would copy it again."""
+    e = env("placement:\n  action: copy\n")
+    alice = e.fake.new_identity(e.store, "Alice")
+    (e.library / "Alice").mkdir(parents=True)
+    (e.library / "Alice" / "my.trip.jpg").write_bytes(b"another photo")
+    e.photo("my.trip.jpg", "my.trip.xmp", "my.trip.jpg.json", identities=[alice])
+    e.placer.sync()
+    assert sorted(e.files()) == ["Alice/my.trip.jpg", "Alice/my.trip_1.jpg",
+                                 "Alice/my.trip_1.jpg.json", "Alice/my.trip_1.xmp"]
+    assert e.placer.sync() == [] and e.placer.sync() == []
