@@ -194,7 +194,8 @@ class Daemon:
         from facesortd.web import Control, create_app
 
         control = Control(changed=self.notify_changed,
-                          request_recluster=self.identities.request_recluster)
+                          request_recluster=self.identities.request_recluster,
+                          faces_added=self.identities.submit)
         return create_app(self.config, self.store, self.telemetry, control=control)
 
     def queue_counts(self) -> tuple[int, int]:

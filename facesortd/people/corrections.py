@@ -22,7 +22,7 @@ from facesortd.store.identity_rows import resolve, retire
 from facesortd.store.sql import in_chunks
 
 __all__ = ["CorrectionError", "UnknownId", "rename", "merge", "split", "move_faces", "not_this_person",
-           "reject", "confirm", "hide", "accept_suggestion", "dismiss_suggestion", "undo", "history"]
+           "reject", "confirm", "hide", "add_face", "accept_suggestion", "dismiss_suggestion", "undo", "history"]
 
 
 class CorrectionError(FacesortdError):
@@ -241,6 +241,26 @@ def hide(store: Store, identity_id: int, hidden: bool = True) -> dict:
                                                (identity_id,)).fetchone()[0]
         conn.execute("UPDATE identities SET hidden = ? WHERE id = ?", (int(hidden), identity_id))
         return {"history": rec.write(), "identity": identity_id, "hidden": hidden}
+
+
+def add_face(store: Store, image_id: int, box: tuple[float, float, float, float], vector,
+             to: Union[int, str]) -> dict:
+    """A face the detector missed, drawn by a person: stored on its photo with ``vector`` (the
+    store's model's, cut from ``box``) and pinned to ``to`` (or a new person). Undo takes it out
+    again (as not a face)."""
+    with store.transaction() as conn:
+        if conn.execute("SELECT 1 FROM images WHERE id = ?", (int(image_id),)).fetchone() is None:
+            raise UnknownId(f"no image with id {image_id}")
+        rec = _Recorder(conn, "add_face", {"image": int(image_id), "box": [float(v) for v in box],
+                                           "to": to})
+        target = rec.new_identity() if to == "new" else _live_identity(conn, int(to))
+        try:
+            face_id = store.add_face(int(image_id), box, vector)
+        except KeyError as exc:
+            raise CorrectionError(str(exc).strip("'\"")) from None
+        rec.faces[face_id] = [None, 0, 1]      # undone: no person, out of the clustering
+        conn.execute("UPDATE faces SET identity_id = ?, pinned = 1 WHERE id = ?", (target, face_id))
+        return {"history": rec.write(), "face": face_id, "identity": target}
 
 
 def _suggestion(conn, suggestion_id: int) -> tuple[int, int, str]:

@@ -484,6 +484,33 @@ class Store:
                 self._on_commit.append(lambda: self._vectors.append(live, vectors))
         return ids
 
+    def add_face(self, image_id: int, box: Sequence[float], vector: np.ndarray,
+                 score: float = 1.0) -> int:
+        """One more face on an ingested photo (a face a person drew that the detector missed),
+        beside its others; a 'noface' photo becomes 'done'. Joins an outer ``transaction()``;
+        the vector joins the in-memory matrix at its commit. Returns the face id."""
+        model_id, dim = self._meta("model_id"), self._meta("dim")
+        if model_id is None or dim is None:
+            raise KeyError("the store holds no face yet: there is no model to embed with")
+        vectors = np.asarray(vector, dtype=_VECTOR_DTYPE).reshape(1, -1)
+        if vectors.shape[1] != int(dim) or not np.isfinite(vectors).all():
+            raise ValueError(f"a face vector must be {dim} finite float32 values")
+        now = time.time()
+        with self._tx() as conn:
+            row = conn.execute("SELECT status FROM images WHERE id = ?", (image_id,)).fetchone()
+            if row is None or row[0] not in ("done", "noface"):
+                raise KeyError(f"image {image_id} is not an ingested photo")
+            conn.execute("UPDATE images SET status = 'done', updated_at = ? WHERE id = ?",
+                         (now, image_id))
+            face_id = conn.execute(
+                "INSERT INTO faces (image_id, box_x1, box_y1, box_x2, box_y2, score, vector, "
+                "model_id, rejected, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                (image_id, *map(float, box), float(score), vectors[0].tobytes(), model_id,
+                 now)).lastrowid
+            if self._vectors_loaded:
+                self._on_commit.append(lambda: self._vectors.append([face_id], vectors))
+        return face_id
+
     def _delete_faces(self, image_id: int) -> None:
         """Inside a transaction: drop an image's faces, and their vectors once it commits."""
         ids = [r[0] for r in self._conn.execute("SELECT id FROM faces WHERE image_id = ?",

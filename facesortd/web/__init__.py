@@ -50,6 +50,7 @@ def create_app(config: Config, store: Any, telemetry: Any = None,
         "control": control if control is not None else inline_control(config, store),
         "read": read_conn,
         "hosts": hosts.HostPolicy(config.web),
+        "models": {},   # the store's model, loaded at the first face drawn on a photo
     }
     app.wsgi_app = hosts.ProxyGate(app.wsgi_app, config.web.trusted_proxies)  # type: ignore
     security.install(app)

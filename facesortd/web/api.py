@@ -9,12 +9,14 @@ Parameters are checked strictly: a wrong one is a 400 that says what is accepted
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
+from facesortd.errors import BadImage, FacesortdError
 from facesortd.people import corrections
-from facesortd.web import queries
+from facesortd.web import drawing, media, queries
 from facesortd.web.context import control, read_conn, state
 from facesortd.web.security import csrf_token, error, require
 
@@ -168,6 +170,41 @@ def unhide(identity_id: int):
 @bp.post("/faces/reject")
 def reject():
     return _change(corrections.reject, _face_ids(_body()))
+
+
+@bp.post("/images/<int:image_id>/faces")
+def draw_face(image_id: int):
+    """A face the detector missed: ``{"box": [x0, y0, x1, y1], "to": <id> | "new"}``, the box in
+    the upright photo's pixels (as ``GET /api/images/<id>`` gives them)."""
+    body = _body()
+    box = body.get("box")
+    require(isinstance(box, list) and len(box) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box),
+        "'box' must be [x0, y0, x1, y1], numbers in the photo's pixels")
+    to = body.get("to")
+    target = "new" if to == "new" else _int(to, "'to' (an identity id or \"new\")")
+    conn = read_conn()
+    if queries.image(conn, image_id) is None:
+        return error(404, f"no image with id {image_id}")
+    found, size = media.photo_file(conn, image_id), media.upright_size(conn, image_id)
+    if found is None or size is None:
+        return error(409, f"the file of image {image_id} is not on disk or not readable")
+    if found[1]:
+        return error(409, "a photo of an aligned inbox is one face already")
+    x0, y0, x1, y1 = max(0.0, min(box[0], box[2])), max(0.0, min(box[1], box[3])), \
+        min(float(size[0]), max(box[0], box[2])), min(float(size[1]), max(box[1], box[3]))
+    require(x1 - x0 >= drawing.MIN_SIDE_PX and y1 - y0 >= drawing.MIN_SIDE_PX,
+            f"the box must be at least {drawing.MIN_SIDE_PX} pixels a side inside the photo")
+    store = state("store")
+    try:
+        vector = drawing.embed_box(state("models"), current_app.config["FACESORTD_CONFIG"],
+                                   store.model_id, found[0], (x0, y0, x1, y1))
+    except (BadImage, FacesortdError) as exc:    # an unreadable photo; the model not available
+        return error(422 if isinstance(exc, BadImage) else 503, f"cannot embed the face: {exc}")
+    response = _change(corrections.add_face, image_id, (x0, y0, x1, y1), vector, target)
+    if response.status_code == 200:
+        control().faces_added([response.get_json()["face"]])
+    return response
 
 
 @bp.post("/suggestions/<int:suggestion_id>/accept")

@@ -18,10 +18,13 @@ __all__ = ["Control", "inline_control", "state", "control", "read_conn", "close_
 @dataclass(frozen=True)
 class Control:
     """What the page may ask of whoever runs it: the placer should look again (after a
-    correction), and a recluster (queued on the identity thread; returns at once)."""
+    correction), a recluster (queued on the identity thread; returns at once), and new faces
+    to assign (a face drawn on a photo)."""
 
     changed: Callable[[], None]
     request_recluster: Callable[[], None]
+    #: faces a person added (drawn on a photo): the identity service links them into its graph
+    faces_added: Callable[[list[int]], None] = lambda face_ids: None
 
     def recluster(self) -> dict:
         self.request_recluster()

@@ -131,6 +131,12 @@ def _save(picture: Image.Image, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def photo_file(conn, image_id: int) -> Optional[tuple[Path, bool]]:
+    """(the photo's file as it is now, whether it came from an aligned inbox) or None."""
+    photo = _photo(conn, image_id)
+    return None if photo is None else (photo[0], _aligned(photo[1]))
+
+
 def upright_size(conn, image_id: int) -> Optional[tuple[int, int]]:
     """(width, height) of the photo as its face boxes were found in (upright, full size; a camera
     RAW's embedded preview), or None when its file is not on disk or not readable."""

@@ -35,6 +35,7 @@ PEOPLE = ("Allyson_Felix", "Antonio_Palocci", "Fujio_Cho", "JK_Rowling", "Paul_M
 PER_PERSON = 4
 NEW_NAME = "Ada Example"
 WAIT_S = 30.0
+NO_FACE = "nonface__dog.jpg"
 
 
 def sha256(path: Path) -> str:
@@ -93,6 +94,9 @@ def make_root(root: Path, data_dir: Path) -> dict[str, str]:
         "web:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n"
         "log_level: info\n")
     put = {}
+    dog = data_dir / "nonfaces" / "dog.jpg"       # no face found: a face drawn on it later
+    shutil.copyfile(dog, root / "inbox" / NO_FACE)
+    put[NO_FACE] = sha256(dog)
     for person in PEOPLE:
         for f in sorted((data_dir / "faces" / person).iterdir())[:PER_PERSON]:
             name = f"{person}__{f.name}"
@@ -144,6 +148,15 @@ def store_faces(root: Path) -> list[tuple[int, int | None, str, int]]:
     finally:
         conn.close()
     return [(face, ident, Path(os.fsdecode(path)).name, n) for face, ident, path, n in rows]
+
+
+def store_images(root: Path) -> list[tuple[int, str]]:
+    """(image id, file name) of every image, from the store opened read-only."""
+    conn = sqlite3.connect(f"file:{root / 'state' / 'facesortd.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        return [(i, Path(os.fsdecode(p)).name) for i, p in conn.execute("SELECT id, path FROM images")]
+    finally:
+        conn.close()
 
 
 def settled(root: Path, put: dict[str, str], quiet_s: float = 2.0) -> dict[str, str]:
@@ -230,7 +243,8 @@ def review_queue(ui: "Browser", root: Path, expect: dict[str, str], photo: dict[
                  a: int, hidden: int) -> None:
     """Issue 18 in the browser: confirm and move from the review queue (the moved face's photo
     then in the candidate's folder), a correction made with the keyboard alone, a person hidden
-    (their photos to _unsorted/) and shown again, and the photo view's labelled boxes."""
+    (their photos to _unsorted/) and shown again, the photo view's labelled boxes, and a face
+    drawn on a photo without one and named (the photo then in that person's folder)."""
     page = ui.page
     alone = {f for f, _, _, n in store_faces(root) if n == 1}
 
@@ -296,6 +310,26 @@ def review_queue(ui: "Browser", root: Path, expect: dict[str, str], photo: dict[
         drawn["x"] + drawn["width"] <= frame["x"] + frame["width"] + 1
     box.click()
     assert ui.selected() == [some]
+
+    # a face the detector missed: drawn on the photo, named A; the photo then in A's folder
+    assert expect[NO_FACE] == "_noface"
+    image_id = next(i for i, name in store_images(root) if name == NO_FACE)
+    ui.open(f"/photo/{image_id}")
+    assert page.locator(".photo-frame .face.box").count() == 0
+    frame = page.locator(".photo-frame").bounding_box()
+    x, y, w, h = frame["x"], frame["y"], frame["width"], frame["height"]
+    page.mouse.move(x + 0.3 * w, y + 0.2 * h)
+    page.mouse.down()
+    page.mouse.move(x + 0.6 * w, y + 0.6 * h, steps=5)
+    page.mouse.up()
+    assert page.locator('[data-form="draw"]').is_visible()
+    page.fill("[data-draw-target]", NEW_NAME)
+    page.wait_for_selector(f'#people-list option[value="{NEW_NAME} #{a}"]', state="attached")
+    ui.reloads_after(lambda: page.click('[data-form="draw"] button[type=submit]'))
+    assert page.locator(".photo-frame .face.box").count() == 1
+    assert NEW_NAME in page.inner_text(".photo-frame .face.box .label")
+    expect[NO_FACE] = NEW_NAME
+    wait_for("the photo with a drawn face in its person's folder", lambda: folder_of(root) == expect)
 
 
 def test_review_page_in_chromium_moves_the_files(tmp_path, data_dir, sync_playwright, launch_chromium):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from facesortd.library.placer import Placer
@@ -106,3 +107,36 @@ def test_the_photo_view_draws_every_face_with_its_person(review):
             assert f["person"]["display_name"] in page
     assert review.client.get("/photo/999999").status_code == 404
     assert review.client.get("/api/images/999999").status_code == 404
+
+
+def test_a_face_drawn_on_a_photo_is_embedded_pinned_and_undone(review):
+    """Drawn where the detector found Paul's face, the new face's vector is that face's (the same
+    cut through the same model), pinned to the person named; undo takes it out again."""
+    face = review.faces("Paul_McCartney")[0]
+    with review.store.read() as conn:
+        image_id, *box = conn.execute("SELECT image_id, box_x1, box_y1, box_x2, box_y2 FROM faces "
+                                      "WHERE id = ?", (face,)).fetchone()
+    ids, matrix = review.store.vectors()
+    before = matrix[ids == face][0].copy()
+    target = review.people()["JK_Rowling"]          # a person decides; the model does not
+    r = review.post(f"/api/images/{image_id}/faces", {"box": box, "to": target})
+    assert r.status_code == 200, r.json
+    drawn = r.json["face"]
+    ids, matrix = review.store.vectors()
+    assert float(np.linalg.norm(matrix[ids == drawn][0] - before)) < 0.05
+    with review.store.read() as conn:
+        assert conn.execute("SELECT identity_id, pinned FROM faces WHERE id = ?",
+                            (drawn,)).fetchone() == (target, 1)
+    assert "changed" in review.calls
+    shown = review.client.get(f"/api/images/{image_id}").json["faces"]
+    assert drawn in {f["id"] for f in shown}
+    assert review.post("/api/undo").json["undone"][0]["op"] == "add_face"
+    assert drawn not in {f["id"] for f in review.client.get(f"/api/images/{image_id}").json["faces"]}
+    assert drawn not in review.store.vectors()[0]
+    # a new person from a drawn face; bad boxes are refused with a reason
+    r = review.post(f"/api/images/{image_id}/faces", {"box": box, "to": "new"})
+    assert r.status_code == 200 and r.json["identity"] not in review.people().values()
+    for bad in ([1, 2, 3], [0, 0, 5, 5], ["a", 0, 10, 10], [-50, -50, -10, -10]):
+        r = review.post(f"/api/images/{image_id}/faces", {"box": bad, "to": target})
+        assert r.status_code == 400 and "box" in r.json["error"], bad
+    assert review.post("/api/images/999999/faces", {"box": box, "to": target}).status_code == 404

@@ -308,3 +308,53 @@ document.addEventListener("keydown", (event) => {
   else { handled = false; }
   if (handled) { event.preventDefault(); }
 });
+
+// ---- the photo view: drag to draw a face the detector missed, then say who it is -------------
+const frame = document.querySelector(".photo-frame");
+const drawForm = document.querySelector('[data-form="draw"]');
+if (frame && drawForm) {
+  let start = null;
+  let box = null;
+  let drawn = null;
+  const at = (event) => {
+    const r = frame.getBoundingClientRect();
+    return [Math.min(Math.max((event.clientX - r.left) / r.width, 0), 1),
+            Math.min(Math.max((event.clientY - r.top) / r.height, 0), 1)];
+  };
+  const place = (a, b) => {
+    box = [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[0], b[0]), Math.max(a[1], b[1])];
+    Object.assign(drawn.style, {left: box[0] * 100 + "%", top: box[1] * 100 + "%",
+      width: (box[2] - box[0]) * 100 + "%", height: (box[3] - box[1]) * 100 + "%"});
+  };
+  frame.addEventListener("mousedown", (event) => {
+    if (event.button !== 0 || event.target.closest(".face")) { return; }
+    event.preventDefault();
+    start = at(event);
+    if (!drawn) { drawn = document.createElement("div"); drawn.className = "drawn"; frame.append(drawn); }
+    drawn.hidden = false;
+    place(start, start);
+  });
+  window.addEventListener("mousemove", (event) => { if (start) { place(start, at(event)); } });
+  window.addEventListener("mouseup", (event) => {
+    if (!start) { return; }
+    place(start, at(event));
+    start = null;
+    drawForm.hidden = false;
+    drawForm.querySelector("[data-draw-target]").focus();
+  });
+  const send = (to) => act(async () => {
+    const w = parseFloat(frame.dataset.width), h = parseFloat(frame.dataset.height);
+    const pixels = [box[0] * w, box[1] * h, box[2] * w, box[3] * h];
+    return api("/api/images/" + frame.dataset.photo + "/faces", {box: pixels, to: await to()});
+  });
+  drawForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send(() => targetId(drawForm.querySelector("[data-draw-target]")));
+  });
+  drawForm.querySelector("[data-draw-new]").addEventListener("click", () => send(async () => "new"));
+  drawForm.querySelector("[data-draw-cancel]").addEventListener("click", () => {
+    drawForm.hidden = true;
+    if (drawn) { drawn.hidden = true; }
+    box = null;
+  });
+}
