@@ -20,5 +20,6 @@ class Job:
     size: int
     mtime_ns: int
     #: photo: analysed; other: neither a photo nor a companion (watch.other_files: move);
+    #: companion: one whose photo is beside it (the placer takes it with the photo);
     #: loose: a companion whose photo is no longer beside it (it may follow a placed one)
     kind: str = "photo"

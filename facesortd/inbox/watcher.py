@@ -3,8 +3,8 @@
 Watchdog events and folder scans only mark paths as seen; one worker thread stats them, waits
 until size and mtime have held still for ``settle_ms``, and hands a ``Job`` to the pipeline. What
 a settled file is depends on its folder: a photo (``watch.extensions``) is a job; a companion
-(``watch.companions``) named after a photo beside it is left to travel with that photo (the
-placer takes it); a companion with no photo beside it waits a little longer for its twin, then is
+(``watch.companions``) named after a photo beside it is a 'companion' job, which only tells the
+placer (it travels with that photo, even one placed by copy or link already); a companion with no photo beside it waits a little longer for its twin, then is
 a job of its own (a lone RAW is analysed on its preview, anything else may follow a photo already
 placed); any other file is a job for ``placement.other_dir`` or, with ``other_files: leave``, is
 logged once and left. Scans
@@ -410,13 +410,10 @@ class Watcher:
                 if now - seen.since < self._orphan_s:
                     continue   # its twin may still be on its way
                 kind = "photo" if is_raw(path) else "loose"
-            if kind in ("companion", "leave"):
-                if kind == "leave":
-                    log.info("left in the inbox (watch.other_files: leave): %s", path)
+            if kind == "leave":
+                log.info("left in the inbox (watch.other_files: leave): %s", path)
                 with self._lock:
                     self._submitted[path] = key
-                    if kind == "companion":
-                        self._beside.setdefault(os.path.dirname(path), set()).add(path)
                 del self._pending[path]
                 continue
             job = Job(path=Path(path), inbox=seen.inbox.path, mode=seen.inbox.mode,
@@ -430,6 +427,8 @@ class Watcher:
                 return  # the queue is full: keep this and the rest pending, retry next tick
             with self._lock:
                 self._submitted[path] = key
+                if kind == "companion":   # looked at again if its photo leaves without it
+                    self._beside.setdefault(os.path.dirname(path), set()).add(path)
             del self._pending[path]
             log.debug("settled: %s (%d bytes)", path, key[0])
 

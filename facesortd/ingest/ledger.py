@@ -199,10 +199,14 @@ class Ledger:
         self.finish(job, "error", reason)
 
     def side_file(self, job: Job) -> None:
-        """A file that is not analysed: a companion whose photo was placed before it settled
-        ('loose': the placer brings it to its photo, outcome 'companion'), or an other file,
+        """A file that is not analysed: a companion beside its photo, or one whose photo was
+        placed before it settled ('loose'): the placer brings it to its photo (outcome
+        'companion' tells it); else an other file,
         recorded as 'other' for the placer to move into ``placement.other_dir`` (its hash is
         taken there, off the watcher's thread)."""
+        if job.kind == "companion":   # its photo is beside it: nothing to record
+            self.finish(job, "companion")
+            return
         if job.kind == "loose":
             photos = self.store.images_in_folder(job.path.parent, "done", "noface", "duplicate",
                                                  "error")   # a broken photo's: into quarantine

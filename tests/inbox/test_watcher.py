@@ -325,15 +325,19 @@ def test_photos_companions_lone_raws_and_other_files(tmp_path, make_watcher, mon
                  "IMG_5.HEIC.part", "IMG_5.MOV"):   # a photo still uploading: its MOV waits
         write(inbox / name)
     w, intake = make_watcher(inbox)
-    assert wait_for(lambda: len(intake.names()) == 6)
+    assert wait_for(lambda: len(intake.names()) == 11)
     kinds = {name: intake.job(name).kind for name in quiet_for(intake)}
-    assert kinds == {"IMG_1.JPG": "photo", "IMG_2.HEIC": "photo", "IMG_3.NEF": "photo",
-                     "IMG_4.xmp": "loose", "notes.pdf": "other", "clip.mp4": "other"}
+    assert kinds == {"IMG_1.JPG": "photo", "IMG_1.CR3": "companion", "IMG_1.xmp": "companion",
+                     "IMG_1.JPG.json": "companion", "IMG_2.HEIC": "photo", "IMG_2.MOV": "companion",
+                     "IMG_3.NEF": "photo", "IMG_4.xmp": "loose", "notes.pdf": "other",
+                     "clip.mp4": "other", "IMG_5.MOV": "companion"}
     with intake.lock:
         at = {j.path.name: t for t, j in intake.jobs}
     assert at["IMG_3.NEF"] - at["IMG_1.JPG"] >= 0.4   # it waited for a twin
     # the photo leaves (placed without the XMP, which was still being written): the XMP is
     # looked at again, alone now, and offered as loose
+    with intake.lock:
+        intake.jobs.clear()
     os.unlink(inbox / "IMG_1.JPG")
     assert wait_for(lambda: "IMG_1.xmp" in intake.names())
     assert intake.job("IMG_1.xmp").kind == "loose"
