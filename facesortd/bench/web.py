@@ -237,6 +237,7 @@ def _routes(info: dict) -> dict[str, tuple[str, Callable]]:
             r.get_json()["identities"]) == queries.PEOPLE_PER_PAGE),
         "GET /api/identities/<largest>": (f"/api/identities/{big}", lambda r: len(
             r.get_json()["faces"]) == queries.FACES_PER_PAGE),
+        "GET /?sort=name": ("/?sort=name", thumbs),
         "GET /people/<largest>?order=date": (f"/people/{big}?order=date", thumbs),
         "GET /review": ("/review", _html(b'class="review-row"')),
         "GET /review?page=<middle>": (f"/review?page={mid}", _html(b'class="review-row"')),

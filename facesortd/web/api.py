@@ -77,7 +77,9 @@ def identities():
     require(len(q) <= MAX_QUERY, f"q must be at most {MAX_QUERY} characters")
     hidden = request.args.get("hidden", "0")
     require(hidden in ("0", "1"), "hidden must be 0 or 1")
-    return jsonify(queries.identities(read_conn(), _page(), q, hidden=hidden == "1"))
+    sort = request.args.get("sort", "size")
+    require(sort in queries.SORTS, f"sort must be one of {', '.join(queries.SORTS)}")
+    return jsonify(queries.identities(read_conn(), _page(), q, hidden=hidden == "1", sort=sort))
 
 
 @bp.get("/review")

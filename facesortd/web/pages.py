@@ -63,8 +63,11 @@ def people():
     page, q = _page_arg(), request.args.get("q", "")[:100]
     if page is None:
         return _bad_page()
-    data = queries.identities(read_conn(), page, q)
-    return _render("people.html", data=data, q=q, nav="people")
+    sort = request.args.get("sort", "size")
+    if sort not in queries.SORTS:
+        sort = "size"
+    data = queries.identities(read_conn(), page, q, sort=sort)
+    return _render("people.html", data=data, q=q, sort=sort, nav="people")
 
 
 @bp.get("/people/<int:identity_id>")

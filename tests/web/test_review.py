@@ -140,3 +140,17 @@ def test_a_face_drawn_on_a_photo_is_embedded_pinned_and_undone(review):
         r = review.post(f"/api/images/{image_id}/faces", {"box": bad, "to": target})
         assert r.status_code == 400 and "box" in r.json["error"], bad
     assert review.post("/api/images/999999/faces", {"box": box, "to": target}).status_code == 404
+
+
+def test_the_overview_sorts_by_size_or_name(review):
+    def order(sort: str) -> list[int]:
+        return [p["id"] for p in review.client.get(f"/api/identities?sort={sort}").json["identities"]]
+
+    by_size = order("size")
+    assert by_size == [p["id"] for p in review.client.get("/api/identities").json["identities"]]
+    named = next(i for p, i in sorted(review.people().items()) if i != by_size[0])
+    review.post(f"/api/identities/{named}/rename", {"name": "Aaron First"})
+    assert order("name")[0] == named and sorted(order("name")) == sorted(by_size)
+    assert review.client.get("/api/identities?sort=doubt").status_code == 400
+    page = review.client.get("/?sort=name").get_data(as_text=True)
+    assert "<strong>name</strong>" in page and 'data-sort="size"' in page
