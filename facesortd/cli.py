@@ -137,6 +137,25 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_people(args: argparse.Namespace) -> int:
+    from facesortd.app.backup import people_export, people_import
+
+    config = _config(args)
+    _setup_logging(config.log_level)
+    if args.people == "export":
+        report = people_export(config, args.file, dry_run=args.dry_run)
+    else:
+        report = people_import(config, args.file, dry_run=args.dry_run)
+        missing = len(report["photos_not_in_store"]), len(report["faces_not_found"])
+        if any(missing) or report["people_unmatched"]:
+            print(f"facesortd people import: {missing[0]} photo(s) of the file are not in this store, "
+                  f"{missing[1]} face(s) not found on photos it has, "
+                  f"{len(report['people_unmatched'])} person(s) with no face here (listed in the "
+                  "report)", file=sys.stderr)
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     from facesortd.app.review import serve
 
@@ -309,6 +328,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="embed and report what would change, without switching the store")
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "people", help="back up or restore the people and every correction (JSON, by content)",
+        description="export: write every decision (names, merges, splits, pinned and confirmed "
+                    "faces, hidden people, 'not this person', rejected faces, dismissed "
+                    "suggestions) to a new JSON file keyed by photo sha256 + face box. import: "
+                    "apply such a file to a store holding the same photos (another machine, a "
+                    "rebuilt state folder, another model after `facesortd migrate`) in one "
+                    "transaction, then move the files; reports what could not be matched.")
+    people = p.add_subparsers(dest="people", required=True, metavar="ACTION")
+    for action, text in (("export", "write the people file (never replaces one)"),
+                         ("import", "apply a people file (the daemon must be stopped)")):
+        a = people.add_parser(action, parents=[common], help=text)
+        a.add_argument("file", type=Path, metavar="FILE.json")
+        a.add_argument("--dry-run", action="store_true",
+                       help="report what it would do (import: and the file operations); change nothing")
+        a.set_defaults(func=cmd_people)
 
     p = sub.add_parser("web", parents=[common],
                        help="serve the review page alone, against the store (no daemon running)")

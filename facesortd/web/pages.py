@@ -32,7 +32,8 @@ LOGIN_FAIL_DELAY_S = 1.0
 OPS = {"rename": "renamed", "merge": "merged", "move_faces": "moved faces",
        "split": "split", "not_this_person": "not this person", "reject": "not a face",
        "accept_suggestion": "accepted a suggestion", "dismiss_suggestion": "dismissed a suggestion",
-       "confirm": "confirmed", "hide": "hid a person", "unhide": "showed a person again"}
+       "confirm": "confirmed", "hide": "hid a person", "unhide": "showed a person again",
+       "people_import": "imported people"}
 
 
 @bp.app_template_filter("utc")

@@ -234,6 +234,8 @@ def _summary(conn, op: str, args: dict, created: list) -> str:
         return f"{faces} marked as not a face"
     if op == "dismiss_suggestion":
         return f"suggestion #{args['suggestion']} dismissed: different people"
+    if op == "people_import":
+        return f"a people file exported {args.get('exported_at') or 'at an unknown time'} applied"
     return json.dumps(args)
 
 
