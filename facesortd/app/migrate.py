@@ -241,18 +241,28 @@ def _aligned(config: Config, inbox: Path, faces: list[tuple[int, tuple]]) -> boo
 
 def _prepare(config: Config, embedder: Embedder, path: Path, aligned: bool,
              faces: list[tuple[int, tuple]]) -> list[Any]:
-    """The model's input for each face: the pipeline's own decoding (``decode_request``, as in
-    ``ingest.prepare.Preparer.request``/``_fill`` and ``model_stage._detect``)."""
-    if aligned:
+    """The model's input for each face, decoded and cut as it was made: an aligned photo's own
+    face (its box the whole image, at the origin) as the pipeline's aligned mode does
+    (``ingest.prepare.Preparer.request``/``_fill``); any other face, detected or drawn on the
+    photo view, from the copy faces are cut from (``model_stage._detect``, ``web.drawing``)."""
+    whole = [aligned and tuple(box[:2]) == (0.0, 0.0) for _, box in faces]
+    out: list[Any] = [None] * len(faces)
+    if any(whole):
         crop_size = getattr(embedder, "crop_size", None)
         if crop_size:
             rgb, _, _ = decode_request(path, "crop", crop_size)
-            return [rgb for _ in faces]
-        rgb, _, _ = decode_request(path, "full", None)
-        h, w = rgb.shape[:2]
-        return [embedder.prepare(rgb, (0.0, 0.0, float(w), float(h))) for _ in faces]
-    rgb, scale, _ = decode_request(path, "full", config.detector.crop_side())
-    return [embedder.prepare(rgb, tuple(v / scale for v in box)) for _, box in faces]
+            face = rgb
+        else:
+            rgb, _, _ = decode_request(path, "full", None)
+            h, w = rgb.shape[:2]
+            face = embedder.prepare(rgb, (0.0, 0.0, float(w), float(h)))
+        out = [face if w_ else None for w_ in whole]
+    if not all(whole):
+        rgb, scale, _ = decode_request(path, "full", config.detector.crop_side())
+        for k, (_, box) in enumerate(faces):
+            if not whole[k]:
+                out[k] = embedder.prepare(rgb, tuple(v / scale for v in box))
+    return out
 
 
 # -- who is who, before and after ----------------------------------------------------------------

@@ -229,6 +229,45 @@ def test_round_trip_keeps_every_correction(library, tmp_path, weights, capsys):
     app.close()
 
 
+def test_aligned_photos_are_re_embedded_whole(data_dir, tmp_path, weights, capsys):
+    """An aligned inbox (each photo one face crop): a move to facenet gives the vectors a facenet
+    ingest of the same crops gives, and the way back gives dlib's own again."""
+    crops = [f for person in sorted((data_dir / "faces_cropped").iterdir())[:2]
+             for f in sorted(person.iterdir())[:3]]
+
+    def ingest(root: Path, embedder: str) -> Path:
+        (root / "inbox").mkdir(parents=True)
+        for f in crops:
+            shutil.copyfile(f, root / "inbox" / f"{f.parent.name}__{f.name}")
+        (root / "facesortd.yaml").write_text(
+            "inboxes:\n  - path: inbox\n    mode: aligned\nwatch:\n  settle_ms: 100\n"
+            f"  rescan_interval_s: 0\nembedder:\n  name: {embedder}\n  weights: {weights}\n"
+            "web:\n  enabled: false\n")
+        assert cli.main(["run", "--once", "--config", str(root / "facesortd.yaml")]) == 0
+        return root / "facesortd.yaml"
+
+    def by_content(config: Path) -> dict:
+        with sqlite3.connect(config.parent / "state" / "facesortd.db") as conn:
+            rows = conn.execute("SELECT i.sha256, f.vector FROM faces f "
+                                "JOIN images i ON i.id = f.image_id").fetchall()
+        conn.close()
+        return {sha: np.frombuffer(v, "<f4") for sha, v in rows}
+
+    ours = ingest(tmp_path / "ours", "dlib")
+    theirs = ingest(tmp_path / "theirs", "facenet")
+    capsys.readouterr()
+    dlib = by_content(ours)
+    assert len(dlib) == len(crops)
+    assert migrate(ours, "--to", "facenet", capsys=capsys)[0] == 0      # weights from the config
+    moved, fresh = by_content(ours), by_content(theirs)
+    assert set(moved) == set(fresh) == set(dlib)
+    for sha, vector in moved.items():
+        np.testing.assert_allclose(vector, fresh[sha], atol=2e-5)
+    assert migrate(ours, "--to", "dlib", capsys=capsys)[0] == 0
+    for sha, vector in by_content(ours).items():
+        np.testing.assert_allclose(vector, dlib[sha], atol=1e-6)
+
+
 def _bytes(state: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(state.iterdir())
             if p.is_file() and p.name != "lock"}
