@@ -156,6 +156,23 @@ def cmd_people(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from facesortd.app.export import export_people
+
+    config = _config(args)
+    _setup_logging(config.log_level)
+    report = export_people(config, args.people, args.to, layout=args.layout, action=args.action,
+                           dry_run=args.dry_run)
+    if not args.verbose:
+        report.pop("files")
+    print(json.dumps(report, indent=2, sort_keys=True))
+    if report["missing"] or report["failed"]:
+        print(f"facesortd export: {len(report['missing'])} photo(s) not found where the store says "
+              f"they are, {len(report['failed'])} could not be exported (listed in the report)",
+              file=sys.stderr)
+    return 0
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     from facesortd.app.review import serve
 
@@ -328,6 +345,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="embed and report what would change, without switching the store")
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "export", parents=[common], help="copy (or link) every photo of chosen people to a folder",
+        description="Every photo of the people named, one folder per person (per-person) or one "
+                    "folder with the person's name before each file name (single), and a "
+                    "manifest.csv (photo, person, source, sha256). A photo with several chosen "
+                    "people goes to each. Nothing is replaced (a taken name gets name_1.jpg) and "
+                    "nothing in the library is moved or changed.")
+    p.add_argument("--people", nargs="+", required=True, metavar="NAME|#ID",
+                   help="people by name (as on the review page) or by id (#12)")
+    p.add_argument("--to", type=Path, required=True, metavar="DIR",
+                   help="target folder (made if missing; outside the library and the inboxes)")
+    p.add_argument("--layout", choices=["per-person", "single"], default="per-person")
+    p.add_argument("--action", choices=["copy", "hardlink", "symlink"], default="copy")
+    p.add_argument("--dry-run", action="store_true", help="report what it would write; write nothing")
+    p.add_argument("--verbose", action="store_true", help="list every file in the report")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "people", help="back up or restore the people and every correction (JSON, by content)",
