@@ -246,6 +246,11 @@ class WebConfig(_Model):
         return self.host in ("", "0.0.0.0", "::")
 
 
+class ExportConfig(_Model):
+    #: where the review page's "Export selected" writes, one dated folder per export
+    root: Path = Path("./exports")
+
+
 class Config(_Model):
     """The whole resolved config; ``source`` is the file it was read from (None for defaults)."""
 
@@ -258,6 +263,7 @@ class Config(_Model):
     clustering: ClusteringConfig = ClusteringConfig()
     placement: PlacementConfig = PlacementConfig()
     web: WebConfig = WebConfig()
+    export: ExportConfig = ExportConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     source: Optional[Path] = Field(None, exclude=True)
 
@@ -408,6 +414,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         "library": _resolve(base, config.library),
         "inboxes": tuple(i.model_copy(update={"path": _resolve(base, i.path)}) for i in config.inboxes),
         "embedder": embedder,
+        "export": config.export.model_copy(update={"root": _resolve(base, config.export.root)}),
     })
 
 
@@ -434,6 +441,11 @@ def _check_combinations(config: Config) -> list[str]:
             if _inside(inbox.path, folder) or _inside(folder, inbox.path):
                 problems.append(f"{key}: {inbox.path} overlaps {name} ({folder}); "
                                 f"an inbox must be a folder of its own, outside {name}")
+    for name, folder in [("library", config.library), ("state_dir", config.state_dir)] + \
+            [(f"inboxes[{i}].path", inbox.path) for i, inbox in enumerate(config.inboxes)]:
+        if _inside(config.export.root, folder) or _inside(folder, config.export.root):
+            problems.append(f"export.root: {config.export.root} overlaps {name} ({folder}); "
+                            "exports go to a folder of their own (the daemon would sort them)")
     if _inside(config.state_dir, config.library) or _inside(config.library, config.state_dir):
         problems.append(f"state_dir: {config.state_dir} overlaps library ({config.library}); "
                         "keep the state folder outside the sorted library")

@@ -29,7 +29,7 @@ def create_app(config: Config, store: Any, telemetry: Any = None,
     """The app for ``config``; ``store`` is an open Store, ``telemetry`` the daemon's, if any."""
     from facesortd.errors import ConfigError
     from facesortd.telemetry import Telemetry
-    from facesortd.web import api, health, hosts, media, pages, security
+    from facesortd.web import api, exports, health, hosts, media, pages, security
 
     if not config.web.is_loopback and not config.web.token:
         raise ConfigError(config.source or "the config", [
@@ -55,7 +55,7 @@ def create_app(config: Config, store: Any, telemetry: Any = None,
     app.wsgi_app = hosts.ProxyGate(app.wsgi_app, config.web.trusted_proxies)  # type: ignore
     security.install(app)
     app.teardown_appcontext(close_read_conn)
-    for blueprint in (health.bp, api.bp, media.bp, pages.bp):
+    for blueprint in (health.bp, api.bp, exports.bp, media.bp, pages.bp):
         app.register_blueprint(blueprint)
     pages.install_error_pages(app)
     return app

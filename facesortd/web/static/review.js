@@ -358,3 +358,44 @@ if (frame && drawForm) {
     box = null;
   });
 }
+
+// ---- the overview's "Export selected…": the people ticked, into a new dated folder -----------
+const exportBar = document.querySelector("[data-export]");
+if (exportBar) {
+  const picks = Array.from(document.querySelectorAll("input[data-pick]"));
+  const panel = exportBar.querySelector("[data-export-panel]");
+  const result = exportBar.querySelector("[data-export-result]");
+  const ticked = () => picks.filter((p) => p.checked).map((p) => Number(p.dataset.pick));
+  const count = () => {
+    exportBar.querySelector("[data-export-count]").textContent = ticked().length + " ticked";
+  };
+  picks.forEach((p) => p.addEventListener("change", count));
+  count();
+  exportBar.querySelector("[data-export-open]").addEventListener("click", () => {
+    if (!ticked().length) { say("Tick the people to export first.", true); return; }
+    panel.hidden = false;
+  });
+  exportBar.querySelector("[data-export-cancel]").addEventListener("click", () => { panel.hidden = true; });
+  exportBar.querySelector("[data-export-start]").addEventListener("click", async () => {
+    const layout = exportBar.querySelector("[data-export-layout]").value;
+    document.body.classList.add("busy");
+    try {
+      const data = await api("/api/export", {people: ticked(), layout: layout});
+      panel.hidden = true;
+      result.textContent = "";
+      const link = document.createElement("a");
+      link.href = data.manifest_url;
+      link.dataset.exportManifest = data.folder;
+      link.textContent = "manifest.csv";
+      result.append(data.photos + " photo(s) exported to " + data.path + " — ", link);
+      if (data.missing.length || data.failed.length) {
+        result.append(" (" + (data.missing.length + data.failed.length) + " could not be exported)");
+      }
+      result.hidden = false;
+    } catch (err) {
+      say(err.message, true);
+    } finally {
+      document.body.classList.remove("busy");
+    }
+  });
+}
