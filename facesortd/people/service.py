@@ -365,7 +365,14 @@ class IdentityService:
 
     def _write_doubt(self, face_ids: Optional[np.ndarray]) -> None:
         """The review queue's scores (``people.doubt``) of these faces, or of every face (None),
-        against the labels just written."""
+        against the labels just written. Advice only: a failure is logged, the labels stand."""
+        try:
+            self._score_doubt(face_ids)
+        except Exception:
+            log.exception("the review queue's doubt scores could not be written; the next "
+                          "recluster writes them again")
+
+    def _score_doubt(self, face_ids: Optional[np.ndarray]) -> None:
         ids, matrix = self.store.vectors()
         if not len(ids):
             return
