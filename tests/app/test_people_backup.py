@@ -91,29 +91,36 @@ def _folders(library: Path) -> tuple[dict, set]:
     return named, unnamed
 
 
+def _correct(api: Api, library) -> None:
+    """The corrections of the round trips, through the review API: names, a merge, a split (named),
+    not this person, not a face, confirmed faces, a hidden person, a dismissed suggestion."""
+    store = api.store
+    by_person = library.faces_by_person(store)
+    ids = {p: library.main_identity(v) for p, v in by_person.items()}
+    faces = {p: [f for f, _ in v] for p, v in by_person.items()}
+    api.post(f"/api/identities/{ids['JK_Rowling']}/rename", {"name": "Joanne"})
+    api.post(f"/api/identities/{ids['Paul_McCartney']}/rename", {"name": "Paul"})
+    api.post(f"/api/identities/{ids['Fujio_Cho']}/merge", {"into": ids["Antonio_Palocci"]})
+    split = api.post("/api/faces/move", {"faces": faces["Allyson_Felix"][:2], "to": "new"})
+    api.post(f"/api/identities/{split['identity']}/rename", {"name": "Allyson (track)"})
+    api.post("/api/faces/not-this-person", {"faces": [faces["Paul_McCartney"][3]]})
+    api.post("/api/faces/reject", {"faces": [faces["JK_Rowling"][3]]})
+    api.post("/api/faces/confirm", {"faces": faces["JK_Rowling"][:2]})
+    api.post(f"/api/identities/{ids['Allyson_Felix']}/hide", {})
+    # two people the page never suggests merging again
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO suggestions (a, b, distance) VALUES (?, ?, 0.5)",
+                     (ids["JK_Rowling"], ids["Paul_McCartney"]))
+    suggestion = api.client.get("/api/suggestions").json["suggestions"][0]["id"]
+    api.post(f"/api/suggestions/{suggestion}/dismiss", {})
+
+
 def test_people_survive_a_rebuilt_state_folder(library, tmp_path, capsys):
     a = tmp_path / "a"
     config = library.copy(a)
     with Store.open(config.state_dir) as store:
         api = Api(config, store)
-        by_person = library.faces_by_person(store)
-        ids = {p: library.main_identity(v) for p, v in by_person.items()}
-        faces = {p: [f for f, _ in v] for p, v in by_person.items()}
-        api.post(f"/api/identities/{ids['JK_Rowling']}/rename", {"name": "Joanne"})
-        api.post(f"/api/identities/{ids['Paul_McCartney']}/rename", {"name": "Paul"})
-        api.post(f"/api/identities/{ids['Fujio_Cho']}/merge", {"into": ids["Antonio_Palocci"]})
-        split = api.post("/api/faces/move", {"faces": faces["Allyson_Felix"][:2], "to": "new"})
-        api.post(f"/api/identities/{split['identity']}/rename", {"name": "Allyson (track)"})
-        api.post("/api/faces/not-this-person", {"faces": [faces["Paul_McCartney"][3]]})
-        api.post("/api/faces/reject", {"faces": [faces["JK_Rowling"][3]]})
-        api.post("/api/faces/confirm", {"faces": faces["JK_Rowling"][:2]})
-        api.post(f"/api/identities/{ids['Allyson_Felix']}/hide", {})
-        # two people the page never suggests merging again
-        with store.transaction() as conn:
-            conn.execute("INSERT INTO suggestions (a, b, distance) VALUES (?, ?, 0.5)",
-                         (ids["JK_Rowling"], ids["Paul_McCartney"]))
-        suggestion = api.client.get("/api/suggestions").json["suggestions"][0]["id"]
-        api.post(f"/api/suggestions/{suggestion}/dismiss", {})
+        _correct(api, library)
         Placer(config, store).sync()
         before, decided = api.people(), api.decisions()
     assert {"Joanne", "Paul", "Allyson (track)"} <= set(_folders(config.library)[0])
@@ -204,3 +211,54 @@ def test_import_reports_photos_it_does_not_have_and_is_undone_as_one_correction(
         assert [u["op"] for u in undo(store)] == ["people_import"]
     after = _rows(config.state_dir)
     assert after[:4] == before[:4]           # faces, identities, constraints as they were
+
+
+@pytest.fixture(scope="module")
+def facenet_weights(tmp_path_factory, data_dir) -> Path:
+    """An untrained InceptionResnetV1 (the VGGFace2 weights cannot be downloaded here), with
+    BatchNorm statistics from a few real face crops so that faces do not all map to one vector."""
+    import facenet_pytorch
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    crops = [np.asarray(Image.open(f).convert("RGB").resize((160, 160)))
+             for person in sorted((data_dir / "faces_cropped").iterdir())[:3]
+             for f in sorted(person.iterdir())[:4]]
+    torch.manual_seed(0)
+    model = facenet_pytorch.InceptionResnetV1(pretrained=None, classify=False)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model((torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() - 127.5) / 128.0)
+    path = tmp_path_factory.mktemp("weights") / "untrained.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_people_follow_a_store_migrated_to_another_model(library, tmp_path, facenet_weights, capsys):
+    """Exported from a dlib store, imported into the same photos' store after `facesortd migrate
+    --to facenet`: the faces are matched by photo and box, not by vector, so the people hold."""
+    config = library.copy(tmp_path / "a")
+    with Store.open(config.state_dir) as store:
+        api = Api(config, store)
+        _correct(api, library)
+        Placer(config, store).sync()
+        before, decided = api.people(), api.decisions()
+    backup = tmp_path / "people.json"
+    assert main(["people", "export", str(backup), "--config", str(tmp_path / "a" / "facesortd.yaml")]) == 0
+
+    other = library.copy(tmp_path / "b")
+    yaml = str(tmp_path / "b" / "facesortd.yaml")
+    assert main(["migrate", "--to", "facenet", "--weights", str(facenet_weights), "--config", yaml]) == 0
+    capsys.readouterr()
+    assert main(["people", "import", str(backup), "--config", yaml]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["faces_not_found"] == [] and report["photos_not_in_store"] == []
+    with Store.open(other.state_dir) as store:
+        assert store.model_id.startswith("facenet")
+        api = Api(other, store)
+        assert api.people() == before and api.decisions() == decided
+    assert _folders(other.library) == _folders(config.library)
