@@ -95,7 +95,9 @@ def test_aligned_crops_same_vectors_with_processes(tmp_path, data_dir, twice, st
     for name in a:
         for (box_a, vec_a), (box_b, vec_b) in zip(a[name], b[name], strict=True):
             assert box_a == box_b
-            np.testing.assert_array_equal(vec_a, vec_b)
+            # dlib's ResNet on torch (embedder.dlib_runtime: torch): the same chip in micro-batches
+            # of other sizes may take other convolution kernels, equal to float rounding only
+            np.testing.assert_allclose(vec_a, vec_b, rtol=0, atol=1e-6)
 
 
 def test_detect_mode_same_faces_and_same_quarantine_with_processes(tmp_path, data_dir, twice, statuses_of,
