@@ -159,7 +159,8 @@ def test_store_refuses_another_embedder(tmp_path, data_dir, make_config, run_onc
     with Store.open(config.state_dir) as store:
         with pytest.raises(StoreError) as info:
             store.bind_model("facenet-vggface2:0123456789ab", 512)
-    assert "dlib" in str(info.value) and "state_dir" in str(info.value)
+    # it names what made the store and the way to the configured model that keeps the people
+    assert "dlib" in str(info.value) and "facesortd migrate --to facenet" in str(info.value)
 
 
 def test_second_daemon_on_same_state_refused(tmp_path, make_config):
