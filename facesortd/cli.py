@@ -76,9 +76,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise FacesortdError(f"no store yet in {config.state_dir}: run `facesortd run` first")
     with Store.open(config.state_dir, load_vectors=False) as store:
         counts = store.counts()
+        staged, last = store.staged_models(), store.meta("last_migration")
+    if staged or last:   # facesortd migrate: one left unfinished (or a dry run), the last one done
+        last = json.loads(last) if last else None
+        counts["migration"] = {
+            "staged": {m: f"{n} of {counts['faces'] + counts['faces_rejected']} faces"
+                       for m, n in staged.items()},
+            "last": last and {k: last.get(k) for k in ("model_before", "model_after",
+                                                       "finished_at", "faces_reembedded")}}
     from facesortd.models.embedders import choose_embedder
-    choice = choose_embedder(config.embedder, counts.get("model_id"))
+    choice, stored = choose_embedder(config.embedder, counts.get("model_id")), counts.get("model_id")
     counts["embedder"] = {"name": choice.name, "chosen": choice.reason}
+    if stored and not stored.startswith(choice.name + "-"):
+        counts["embedder"]["chosen"] += (f"; but the store holds vectors of {stored}: the daemon "
+                                         "refuses to start (set embedder.name: auto)")
     from facesortd.telemetry import format_snapshot, read_snapshot
     live = read_snapshot(config.state_dir)  # the running daemon's figures (as on /metrics), or None
     if args.json:
@@ -87,6 +98,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         for key, value in counts.items():
             if key == "embedder":
                 value = f"{value['name']} ({value['chosen']})"
+            elif key == "migration":
+                parts = [f"staged for {m}: {n} (run facesortd migrate --to {m.split('-')[0]} to "
+                         "finish)" for m, n in value["staged"].items()]
+                if value["last"]:
+                    last = value["last"]
+                    parts.append(f"last: {last['model_before']} -> {last['model_after']} at "
+                                 f"{last['finished_at']}, {last['faces_reembedded']} faces")
+                value = "; ".join(parts)
             elif isinstance(value, dict):
                 value = ", ".join(f"{k} {v}" for k, v in sorted(value.items())) or "none"
             print(f"{key:>16}: {value}")

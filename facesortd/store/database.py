@@ -611,6 +611,12 @@ class Store:
                                         (model_id,)).fetchone()[0]
             return staged, self._conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
 
+    def staged_models(self) -> dict[str, int]:
+        """model id -> faces staged for it (an unfinished or dry-run ``facesortd migrate``)."""
+        with self._lock:
+            return dict(self._conn.execute(
+                "SELECT model_id, COUNT(*) FROM staged_vectors GROUP BY model_id").fetchall())
+
     def unstaged_faces(self, model_id: str, limit: int) -> list[tuple[int, int, Box]]:
         """Up to ``limit`` faces (rejected ones too) with nothing of ``model_id`` staged yet, as
         (face id, image id, box), by image then face: one photo's faces come together."""

@@ -69,6 +69,11 @@ def migrate(config: Path, *args: str, capsys=None) -> tuple[int, dict]:
     return code, report
 
 
+def _status(config: Path, capsys) -> dict:
+    assert cli.main(["status", "--json", "--config", str(config)]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def store_rows(state: Path) -> dict:
     """Everything a migration may change, read straight from SQLite."""
     with sqlite3.connect(state / "facesortd.db") as conn:
@@ -355,9 +360,19 @@ def test_dry_run_predicts_what_the_migration_does(library, tmp_path, weights, ca
     assert "computed in memory" in dry["note"]
     assert store_rows(config.state_dir) == before
     assert assert_one_model(config.state_dir) == "dlib-resnet-v1"
+    faces = real_faces = dry["faces_reembedded"]
+    status = _status(config.source, capsys)             # status says what is staged
+    staged = status["migration"]["staged"]
+    assert list(staged) == [dry["model_after"]] and staged[dry["model_after"]].startswith(f"{faces} of")
+    assert status["migration"]["last"] is None
     code, real = migrate(config.source, "--to", "facenet", "--weights", str(weights), capsys=capsys)
     assert code == 0 and real["changed"]
     assert real["faces_embedded_this_run"] == 0          # the dry run's vectors were kept staged
+    status = _status(config.source, capsys)             # and, once done, the last migration
+    assert status["migration"]["staged"] == {} and status["model_id"] == real["model_after"]
+    assert "refuses to start (set embedder.name: auto)" in status["embedder"]["chosen"]  # name: dlib
+    assert status["migration"]["last"]["model_after"] == real["model_after"]
+    assert status["migration"]["last"]["faces_reembedded"] == real_faces
     for key in ("faces_reembedded", "people_before", "people_after", "people_kept",
                 "people_unchanged", "people_changed", "people_gone", "unassigned_before",
                 "unassigned_after"):
