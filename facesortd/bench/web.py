@@ -238,6 +238,7 @@ def _routes(info: dict) -> dict[str, tuple[str, Callable]]:
         "GET /api/identities/<largest>": (f"/api/identities/{big}", lambda r: len(
             r.get_json()["faces"]) == queries.FACES_PER_PAGE),
         "GET /?sort=name": ("/?sort=name", thumbs),
+        "GET /?sort=doubt": ("/?sort=doubt", thumbs),
         "GET /people/<largest>?order=date": (f"/people/{big}?order=date", thumbs),
         "GET /review": ("/review", _html(b'class="review-row"')),
         "GET /review?page=<middle>": (f"/review?page={mid}", _html(b'class="review-row"')),

@@ -76,16 +76,28 @@ def _search(q: str) -> tuple[str, list]:
             "printf('Person_%04d', i.id) LIKE ? ESCAPE '\\'))", [like, like])
 
 
-#: How the overview can be sorted: the ORDER BY over people i and their face counts c. (Most
-#: doubtful faces first is the Review page: counting each person's doubtful faces walks every
-#: face row, 0.8 s at 100k faces.)
+#: How the overview can be sorted: the ORDER BY over people i, their face counts c and (``doubt``)
+#: their doubtful faces d: most faces at or above ``DOUBTFUL`` (not confirmed), then the most
+#: doubtful one, then size.
 SORTS = {"size": "c.n DESC, i.id",
-         "name": "COALESCE(i.name, printf('Person_%04d', i.id)) COLLATE NOCASE, i.id"}
+         "name": "COALESCE(i.name, printf('Person_%04d', i.id)) COLLATE NOCASE, i.id",
+         "doubt": "COALESCE(d.n, 0) DESC, d.top DESC, c.n DESC, i.id"}
+
+#: Each person's doubtful faces among the REVIEW_MAX most doubtful ones (the Review queue's
+#: depth), read from the top of the score index: what the ``doubt`` sort orders by. Unbounded it
+#: would look up every doubtful face's row (0.5 s at 100k faces where most of them are doubtful).
+_DOUBTFUL_PER_PERSON = (
+    "LEFT JOIN (SELECT f.identity_id, COUNT(*) AS n, MAX(s.score) AS top "
+    "FROM (SELECT face_id, score FROM face_doubt "
+    f"WHERE score >= {DOUBTFUL} ORDER BY score DESC LIMIT {{limit}}) s "
+    "CROSS JOIN faces f ON f.id = s.face_id WHERE f.pinned = 0 AND f.rejected = 0 "
+    "GROUP BY f.identity_id) d ON d.identity_id = i.id ")
 
 
 def identities(conn: sqlite3.Connection, page: int = 1, q: str = "",
                per_page: int = PEOPLE_PER_PAGE, hidden: bool = False, sort: str = "size") -> dict:
-    """People with at least one face, largest first (ties: oldest first) or by name (``sort``);
+    """People with at least one face, largest first (ties: oldest first), by name, or with the most
+    doubtful faces first (``sort``);
     hidden people only with ``hidden``, else none of them."""
     where, args = _search(q)
     where += " AND i.hidden = 1" if hidden else " AND i.hidden = 0"
@@ -97,7 +109,8 @@ def identities(conn: sqlite3.Connection, page: int = 1, q: str = "",
         "SELECT i.id, i.name, c.n FROM (SELECT identity_id, COUNT(*) AS n FROM faces "
         "WHERE identity_id IS NOT NULL AND rejected = 0 GROUP BY identity_id) c "
         "JOIN identities i ON i.id = c.identity_id "
-        f"WHERE i.merged_into IS NULL{where} ORDER BY {SORTS[sort]} LIMIT ? OFFSET ?",
+        + (_DOUBTFUL_PER_PERSON.format(limit=REVIEW_MAX) if sort == "doubt" else "")
+        + f"WHERE i.merged_into IS NULL{where} ORDER BY {SORTS[sort]} LIMIT ? OFFSET ?",
         [*args, p.size, p.offset]).fetchall()
     return {"identities": [_person(conn, *r) for r in rows], **p.as_dict(), "q": q, "sort": sort}
 

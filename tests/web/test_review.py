@@ -142,7 +142,7 @@ def test_a_face_drawn_on_a_photo_is_embedded_pinned_and_undone(review):
     assert review.post("/api/images/999999/faces", {"box": box, "to": target}).status_code == 404
 
 
-def test_the_overview_sorts_by_size_or_name(review):
+def test_the_overview_sorts_by_size_name_or_most_doubtful_faces(review):
     def order(sort: str) -> list[int]:
         return [p["id"] for p in review.client.get(f"/api/identities?sort={sort}").json["identities"]]
 
@@ -151,6 +151,23 @@ def test_the_overview_sorts_by_size_or_name(review):
     named = next(i for p, i in sorted(review.people().items()) if i != by_size[0])
     review.post(f"/api/identities/{named}/rename", {"name": "Aaron First"})
     assert order("name")[0] == named and sorted(order("name")) == sorted(by_size)
-    assert review.client.get("/api/identities?sort=doubt").status_code == 400
+    assert review.client.get("/api/identities?sort=bogus").status_code == 400
     page = review.client.get("/?sort=name").get_data(as_text=True)
     assert "<strong>name</strong>" in page and 'data-sort="size"' in page
+    # most doubtful faces first: the small library's faces all sit well inside their people, so
+    # give a few of them the scores the identity service writes for doubtful faces
+    from facesortd.people.doubt import DOUBTFUL, write_doubt
+    assert order("doubt") == by_size          # nothing doubtful: the same as by size
+    two, one, confirmed = by_size[-1], by_size[-2], by_size[-3]
+    faces = {i: [f["id"] for f in review.client.get(f"/api/identities/{i}").json["faces"]]
+             for i in (two, one, confirmed)}
+    assert review.post("/api/faces/confirm", {"faces": faces[confirmed][:1]}).status_code == 200
+    with review.store.transaction() as conn:
+        write_doubt(conn, np.array([faces[two][0], faces[two][1], faces[one][0], faces[confirmed][0],
+                                    faces[confirmed][1]]),
+                    np.array([DOUBTFUL + 0.05, DOUBTFUL, 0.99, 0.99, DOUBTFUL - 0.01]),
+                    np.array([one, one, two, two, two]))
+    by_doubt = order("doubt")   # two doubtful faces, then one; confirmed and below the mark count not
+    assert by_doubt == [two, one] + [i for i in by_size if i not in (two, one)]
+    page = review.client.get("/?sort=doubt").get_data(as_text=True)
+    assert "<strong>most doubtful faces</strong>" in page
