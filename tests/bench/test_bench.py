@@ -69,7 +69,8 @@ def test_bench_web_times_every_route_and_a_thumbnail(tmp_path, data_dir):
         "GET /", "GET /?page=<last>", "GET /?q=<a name>", "GET /people/<largest>",
         "GET /people/<largest>?page=<last>", "GET /unassigned", "GET /suggestions", "GET /history",
         "GET /api/identities", "GET /api/identities/<largest>",
-        "GET /?sort=name", "GET /people/<largest>?order=date", "GET /review", "GET /review?page=<middle>",
+        "GET /?sort=name", "GET /?sort=doubt", "GET /people/<largest>?order=date", "GET /review",
+        "GET /review?page=<middle>",
         "GET /api/review", "GET /api/review?page=<last full>", "GET /hidden", "GET /photo/<id>", "GET /api/images/<id>"}
     assert out["doubt_scores_s"] > 0 and store["review_queue"] > 1000 and store["hidden"] == 10
     for route in out["routes"].values():
