@@ -36,29 +36,6 @@ facenet_pytorch = pytest.importorskip("facenet_pytorch")
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory, data_dir) -> Path:
-    """An untrained InceptionResnetV1 (seed 0), BatchNorm statistics measured on real face crops
-    (freshly initialised BatchNorm maps every face to nearly the same vector)."""
-    from PIL import Image
-
-    crops = []
-    for person in sorted((data_dir / "faces_cropped").iterdir())[:3]:
-        for f in sorted(person.iterdir())[:6]:
-            crops.append(np.asarray(Image.open(f).convert("RGB").resize((160, 160))))
-    torch.manual_seed(0)
-    model = facenet_pytorch.InceptionResnetV1(pretrained=None, classify=False)
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model((torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() - 127.5) / 128.0)
-    path = tmp_path_factory.mktemp("weights") / "untrained.pt"
-    torch.save(model.state_dict(), path)
-    return path
-
-
 def migrate(config: Path, *args: str, capsys=None) -> tuple[int, dict]:
     """``facesortd migrate`` in this process: (exit code, the JSON report or {})."""
     code = cli.main(["migrate", "--config", str(config), *args])
@@ -179,7 +156,7 @@ def assert_corrections_hold(app: App, c: dict) -> None:
         assert conn.execute("SELECT rejected FROM faces WHERE id = ?", (c["rejected"],)).fetchone() == (1,)
 
 
-def test_round_trip_keeps_every_correction(library, tmp_path, weights, capsys):
+def test_round_trip_keeps_every_correction(library, tmp_path, facenet_weights, capsys):
     """dlib -> facenet -> dlib on real photos: the corrections made through the review API hold
     after each move, checked through the API; the faces cut for facenet are the ones a facenet
     ingest cuts, and the way back gives dlib's vectors again."""
@@ -190,7 +167,7 @@ def test_round_trip_keeps_every_correction(library, tmp_path, weights, capsys):
     dlib_vectors = vectors_by_face(tmp_path / "state")
     config = tmp_path / "facesortd.yaml"
 
-    code, report = migrate(config, "--to", "facenet", "--weights", str(weights), capsys=capsys)
+    code, report = migrate(config, "--to", "facenet", "--weights", str(facenet_weights), capsys=capsys)
     assert code == 0 and report["changed"] and report["model_after"].startswith("facenet-vggface2:")
     assert report["faces_reembedded"] == len(dlib_vectors)          # the rejected face too
     assert report["photos_missing"] == 0 and report["faces_dropped"] == 0
@@ -205,7 +182,7 @@ def test_round_trip_keeps_every_correction(library, tmp_path, weights, capsys):
     fresh = tmp_path / "fresh"
     library.config(fresh)
     text = (fresh / "facesortd.yaml").read_text()
-    (fresh / "facesortd.yaml").write_text(text.replace("name: dlib", f"name: facenet\n  weights: {weights}"))
+    (fresh / "facesortd.yaml").write_text(text.replace("name: dlib", f"name: facenet\n  weights: {facenet_weights}"))
     library.add_photos(fresh, 0, library.per_person)
     assert cli.main(["run", "--once", "--config", str(fresh / "facesortd.yaml")]) == 0
     capsys.readouterr()
@@ -234,7 +211,7 @@ def test_round_trip_keeps_every_correction(library, tmp_path, weights, capsys):
     app.close()
 
 
-def test_aligned_photos_are_re_embedded_whole(data_dir, tmp_path, weights, capsys):
+def test_aligned_photos_are_re_embedded_whole(data_dir, tmp_path, facenet_weights, capsys):
     """An aligned inbox (each photo one face crop): a move to facenet gives the vectors a facenet
     ingest of the same crops gives, and the way back gives dlib's own again."""
     crops = [f for person in sorted((data_dir / "faces_cropped").iterdir())[:2]
@@ -246,7 +223,7 @@ def test_aligned_photos_are_re_embedded_whole(data_dir, tmp_path, weights, capsy
             shutil.copyfile(f, root / "inbox" / f"{f.parent.name}__{f.name}")
         (root / "facesortd.yaml").write_text(
             "inboxes:\n  - path: inbox\n    mode: aligned\nwatch:\n  settle_ms: 100\n"
-            f"  rescan_interval_s: 0\nembedder:\n  name: {embedder}\n  weights: {weights}\n"
+            f"  rescan_interval_s: 0\nembedder:\n  name: {embedder}\n  weights: {facenet_weights}\n"
             "web:\n  enabled: false\n")
         assert cli.main(["run", "--once", "--config", str(root / "facesortd.yaml")]) == 0
         return root / "facesortd.yaml"
@@ -288,7 +265,7 @@ def _truncated(path: Path, weights: Path) -> None:
 
 @pytest.mark.parametrize("case", ["unknown-model", "truncated", "other-network", "dlib-missing",
                                   "dlib-with-weights", "daemon-running"])
-def test_bad_input_changes_nothing(library, tmp_path, weights, capsys, monkeypatch, case):
+def test_bad_input_changes_nothing(library, tmp_path, facenet_weights, capsys, monkeypatch, case):
     """Each is one clear message and an exit code before the store is touched (its files keep
     their bytes)."""
     config = library.copy(tmp_path / "lib")
@@ -299,7 +276,7 @@ def test_bad_input_changes_nothing(library, tmp_path, weights, capsys, monkeypat
     if case == "unknown-model":
         args = ["--to", "arcface"]
     elif case == "truncated":
-        _truncated(tmp_path / "w.pt", weights)
+        _truncated(tmp_path / "w.pt", facenet_weights)
     elif case == "other-network":
         _not_inception(tmp_path / "w.pt")
     elif case == "dlib-missing":
@@ -313,11 +290,11 @@ def test_bad_input_changes_nothing(library, tmp_path, weights, capsys, monkeypat
         monkeypatch.setattr(builtins, "__import__", no_dlib)
         args = ["--to", "dlib"]
     elif case == "dlib-with-weights":
-        args = ["--to", "dlib", "--weights", str(weights)]
+        args = ["--to", "dlib", "--weights", str(facenet_weights)]
     elif case == "daemon-running":
         lock = StateLock(state)
         lock.acquire()
-        args = ["--to", "facenet", "--weights", str(weights)]
+        args = ["--to", "facenet", "--weights", str(facenet_weights)]
     try:
         if case == "unknown-model":
             with pytest.raises(SystemExit) as exit_:
@@ -349,12 +326,12 @@ def test_same_model_is_a_message_and_no_change(library, tmp_path, capsys):
     assert store_rows(config.state_dir) == before
 
 
-def test_dry_run_predicts_what_the_migration_does(library, tmp_path, weights, capsys):
+def test_dry_run_predicts_what_the_migration_does(library, tmp_path, facenet_weights, capsys):
     """A dry run embeds and reports the people after as a recluster computed in memory; nothing
     in force changes (model, vectors, people). The real run then reports the same people."""
     config = library.copy(tmp_path)
     before = store_rows(config.state_dir)
-    code, dry = migrate(config.source, "--to", "facenet", "--weights", str(weights), "--dry-run",
+    code, dry = migrate(config.source, "--to", "facenet", "--weights", str(facenet_weights), "--dry-run",
                         capsys=capsys)
     assert code == 0 and dry["dry_run"] and not dry["changed"]
     assert "computed in memory" in dry["note"]
@@ -365,7 +342,7 @@ def test_dry_run_predicts_what_the_migration_does(library, tmp_path, weights, ca
     staged = status["migration"]["staged"]
     assert list(staged) == [dry["model_after"]] and staged[dry["model_after"]].startswith(f"{faces} of")
     assert status["migration"]["last"] is None
-    code, real = migrate(config.source, "--to", "facenet", "--weights", str(weights), capsys=capsys)
+    code, real = migrate(config.source, "--to", "facenet", "--weights", str(facenet_weights), capsys=capsys)
     assert code == 0 and real["changed"]
     assert real["faces_embedded_this_run"] == 0          # the dry run's vectors were kept staged
     status = _status(config.source, capsys)             # and, once done, the last migration
@@ -380,7 +357,7 @@ def test_dry_run_predicts_what_the_migration_does(library, tmp_path, weights, ca
     assert sorted(p["faces"] for p in real["people_new"]) == sorted(p["faces"] for p in dry["people_new"])
 
 
-def test_resumes_after_the_daemon_ran_on_the_old_model(library, tmp_path, weights, capsys,
+def test_resumes_after_the_daemon_ran_on_the_old_model(library, tmp_path, facenet_weights, capsys,
                                                       monkeypatch):
     """Interrupted, then the daemon adds photos and replaces one (its faces are deleted), then a
     photo's file disappears: the second migrate embeds the new faces, forgets the deleted ones,
@@ -409,7 +386,7 @@ def test_resumes_after_the_daemon_ran_on_the_old_model(library, tmp_path, weight
         embedder.embed = checked
         return embedder
     monkeypatch.setattr(migrate_mod, "load_target", load_target)
-    assert migrate(config.source, "--to", "facenet", "--weights", str(weights))[0] == 130
+    assert migrate(config.source, "--to", "facenet", "--weights", str(facenet_weights))[0] == 130
     with sqlite3.connect(state / "facesortd.db") as conn:
         staged = conn.execute("SELECT COUNT(*) FROM staged_vectors").fetchone()[0]
         known = conn.execute("SELECT path FROM images WHERE status = 'done' ORDER BY id").fetchall()
@@ -450,7 +427,7 @@ def test_resumes_after_the_daemon_ran_on_the_old_model(library, tmp_path, weight
         return real_recluster(self, *a, **k)
     monkeypatch.setattr(IdentityService, "recluster", recluster)
     calls["stop"] = False
-    code, report = migrate(config.source, "--to", "facenet", "--weights", str(weights), capsys=capsys)
+    code, report = migrate(config.source, "--to", "facenet", "--weights", str(facenet_weights), capsys=capsys)
     assert code == 0 and seen_in_switch == ["dlib-resnet-v1"]
     assert report["photos_missing"] == 1 and report["faces_dropped"] == len(gone_faces)
     assert report["missing_examples"][0]["image_id"] == gone_image
@@ -514,7 +491,7 @@ def outcome(state: Path) -> tuple:
     return faces, people, meta
 
 
-def test_sigkill_at_random_moments_then_again_equals_one_run(library, tmp_path, weights, capsys):
+def test_sigkill_at_random_moments_then_again_equals_one_run(library, tmp_path, facenet_weights, capsys):
     """Six kills land while a migration runs: at random points of the embedding (once a random
     number of vectors is staged, then a random fraction of a face's time later) and one once every
     vector is staged (the last commit, the switch, the recluster). After each the store opens and
@@ -529,7 +506,7 @@ def test_sigkill_at_random_moments_then_again_equals_one_run(library, tmp_path, 
     for config in (whole, killed):
         config.source.write_text(config.source.read_text().replace(
             "batch_size: 16", "batch_size: 1\n  dlib_runtime: dlib"))
-        assert migrate(config.source, "--to", "facenet", "--weights", str(weights))[0] == 0
+        assert migrate(config.source, "--to", "facenet", "--weights", str(facenet_weights))[0] == 0
     source = outcome(whole.state_dir)[2]["model_id"]
     assert outcome(killed.state_dir) == outcome(whole.state_dir)
     capsys.readouterr()

@@ -213,31 +213,6 @@ def test_import_reports_photos_it_does_not_have_and_is_undone_as_one_correction(
     assert after[:4] == before[:4]           # faces, identities, constraints as they were
 
 
-@pytest.fixture(scope="module")
-def facenet_weights(tmp_path_factory, data_dir) -> Path:
-    """An untrained InceptionResnetV1 (the VGGFace2 weights cannot be downloaded here), with
-    BatchNorm statistics from a few real face crops so that faces do not all map to one vector."""
-    import facenet_pytorch
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    crops = [np.asarray(Image.open(f).convert("RGB").resize((160, 160)))
-             for person in sorted((data_dir / "faces_cropped").iterdir())[:3]
-             for f in sorted(person.iterdir())[:4]]
-    torch.manual_seed(0)
-    model = facenet_pytorch.InceptionResnetV1(pretrained=None, classify=False)
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model((torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() - 127.5) / 128.0)
-    path = tmp_path_factory.mktemp("weights") / "untrained.pt"
-    torch.save(model.state_dict(), path)
-    return path
-
-
 def test_people_follow_a_store_migrated_to_another_model(library, tmp_path, facenet_weights, capsys):
     """Exported from a dlib store, imported into the same photos' store after `facesortd migrate
     --to facenet`: the faces are matched by photo and box, not by vector, so the people hold."""

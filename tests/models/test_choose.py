@@ -73,16 +73,10 @@ def test_without_dlib_auto_stops_with_facenets_instructions(empty_torch_home, mo
     assert "could not be downloaded" in str(err.value) and "facesortd[dlib]" in str(err.value)
 
 
-def test_a_downloadable_facenet_wins_over_dlib(empty_torch_home, monkeypatch, tmp_path):
+def test_a_downloadable_facenet_wins_over_dlib(empty_torch_home, monkeypatch, facenet_weights):
     """Weights that download are used: facenet, no warning (an untrained state dict stands in)."""
-    import torch
-    from facenet_pytorch import InceptionResnetV1
-
-    saved = tmp_path / "untrained.pt"
-    torch.manual_seed(0)
-    torch.save(InceptionResnetV1().state_dict(), saved)
     monkeypatch.setattr("facenet_pytorch.models.inception_resnet_v1.download_url_to_file",
-                        lambda url, dst, *a, **k: shutil.copyfile(saved, dst))
+                        lambda url, dst, *a, **k: shutil.copyfile(facenet_weights, dst))
     embedder, choice = load_embedder(AUTO.model_copy(update={"precision": "fp32"}))
     assert embedder.name == "facenet" and choice.fell_back is None
     assert embedder.model_id.startswith("facenet-vggface2:")
