@@ -10,14 +10,39 @@ independent in eval mode) and only its rows are read back.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 #: Eager passes on the capture stream before capturing: cudnn autotuning, lazy handles and
 #: allocations must happen outside the capture.
 WARMUP_PASSES = 3
+
+
+class HostBatch:
+    """The uint8 NHWC batch an embedding step reads from: one ``np.stack`` of the faces, into a
+    reused pinned buffer where the step copies to a GPU (``pinned``), else a fresh array.
+    Raises ValueError when the faces are not uint8 arrays of ``shape``."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = tuple(shape)
+        self.buffer: Optional[torch.Tensor] = None   # the pinned one, once made
+
+    def stack(self, faces: Sequence[np.ndarray], pinned: bool, capacity: int) -> torch.Tensor:
+        n = len(faces)
+        if not pinned:
+            stacked = np.stack(faces)
+            if stacked.dtype != np.uint8 or stacked.shape[1:] != self.shape:
+                raise ValueError(f"not uint8 faces of shape {self.shape}")
+            return torch.from_numpy(stacked)
+        if self.buffer is None or self.buffer.shape[0] < n:
+            cap = max(n, capacity)
+            self.buffer = torch.empty((cap, *self.shape), dtype=torch.uint8).pin_memory()
+        # Safe to overwrite: the previous step waited for its results (a synchronous .cpu()).
+        np.stack(faces, out=self.buffer.numpy()[:n], casting="no")
+        return self.buffer[:n]
 
 
 def standardize(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

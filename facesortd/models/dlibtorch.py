@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from facesortd.config import EmbedderConfig
 from facesortd.models import dlibnet, torchsetup
-from facesortd.models.cudagraph import GraphedEmbed
+from facesortd.models.cudagraph import GraphedEmbed, HostBatch
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class TorchDlibResNet:
         self._autocast: Optional[torch.dtype] = None  # CPU bf16 runs under autocast
         self._channels_last = True
         self._pinned = False
-        self._host: Optional[torch.Tensor] = None
+        self._host = HostBatch(CHIP_SHAPE)   # the batch buffer (reused and pinned on CUDA)
         self._graphed: Optional[GraphedEmbed] = None
         self._graph_state = "off (not CUDA)"
 
@@ -152,19 +152,8 @@ class TorchDlibResNet:
 
     def _stack(self, chips: Sequence[np.ndarray]) -> torch.Tensor:
         """One uint8 [n, 150, 150, 3] tensor (in a reused pinned buffer on CUDA)."""
-        n = len(chips)
         try:
-            if not self._pinned:
-                stacked = np.stack(chips)
-                if stacked.dtype != np.uint8 or stacked.shape[1:] != CHIP_SHAPE:
-                    raise ValueError("not uint8 chips of dlib's size")
-                return torch.from_numpy(stacked)
-            if self._host is None or self._host.shape[0] < n:
-                cap = max(n, self.cfg.batch_size)
-                self._host = torch.empty((cap, *CHIP_SHAPE), dtype=torch.uint8).pin_memory()
-            # safe to overwrite: the previous batch's results were copied back synchronously
-            np.stack(chips, out=self._host.numpy()[:n], casting="no")
-            return self._host[:n]
+            return self._host.stack(chips, self._pinned, self.cfg.batch_size)
         except (ValueError, TypeError):
             check_chips(chips)
             raise

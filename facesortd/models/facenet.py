@@ -25,7 +25,7 @@ from facesortd.errors import ModelUnavailable
 from facesortd.fsops import sha256_of
 from facesortd.models import torchsetup
 from facesortd.models.base import TUNED_EPS, Box
-from facesortd.models.cudagraph import GraphedEmbed, standardize
+from facesortd.models.cudagraph import GraphedEmbed, HostBatch, standardize
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class FacenetEmbedder:
         self._amp: Optional[torch.dtype] = None
         self._channels_last = False
         self._pinned = False
-        self._host: Optional[torch.Tensor] = None   # reusable pinned batch buffer (CUDA only)
+        self._host = HostBatch(_FACE_SHAPE)   # the batch buffer (reused and pinned on CUDA)
         self._graphed: Optional[GraphedEmbed] = None
         self._graph_state = "off (not CUDA)"
         self._fold_state = "off (not loaded)"
@@ -275,19 +275,8 @@ class FacenetEmbedder:
     def _stack(self, faces: Sequence[np.ndarray]) -> torch.Tensor:
         """All faces in one uint8 [n, 160, 160, 3] tensor (pinned on CUDA) with one np.stack;
         the per-face checks run only to name the face that made it fail."""
-        n = len(faces)
         try:
-            if not self._pinned:
-                stacked = np.stack(faces)
-                if stacked.dtype != np.uint8 or stacked.shape[1:] != _FACE_SHAPE:
-                    raise ValueError("not uint8 faces of the input size")
-                return torch.from_numpy(stacked)
-            if self._host is None or self._host.shape[0] < n:
-                cap = max(n, self.cfg.batch_size)
-                self._host = torch.empty((cap, *_FACE_SHAPE), dtype=torch.uint8).pin_memory()
-            # Safe to overwrite: the previous embed() waited for its results (a sync .cpu()).
-            np.stack(faces, out=self._host.numpy()[:n], casting="no")
-            return self._host[:n]
+            return self._host.stack(faces, self._pinned, self.cfg.batch_size)
         except (ValueError, TypeError):
             _check_faces(faces)
             raise

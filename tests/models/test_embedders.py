@@ -334,11 +334,11 @@ def test_pinned_batch_buffer_is_reused_and_grows(weights, crops, fp32_vectors, m
     emb.load()
     emb._pinned = True
     np.testing.assert_allclose(emb.embed(crops[:2]), fp32_vectors[:2], atol=1e-5)
-    first = emb._host.data_ptr()
+    first = emb._host.buffer.data_ptr()
     np.testing.assert_allclose(emb.embed(crops[2:4]), fp32_vectors[2:4], atol=1e-5)
-    assert emb._host.data_ptr() == first                  # refilled, not reallocated
+    assert emb._host.buffer.data_ptr() == first                  # refilled, not reallocated
     np.testing.assert_allclose(emb.embed(crops[:5]), fp32_vectors[:5], atol=1e-5)
-    assert emb._host.shape[0] >= 5                        # grew for a bigger batch
+    assert emb._host.buffer.shape[0] >= 5                        # grew for a bigger batch
 
 
 def test_contiguous_layout_gives_the_same_vectors(weights, crops, fp32_vectors):
