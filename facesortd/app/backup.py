@@ -9,9 +9,10 @@ from pathlib import Path
 
 from facesortd.app.state import open_state
 from facesortd.config import Config
-from facesortd.errors import FacesortdError
-from facesortd.people.backup import BackupError, export_people, import_people
-from facesortd.store.database import DB_NAME, Store
+from facesortd.errors import BadImage, FacesortdError
+from facesortd.people.backup import BackupError, drawn_to_recreate, export_people, import_people
+from facesortd.store.database import DB_NAME, Store, decode_path
+from facesortd.web import drawing, queries
 
 __all__ = ["people_export", "people_import"]
 
@@ -74,16 +75,44 @@ def read_people_file(path: Path) -> dict:
 
 def people_import(config: Config, path: Path, dry_run: bool = False) -> dict:
     """Apply a people file to the state folder (the daemon must be stopped: it takes the lock),
-    in one transaction, then move the files to their people's folders. ``dry_run``: the report
-    and the file operations it would do, nothing changed."""
+    in one transaction, then move the files to their people's folders. Faces a person drew that
+    this store lacks are cut from their photos and embedded with the store's model first (the
+    detector would never find them). ``dry_run``: the report and the file operations it would
+    do, nothing changed."""
     doc = read_people_file(path)
     try:
         with open_state(config, existing=True, load_vectors=False, replay=not dry_run) as state:
-            report = import_people(state.store, doc, dry_run=dry_run,
+            wanted = drawn_to_recreate(state.store, doc)
+            drawn, failed = ([], []) if dry_run else _embed_drawn(config, state.store, wanted)
+            report = import_people(state.store, doc, dry_run=dry_run, drawn=drawn,
                                    preview=lambda: [op.describe() for op in
                                                     state.placer.sync(dry_run=True)])
+            if dry_run:
+                report["drawn_faces_to_recreate"] = len(wanted)
+            report["drawn_faces_not_recreated"] = failed
             if not dry_run:
                 report["file_operations"] = [op.describe() for op in state.placer.sync()]
     except BackupError as exc:
         raise BackupError(f"{path}: {exc}; nothing was applied") from None
     return report
+
+
+def _embed_drawn(config: Config, store: Store, wanted: list[dict]) -> tuple[list, list]:
+    """(image id, box, vector) of each drawn face embedded as the review page embeds one, and
+    the ones that could not be (photo not on disk or unreadable, the model not available): those
+    stay in the report's ``faces_not_found`` too."""
+    done, failed, models = [], [], {}
+    for face in wanted:
+        with store.read() as conn:
+            found = queries.image_files(conn, face["image_id"])
+        photo = next((p for p in map(decode_path, found[1] if found else ()) if p.is_file()), None)
+        if photo is None:
+            failed.append(dict(face, why="the photo's file is not on disk"))
+            continue
+        try:
+            vector = drawing.embed_box(models, config, store.model_id, photo, tuple(face["box"]))
+        except (BadImage, FacesortdError, OSError) as exc:
+            failed.append(dict(face, why=str(exc)))
+            continue
+        done.append((face["image_id"], face["box"], vector))
+    return done, failed

@@ -14,15 +14,17 @@ pinned faces they left. The format is versioned (``FORMAT``, ``VERSION``); READM
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from facesortd.errors import FacesortdError
 from facesortd.people.corrections import _Recorder
 from facesortd.store.database import Store
 
-__all__ = ["FORMAT", "VERSION", "BackupError", "export_people", "import_people", "check_document"]
+__all__ = ["FORMAT", "VERSION", "BackupError", "export_people", "import_people", "check_document",
+           "drawn_to_recreate"]
 
 FORMAT = "facesortd-people"
 VERSION = 1
@@ -55,7 +57,9 @@ def export_people(store: Store) -> dict:
         dismissed = conn.execute("SELECT a, b, distance FROM suggestions WHERE status = 'dismissed' "
                                  "ORDER BY id").fetchall()
         model = store.model_id
-    key_of_face = {f[0]: {"photo": f[1], "box": _box(f[2:6])} for f in faces}
+        drawn = _drawn(conn)
+    key_of_face = {f[0]: dict({"photo": f[1], "box": _box(f[2:6])},
+                              **({"drawn": True} if f[0] in drawn else {})) for f in faces}
     members: dict[int, list[dict]] = {}
     rejected, unassigned = [], []
     for fid, _sha, *_b, identity, pinned, is_rejected in faces:
@@ -84,6 +88,17 @@ def export_people(store: Store) -> dict:
         "dismissed_suggestions": [{"a": key[a], "b": key[b], "distance": float(d)}
                                   for a, b, d in dismissed if a in key and b in key],
     }
+
+
+def _drawn(conn) -> set[int]:
+    """Faces a person drew on a photo (``corrections.add_face``, not undone): the detector will
+    not find them again in a rebuilt store, so the file marks them for ``people import`` to
+    recreate from their box."""
+    out = set()
+    for (payload,) in conn.execute("SELECT payload FROM history WHERE op = 'add_face' "
+                                   "AND undone = 0"):
+        out.update(int(f) for f in json.loads(payload).get("faces", {}))
+    return out
 
 
 # ---- reading a file ------------------------------------------------------------------------
@@ -191,15 +206,41 @@ class _Matcher:
         return best
 
 
+def drawn_to_recreate(store: Store, doc: dict) -> list[dict]:
+    """The drawn faces of the file (``"drawn": true``) that this store lacks on a photo it holds:
+    each {"image_id", "box"} for the caller to embed (the store's model, cut from the box) and
+    hand to ``import_people``. A face whose photo is not here is reported by the import."""
+    doc = check_document(doc)
+    wanted = [f for person in doc.get("people", []) for f in person.get("faces", [])
+              if f.get("drawn")]
+    if not wanted:
+        return []
+    out = []
+    with store.read() as conn:
+        for face in wanted:
+            row = conn.execute("SELECT id FROM images WHERE sha256 = ? ORDER BY id LIMIT 1",
+                               (face["photo"],)).fetchone()
+            if row is None:
+                continue
+            boxes = conn.execute("SELECT box_x1, box_y1, box_x2, box_y2 FROM faces "
+                                 "WHERE image_id = ?", (row[0],)).fetchall()
+            if all(_iou(face["box"], b) < MIN_IOU for b in boxes):
+                out.append({"image_id": row[0], "box": [float(v) for v in face["box"]]})
+    return out
+
+
 def import_people(store: Store, doc: dict, dry_run: bool = False,
-                  preview: Optional[Callable[[], Any]] = None) -> dict:
+                  preview: Optional[Callable[[], Any]] = None,
+                  drawn: Sequence[tuple[int, Sequence[float], Any]] = ()) -> dict:
     """Apply a people file (``check_document``-ed here) to ``store`` in one transaction: each
     person of the file becomes the store's identity that holds most of its faces now (if no other
     person of the file claimed it first, largest first), else a new one; its faces go to it
     (pinned where they were pinned), its name and hidden flag follow; then the "not this person"
     pairs, the rejections and the dismissed suggestions. Returns the report; ``dry_run`` rolls
     the transaction back, after calling ``preview`` inside it (its result is the report's
-    ``preview``: e.g. the placer's dry run, which sees the imported people)."""
+    ``preview``: e.g. the placer's dry run, which sees the imported people). ``drawn``: (image
+    id, box, vector) of drawn faces to add first (``drawn_to_recreate``), in the same
+    transaction; undoing the import takes them out again, as undoing a drawn face does."""
     doc = check_document(doc)
 
     class _DryRun(Exception):
@@ -208,7 +249,7 @@ def import_people(store: Store, doc: dict, dry_run: bool = False,
     report: dict[str, Any] = {}
     try:
         with store.transaction() as conn:
-            report = _apply(store, conn, doc)
+            report = _apply(store, conn, doc, drawn)
             if dry_run:
                 if preview is not None:
                     report["preview"] = preview()
@@ -219,10 +260,14 @@ def import_people(store: Store, doc: dict, dry_run: bool = False,
     return report
 
 
-def _apply(store: Store, conn, doc: dict) -> dict:
-    match = _Matcher.read(conn)
+def _apply(store: Store, conn, doc: dict,
+           drawn: Sequence[tuple[int, Sequence[float], Any]] = ()) -> dict:
     rec = _Recorder(conn, "people_import", {"format": doc["format"], "version": doc["version"],
                                             "exported_at": doc.get("exported_at")})
+    for image_id, box, vector in drawn:       # before matching: they are matched like any face
+        face_id = store.add_face(int(image_id), tuple(float(v) for v in box), vector)
+        rec.faces[face_id] = [None, 0, 1]     # undone: no person, out of the clustering
+    match = _Matcher.read(conn)
     found: dict[str, list[tuple[int, Optional[int], bool]]] = {}
     for person in doc.get("people", []):
         rows = []
@@ -329,6 +374,7 @@ def _apply(store: Store, conn, doc: dict) -> dict:
         "dismissed_suggestions": dismissed,
         "photos_not_in_store": sorted(match.missing_photos),
         "faces_not_found": match.missing_faces,
+        "drawn_faces_recreated": len(drawn),
     }
 
 

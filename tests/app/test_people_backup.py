@@ -7,6 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from facesortd.cli import main
@@ -121,6 +122,15 @@ def test_people_survive_a_rebuilt_state_folder(library, tmp_path, capsys):
     with Store.open(config.state_dir) as store:
         api = Api(config, store)
         _correct(api, library)
+        # a face the detector never found, drawn on a photo of Paul's: the rebuilt store's
+        # detector will not find it either, so the import cuts it from the photo again
+        paul = library.main_identity(library.faces_by_person(store)["Paul_McCartney"])
+        with store.read() as conn:
+            photo = conn.execute("SELECT image_id FROM faces WHERE identity_id = ? ORDER BY id "
+                                 "LIMIT 1", (paul,)).fetchone()[0]
+        drawn = api.post(f"/api/images/{photo}/faces", {"box": [0, 0, 60, 60], "to": paul})["face"]
+        with store.read() as conn:
+            drawn_vector = conn.execute("SELECT vector FROM faces WHERE id = ?", (drawn,)).fetchone()[0]
         Placer(config, store).sync()
         before, decided = api.people(), api.decisions()
     assert {"Joanne", "Paul", "Allyson (track)"} <= set(_folders(config.library)[0])
@@ -128,6 +138,7 @@ def test_people_survive_a_rebuilt_state_folder(library, tmp_path, capsys):
     assert main(["people", "export", str(backup), "--config", str(a / "facesortd.yaml")]) == 0
     doc = json.loads(backup.read_text())
     assert doc["format"] == "facesortd-people" and doc["version"] == 1
+    assert [f["box"] for p in doc["people"] for f in p["faces"] if f.get("drawn")] == [[0, 0, 60, 60]]
     assert "Joanne" in {p["name"] for p in doc["people"]}
     # never replaced
     assert main(["people", "export", str(backup), "--config", str(a / "facesortd.yaml")]) == 1
@@ -141,15 +152,22 @@ def test_people_survive_a_rebuilt_state_folder(library, tmp_path, capsys):
     assert main(["people", "import", str(backup), "--dry-run", "--config", str(b / "facesortd.yaml")]) == 0
     dry = json.loads(capsys.readouterr().out)
     assert dry["dry_run"] and dry["preview"]                  # files would move ...
+    assert dry["drawn_faces_to_recreate"] == 1
     assert "Joanne" not in _folders(config_b.library)[0]     # ... and none did
     assert main(["people", "import", str(backup), "--config", str(b / "facesortd.yaml")]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["photos_not_in_store"] == [] and report["faces_not_found"] == []
     assert report["people_unmatched"] == []
+    assert report["drawn_faces_recreated"] == 1 and report["drawn_faces_not_recreated"] == []
     with Store.open(config_b.state_dir) as store:
         api = Api(config_b, store)
         assert api.people() == before
         assert api.decisions() == decided
+        with store.read() as conn:     # the same crop, the same model: the same vector
+            again = conn.execute("SELECT f.vector FROM faces f JOIN images i ON i.id = f.image_id "
+                                 "WHERE f.box_x1 = 0 AND f.box_y2 = 60").fetchall()
+        assert len(again) == 1 and np.allclose(np.frombuffer(again[0][0], np.float32),
+                                               np.frombuffer(drawn_vector, np.float32), atol=1e-5)
         assert f"a people file exported {doc['exported_at']} applied" in \
             api.client.get("/history").get_data(as_text=True)
     assert _folders(config_b.library) == _folders(config.library)
