@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 from facesortd.app.sdnotify import Notifier
 from facesortd.config import Config
 from facesortd.errors import FacesortdError
+from facesortd.web import exports
 
 log = logging.getLogger("facesortd.service")
 
@@ -42,6 +43,7 @@ class WebServer:
                 f"web: cannot listen on {host}:{port} ({reason}); is another "
                 "facesortd or program using that port? Set web.port to a free port, or "
                 "web.enabled: false") from None
+        self.app = app
         self.host, self.port = host, self._server.server_port
         if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
             # One access line per Prometheus scrape or probe would flood the journal.
@@ -62,6 +64,7 @@ class WebServer:
             self._server.shutdown()
             self._thread.join()
         self._server.server_close()
+        exports.stop(self.app)   # a page export still copying stops between two files
 
 
 class Component(Protocol):

@@ -30,7 +30,9 @@ def test_export_selected_people_from_the_overview(library, tmp_path, sync_playwr
     before = _tree(config.library)
     server = ReviewServer(config)
     server.open()
+    server.web.app.config["FACESORTD_EXPORT_WAIT_S"] = 0   # the POST answers 202: the page polls
     errors: list[str] = []
+    answers: list[tuple[str, int]] = []
     try:
         server.start()
         people = {p: library.main_identity(v) for p, v in library.faces_by_person(server.store).items()}
@@ -41,6 +43,8 @@ def test_export_selected_people_from_the_overview(library, tmp_path, sync_playwr
                 page = chromium.new_page()
                 page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
                 page.on("pageerror", lambda e: errors.append(str(e)))
+                page.on("response", lambda r: answers.append((r.url, r.status))
+                        if "/api/export" in r.url else None)
                 assert page.goto(server.web.url).ok
                 page.click("[data-export-open]")                 # nothing ticked: says so
                 assert "Tick the people" in page.inner_text("#status")
@@ -61,6 +65,11 @@ def test_export_selected_people_from_the_overview(library, tmp_path, sync_playwr
     finally:
         server.close()
     assert errors == []
+    (post, status), polls = answers[0], answers[1:]
+    assert post.endswith("/api/export") and status in (200, 202)
+    if status == 202:     # the export outlived the POST: the page asked how far until it was done
+        assert polls and all(u.endswith(f"/api/export/{folder.name}") for u, _ in polls)
+        assert polls[-1][1] == 200 and all(s == 202 for _, s in polls[:-1])
     assert folder.parent == config.export.root and (folder / "manifest.csv").is_file()
     assert len(rows) == 8
     for row in rows:

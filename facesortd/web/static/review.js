@@ -380,7 +380,16 @@ if (exportBar) {
     const layout = exportBar.querySelector("[data-export-layout]").value;
     document.body.classList.add("busy");
     try {
-      const data = await api("/api/export", {people: ticked(), layout: layout});
+      let data = await api("/api/export", {people: ticked(), layout: layout});
+      while (data.running) {   // a large export: how far it got, until it is done
+        result.textContent = "exporting… " + data.done + " of " + data.total + " photo(s)";
+        result.hidden = false;
+        await new Promise((resolve) => setTimeout(resolve, 700));
+        const response = await fetch(data.status_url, {credentials: "same-origin"});
+        const next = await response.json().catch(() => ({error: response.statusText}));
+        if (!response.ok) { throw new Error(next.error || ("HTTP " + response.status)); }
+        data = next;
+      }
       panel.hidden = true;
       result.textContent = "";
       const link = document.createElement("a");
