@@ -8,11 +8,16 @@ checked before the source is removed.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
+import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Callable, Optional
+
+log = logging.getLogger("facesortd.fsops")
 
 _LINK_UNSUPPORTED = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
 
@@ -124,6 +129,102 @@ def place_exact(src: Path, dst: Path, tmp: Path, expect_sha256: str | None = Non
             raise
     copy_exact(src, dst, tmp, expect_sha256)
     return "copy"
+
+
+class MovedMeanwhile(FileNotFoundError):
+    """The source of a move was moved away (or deleted) by someone else while facesortd moved it:
+    the file stays where that person put it, and nothing of facesortd's is left behind."""
+
+
+def move_exact(src: Path, dst: Path, tmp: Path, expect_sha256: str | None = None,
+               try_rename: bool = True) -> str:
+    """Move ``src`` to the absent path ``dst``, never replacing, never leaving two copies.
+
+    One filesystem: ``renameat2(RENAME_NOREPLACE)``, atomic ("rename"): a person's move of the
+    same file either wins (FileNotFoundError here, nothing done) or finds the file gone. Where the
+    filesystem has no such rename (some network shares): a hard link, then the unlink of ``src``
+    ("link"); another filesystem: a verified copy, then the unlink ("copy"). If ``src`` vanished
+    between the two steps, someone moved or deleted it meanwhile: a link of ours that is no longer
+    the file's only other name is removed again and MovedMeanwhile is raised (the file stays where
+    that person put it); the last name of the file is never removed. ``try_rename=False``: the
+    caller tried the rename already.
+    """
+    if try_rename and rename_noreplace(src, dst):
+        return "rename"
+    before = os.lstat(src)    # FileNotFoundError: moved away before we started
+    how = place_exact(src, dst, tmp, expect_sha256)
+    try:
+        now = os.lstat(src)
+    except FileNotFoundError:
+        now = None
+    if now is not None and (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino):
+        try:
+            os.unlink(src)
+            return how
+        except FileNotFoundError:
+            pass
+    _moved_meanwhile(src, dst, before, how)
+    return how
+
+
+def _moved_meanwhile(src: Path, dst: Path, before: os.stat_result, how: str) -> None:
+    """``src`` is not the file we placed at ``dst`` any more: moved away, deleted or replaced by
+    someone else between our link (or copy) and our unlink. Returns when ``dst`` must stay (the
+    file's last name, or a copy we cannot prove redundant); raises MovedMeanwhile when ``dst``, our
+    own link made a moment ago, was removed again because the file has another name now."""
+    if how == "link":
+        try:
+            st = os.lstat(dst)
+        except FileNotFoundError:
+            st = None
+        ours = st is not None and (st.st_dev, st.st_ino) == (before.st_dev, before.st_ino)
+        # names before our link: before.st_nlink; ours added one; a move elsewhere keeps the count,
+        # a delete lowers it. More names than before our link: the file lives on elsewhere.
+        if ours and st.st_nlink > before.st_nlink:
+            os.unlink(dst)
+            fsync_dir(dst.parent)
+            raise MovedMeanwhile(errno.ENOENT, f"{src} was moved away outside facesortd while it was "
+                                 "being moved; it stays where it was put", str(src))
+    log.warning("%s vanished while it was being moved to %s (moved or deleted outside facesortd); "
+                "the file is kept at %s", src, dst, dst)
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_renameat2: Optional[Callable[..., int]] = None
+_renameat2_looked = False
+
+
+def _libc_renameat2() -> Optional[Callable[..., int]]:
+    global _renameat2, _renameat2_looked
+    if not _renameat2_looked:
+        _renameat2_looked = True
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+        except (OSError, AttributeError):   # not glibc 2.28+ (or not Linux)
+            fn = None
+        if fn is not None:
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+        _renameat2 = fn
+    return _renameat2
+
+
+def rename_noreplace(src: Path, dst: Path) -> bool:
+    """Atomically rename ``src`` to ``dst`` unless ``dst`` exists (FileExistsError) or ``src``
+    does not (FileNotFoundError). False where this cannot be done in one step: no renameat2 in
+    the C library or kernel, a filesystem without RENAME_NOREPLACE, or two filesystems."""
+    fn = _libc_renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    if err == errno.EEXIST:
+        raise FileExistsError(errno.EEXIST, os.strerror(err), str(dst))
+    raise OSError(err, os.strerror(err), str(src))
 
 
 def copy_exact(src: Path, dst: Path, tmp: Path, expect_sha256: str | None = None) -> None:

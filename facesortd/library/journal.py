@@ -13,10 +13,18 @@ commits reach the disk only at the next checkpoint, so a 'planned' row could be 
 rename it announced reached the disk. ``run()`` therefore commits the 'planned' rows of a whole
 chunk of operations in one synced transaction (``Store.transaction(durable=True)``) before the
 first file is touched, carries them out, fsyncs each folder they changed once, and only then
-marks them done (a plain commit: a lost 'done' is replayed). Within one filesystem a move is a
-link and an unlink, which the filesystem's metadata journal keeps in order until that folder
-sync; a move to another filesystem is a copy synced before its source is unlinked
-(``fsops.copy_exact``).
+marks them done (a plain commit: a lost 'done' is replayed). Within one filesystem a move is one
+atomic ``renameat2(RENAME_NOREPLACE)`` (where the filesystem has none: a link and an unlink, which
+the filesystem's metadata journal keeps in order until that folder sync); a move to another
+filesystem is a copy synced before its source is unlinked (``fsops.copy_exact``).
+
+Outside changes (issue 19): a person may move or delete a placed file while the placer moves it.
+The atomic rename either wins or finds the source gone; on the link path, a source that vanished
+between link and unlink makes fsops remove its own link again when the file has another name
+(``fsops.MovedMeanwhile``). Either way the operation is rolled back with ``MOVED_AWAY`` (not
+failed): nothing of it is left, and the library scan (scan.py) finds the file where the person
+put it. The replay likewise: a move whose file is at neither path was moved away by a person,
+since a source is never unlinked before its destination is complete.
 
 What it costs, measured on an ext4 virtio disk (``tools/bench_placer_sync.py --files 2000 --root
 /tmp --tree <the code before> --tree .``, medians of 3 in one run): placing 2,000 small files in 8
@@ -42,6 +50,9 @@ from facesortd.store.database import Store, decode_path, encode_path
 log = logging.getLogger("facesortd.journal")
 
 OPS = ("move", "copy", "hardlink", "symlink", "retire")
+#: the error text of an operation rolled back because its file was moved or deleted outside
+#: facesortd while it ran (or while the daemon was down, found by the replay)
+MOVED_AWAY = "moved away outside facesortd"
 _SYMLINK = "symlink:"   # sha256 column of a moved symlink: its target instead of a hash
 
 
@@ -78,6 +89,12 @@ class Outcome:
     def taken(self) -> bool:
         """It stopped only because a destination appeared meanwhile: plan it again."""
         return self.failed is not None and _taken(self.failed, self.error)
+
+    @property
+    def moved_away(self) -> bool:
+        """It stopped because its source was moved away (or deleted) outside facesortd while it
+        ran: nothing of it was left behind; the library scan finds the file where it went."""
+        return self.failed is not None and _moved_away(self.failed, self.error)
 
 
 def tmp_name(dst: Path, journal_id: int) -> Path:
@@ -124,6 +141,8 @@ class Journal:
                         out.failed, out.error = op, exc
                         if _taken(op, exc):
                             settled.append(("rolled_back", "destination appeared meanwhile", op.id))
+                        elif _moved_away(op, exc):
+                            settled.append(("rolled_back", f"{MOVED_AWAY}: {exc}", op.id))
                         else:
                             settled.append(("failed", f"{type(exc).__name__}: {exc}", op.id))
                     else:
@@ -166,6 +185,8 @@ class Journal:
             raise FileExistsError(op.dst)
         if op.op == "symlink":
             os.symlink(os.path.abspath(op.src), op.dst)
+        elif op.op == "move" and fsops.rename_noreplace(op.src, op.dst):
+            folders.add(op.src.parent)   # atomic: a racing outside move wins or finds it gone
         elif op.op == "move" and os.path.islink(op.src):
             os.symlink(os.readlink(op.src), op.dst)
             if os.lstat(op.src.parent).st_dev != os.lstat(op.dst.parent).st_dev:
@@ -174,11 +195,11 @@ class Journal:
             folders.add(op.src.parent)
         elif op.op == "copy":
             fsops.copy_exact(op.src, op.dst, tmp_name(op.dst, op.id), op.sha256)
-        else:  # move, hardlink; a copy (another filesystem) is synced before the unlink
+        elif op.op == "move":   # a link and an unlink (a copy synced first on another filesystem)
+            fsops.move_exact(op.src, op.dst, tmp_name(op.dst, op.id), op.sha256, try_rename=False)
+            folders.add(op.src.parent)
+        else:   # hardlink
             fsops.place_exact(op.src, op.dst, tmp_name(op.dst, op.id), op.sha256)
-            if op.op == "move":
-                os.unlink(op.src)
-                folders.add(op.src.parent)
         return folders
 
     def _retire(self, op: Op) -> set[Path]:
@@ -266,9 +287,12 @@ class Journal:
             self._complete(op)
             return "completed"
         if op.op == "move" and not os.path.lexists(op.src):
-            self._set(op.id, "failed", "neither source nor destination holds the file")
-            log.error("journal %d (%s): the file is at neither path", op.id, op.describe())
-            return "failed"
+            # not ours: we never unlink a source before its destination is complete, so a person
+            # moved or deleted it (the library scan finds it by its content where it went)
+            self._set(op.id, "rolled_back", f"{MOVED_AWAY}: the file is at neither path")
+            log.warning("journal %d (%s): the file is at neither path: moved or deleted outside "
+                        "facesortd; the library scan looks for it", op.id, op.describe())
+            return "rolled_back"
         self._set(op.id, "rolled_back", "interrupted before the destination was complete")
         return "rolled_back"
 
@@ -285,6 +309,13 @@ def _taken(op: Op, exc: OSError) -> bool:
     """Did ``op`` fail only because its destination appeared meanwhile (try another name)? A
     retire refused for a file changed by hand is EEXIST too, but a failure."""
     return isinstance(exc, FileExistsError) and op.op != "retire"
+
+
+def _moved_away(op: Op, exc: Optional[BaseException]) -> bool:
+    """Did ``op`` fail because its source is gone (moved or deleted by someone else)?"""
+    if isinstance(exc, fsops.MovedMeanwhile):
+        return True
+    return isinstance(exc, FileNotFoundError) and op.op != "retire" and not os.path.lexists(op.src)
 
 
 def _make_folders(folder: Path) -> set[Path]:

@@ -127,6 +127,7 @@ _KILLER = textwrap.dedent("""
         real = journal.Journal._do
         journal.Journal._do = lambda self, op: (real(self, op), die())
     elif where == "before_unlink":    # linked into the quarantine, not yet unlinked in the inbox
+        journal.fsops._renameat2_looked, journal.fsops._renameat2 = True, None   # link + unlink
         journal.fsops.place_exact = lambda *a, **k: (os.link(a[0], a[1]), die())
     elif where == "before_reason":    # moved and marked done, the reason file not yet written
         quarantine._write_reason = die
