@@ -106,6 +106,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                     parts.append(f"last: {last['model_before']} -> {last['model_after']} at "
                                  f"{last['finished_at']}, {last['faces_reembedded']} faces")
                 value = "; ".join(parts)
+            elif key == "images_removed":   # library/scan.py
+                value = f"{value} (photos deleted from the library: never placed again)"
             elif isinstance(value, dict):
                 value = ", ".join(f"{k} {v}" for k, v in sorted(value.items())) or "none"
             print(f"{key:>16}: {value}")

@@ -11,6 +11,7 @@ from facesortd.config import Config
 from facesortd.errors import FacesortdError
 from facesortd.library.placer import Placer, PlacerLoop
 from facesortd.models.embedders import eps_model, tuned_eps
+from facesortd.people.corrections import from_library
 from facesortd.people.service import IdentityService, service_for
 from facesortd.store.database import DB_NAME, Store
 from facesortd.store.lock import StateLock
@@ -72,7 +73,7 @@ def open_state(config: Config, *, existing: bool = False, load_vectors: bool = T
     store = None
     try:
         store = Store.open(config.state_dir, load_vectors=load_vectors)
-        placer = Placer(config, store)
+        placer = Placer(config, store, learn=from_library)   # the library's corrections
         if replay:
             placer.replay()
         if choose_model is not None:

@@ -10,7 +10,8 @@ quarantined ones too. Operations are planned for a chunk of images, then carried
 (``Journal.run``: one synced commit and one fsync per folder for the chunk, not per file).
 ``quarantine()`` is the pipeline's way to set a broken file aside (quarantine.py).
 ``audit()`` says, read-only, where each placed file is against where the placer wants it
-(``facesortd doctor``).
+(``facesortd doctor``). ``sync(scan=...)`` first reads what a person did to placed files in the
+library (scan.py: moves, folder renames, deletions are corrections, recorded through ``learn``).
 Companions (companions.py: ``IMG_1.CR3``, ``IMG_1.xmp``, ``IMG_1.JPG.json`` beside ``IMG_1.JPG``)
 are operations of their photo's group: placed with it under names that share its (renamed) stem,
 moved when it follows its person, undone with it; one that arrives later goes to where its photo
@@ -29,13 +30,14 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Union
 
 from facesortd.config import Config
 from facesortd.fsops import candidate_names
 from facesortd.library import companions, quarantine
 from facesortd.library.journal import Journal, Op, content_id
 from facesortd.library.layout import Folder, identity_folders, is_candidate, layout_fields, photo_date, render
+from facesortd.library.scan import Learn, Learned, scan_library
 from facesortd.store.database import DB_NAME, ImageRow, Store, decode_path, encode_path
 
 log = logging.getLogger("facesortd.placer")
@@ -63,6 +65,7 @@ class _Snapshot:
     by_path: dict[Path, _Placement]
     dates: dict[int, tuple[Optional[str], str]]
     hidden_only: set[int] = field(default_factory=set)         # images whose faces are all hidden
+    removed: set[int] = field(default_factory=set)             # deleted from the library by a person
     reserved: set[Path] = field(default_factory=set)           # destinations chosen this sync
     listings: dict[Path, companions.Listing] = field(default_factory=dict)   # inbox folders
 
@@ -81,9 +84,11 @@ class _Group:
 class Placer:
     """``replay()`` at start, ``sync(dry_run)`` whenever placement may have changed, ``undo()``."""
 
-    def __init__(self, config: Config, store: Store):
+    def __init__(self, config: Config, store: Store, learn: Optional[Learn] = None):
         self.config = config
         self.store = store
+        self.learn = learn              # corrections read from the library (scan.py); the app's
+        self.last_scan: Optional[Learned] = None
         self.journal = Journal(store)
         self._lock = threading.Lock()   # one sync (or undo) at a time
         self._cache_dates = True        # False: capture dates found are not written (audit)
@@ -101,10 +106,17 @@ class Placer:
         quarantine folder, journaled: the pipeline's ``set_aside`` (see quarantine.py)."""
         return quarantine.set_aside(self.config, self.journal, image_id, path, reason)
 
-    def sync(self, dry_run: bool = False) -> list[Op]:
-        """Carry out (or, dry, only list) the operations that put every file where it belongs."""
+    def sync(self, dry_run: bool = False, scan: Union[bool, Iterable[Path]] = False) -> list[Op]:
+        """Carry out (or, dry, only list) the operations that put every file where it belongs.
+
+        ``scan``: first read what a person did in the library (scan.py): True, all of it; library
+        paths (a watcher's events, both ends of a move), only those and what they imply (all of it
+        when a placed file there is missing and not found among them). ``last_scan`` tells what
+        it found. A dry run records nothing."""
         with self._lock:
             done: list[Op] = []
+            if scan is True or (scan is not False and scan is not None):
+                self.last_scan = scan_library(self.config, self.store, self.learn, scan, dry_run)
             again: Optional[set[int]] = None
             for _ in range(_PASSES):
                 snap = self._load()
@@ -201,7 +213,7 @@ class Placer:
         placement rows, not its files)."""
         if image.status == "error":
             return self._beside_quarantined(image, snap)
-        placements = self._current(image, snap.placements.get(image.id, []), dry_run)
+        placements = self._current(image, snap.placements.get(image.id, []), dry_run, snap.removed)
         if placements is None:
             return []
         targets = self._targets(image, snap)
@@ -229,10 +241,9 @@ class Placer:
             main_path = self._carry_out(template, targets[0], image, snap, group,
                                         [suffix for _, suffix in arriving])
         elif not os.path.lexists(main.path):
-            log.warning("%s was placed at %s but is not there any more; leaving it be",
-                        image.path, main.path)
-            if not dry_run:
-                self._mark_gone(main)
+            # moved or deleted by a person: the next library scan (sync(scan=...)) reads which
+            log.debug("%s was placed at %s but is not there now; left for the library scan",
+                      image.path, main.path)
             return []
         elif self._acceptable(main.path, targets[0], image, snap):
             main_path = main.path
@@ -292,7 +303,7 @@ class Placer:
         return [group] if group.ops else []
 
     def _current(self, image: ImageRow, placements: list[_Placement],
-                 dry_run: bool) -> Optional[list[_Placement]]:
+                 dry_run: bool, snap_removed: Iterable[int] = ()) -> Optional[list[_Placement]]:
         """This image's live placements; None if it is held or gone (leave it alone)."""
         live = []
         for p in placements:
@@ -305,6 +316,11 @@ class Placer:
                 return None
             elif p.kind == "companion":
                 live.append(p)     # its own bytes: never compared with the photo's
+            elif p.kind == "removed":   # deleted from the library by a person (scan.py)
+                if image.id in snap_removed:
+                    return None
+                if not dry_run:   # the removal undone, or the same path sorted again
+                    self._forget(p, "DELETE FROM placements WHERE image_id = ? AND path = ?")
             elif p.kind == "held_companion":
                 continue           # back in the inbox with its held photo (undo)
             elif p.sha256 != image.sha256:
@@ -348,6 +364,8 @@ class Placer:
             return [Folder(pc.other_dir, True)]
         return []
 
+        if image.id in snap.removed or image.duplicate_of in snap.removed:
+            return []   # deleted from the library by a person: never placed again
     def _folders(self, image: ImageRow, snap: _Snapshot) -> list[Folder]:
         pc = self.config.placement
         faces = snap.faces.get(image.id, [])
@@ -545,6 +563,7 @@ class Placer:
                     "FROM faces WHERE rejected = 0 ORDER BY image_id, id"):
                 root = _root(identity, merged)
                 if root is not None and root in hidden:   # placed as if the face were not there
+            removed = _removed(conn)
                     veiled.add(image_id)
                     continue
                 faces[image_id].append((area, root))
@@ -564,15 +583,12 @@ class Placer:
         folders = identity_folders(live, (pc.unknown_dir, pc.noface_dir, pc.quarantine_dir,
                                           pc.group_dir, pc.duplicates_dir, pc.other_dir))
         return _Snapshot(images, dict(faces), folders, dict(placements), by_path, dates,
-                         hidden_only=veiled - set(faces))
+                         hidden_only=veiled - set(faces), removed=removed)
 
     def _set_sha(self, image: ImageRow) -> None:
         with self.store.transaction() as conn:
             conn.execute("UPDATE images SET sha256 = ? WHERE id = ? AND sha256 IS NULL",
                          (image.sha256, image.id))
-
-    def _mark_gone(self, p: _Placement) -> None:
-        self._forget(p, "UPDATE placements SET kind = 'gone' WHERE image_id = ? AND path = ?")
 
     def _forget(self, p: _Placement, sql: str) -> None:
         with self.store.transaction() as conn:
@@ -609,7 +625,8 @@ def audit(config: Config, conn: sqlite3.Connection,
     owners = {folder: identity for identity, folder in snap.folders.items()}
     out = []
     for image in snap.images.values():
-        live = placer._current(image, snap.placements.get(image.id, []), dry_run=True)
+        live = placer._current(image, snap.placements.get(image.id, []), dry_run=True,
+                               snap_removed=snap.removed)
         main = next((p for p in live or () if p.kind == "main"), None)
         folders = placer._wanted_folders(image, snap) if main is not None else []
         if not folders:
@@ -651,6 +668,14 @@ def _prune_empty(folder: Path, library: Path) -> None:
         try:
             folder.rmdir()
         except OSError:
+def _removed(conn: sqlite3.Connection) -> set[int]:
+    """Images a person deleted from the library (none in a store from before schema 9)."""
+    try:
+        return {r[0] for r in conn.execute("SELECT id FROM images WHERE removed_at IS NOT NULL")}
+    except sqlite3.OperationalError:
+        return set()
+
+
             return
         folder = folder.parent
 

@@ -8,6 +8,10 @@ clustering never contradicts: a face moved by a person is *pinned*; "not this pe
 
 The daemon's identity service notices a correction by the ``history`` table (also one made by
 another process), re-reads the constraints and tells the placer; callers need not notify it.
+
+The library is a second way to make them (library/scan.py reads what a person did to placed files
+in a file manager): ``from_library`` is the placer's port to these operations, wired by the app;
+each history row it writes has ``"source": "library"`` among its args and is undone like any other.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from facesortd.store.identity_rows import resolve, retire
 from facesortd.store.sql import in_chunks
 
 __all__ = ["CorrectionError", "UnknownId", "rename", "merge", "split", "move_faces", "not_this_person",
-           "reject", "confirm", "hide", "add_face", "accept_suggestion", "dismiss_suggestion", "undo", "history"]
+           "reject", "confirm", "hide", "add_face", "accept_suggestion", "dismiss_suggestion", "undo", "history",
+           "remove_images", "from_library"]
 
 
 class CorrectionError(FacesortdError):
@@ -45,6 +50,7 @@ class _Recorder:
         self.cl_removed: list[list[int]] = []
         self.created: list[int] = []
         self.hidden: dict[int, int] = {}
+        self.removed: list[int] = []
 
     def face(self, face_ids: Iterable[int]) -> None:
         ids = [int(f) for f in face_ids if int(f) not in self.faces]
@@ -84,10 +90,15 @@ class _Recorder:
         payload = {"args": self.args, "faces": self.faces, "identities": self.identities,
                    "suggestions": self.suggestions, "cannot_link_added": self.cl_added,
                    "cannot_link_removed": self.cl_removed, "created": self.created,
-                   "hidden": self.hidden}
+                   "hidden": self.hidden, "removed_images": self.removed}
         return self.conn.execute(
             "INSERT INTO history (op, payload, created_at) VALUES (?, ?, ?)",
             (self.op, json.dumps(payload), time.time())).lastrowid
+
+
+def _args(args: dict, source: Optional[str]) -> dict:
+    """A history row's args, with where the correction came from when not the page or the CLI."""
+    return {**args, "source": source} if source else args
 
 
 def _live_identity(conn, identity_id: int) -> int:
@@ -117,26 +128,26 @@ def _pin(rec: _Recorder, face_ids: list[int], identity_id: Optional[int]) -> Non
                          [(identity_id, 0 if identity_id is None else 1, f) for f in face_ids])
 
 
-def rename(store: Store, identity_id: int, name: Optional[str]) -> dict:
+def rename(store: Store, identity_id: int, name: Optional[str], source: Optional[str] = None) -> dict:
     """Give an identity a name (its folder follows); ``None`` or "" takes the name away."""
     name = (name or "").strip() or None
     if name is not None and ("/" in name or "\0" in name or name in (".", "..")):
         raise CorrectionError(f"a name cannot contain '/' or be '.' or '..': {name!r}")
     with store.transaction() as conn:
         identity_id = _live_identity(conn, identity_id)
-        rec = _Recorder(conn, "rename", {"identity": identity_id, "name": name})
+        rec = _Recorder(conn, "rename", _args({"identity": identity_id, "name": name}, source))
         rec.identity(identity_id)
         conn.execute("UPDATE identities SET name = ? WHERE id = ?", (name, identity_id))
         return {"history": rec.write(), "identity": identity_id, "name": name}
 
 
-def merge(store: Store, source: int, into: int) -> dict:
+def merge(store: Store, source: int, into: int, origin: Optional[str] = None) -> dict:
     """All of ``source``'s faces go to ``into`` for good (both pinned there); ``source`` is retired."""
     with store.transaction() as conn:
         source, into = _live_identity(conn, source), _live_identity(conn, into)
         if source == into:
             raise CorrectionError("an identity cannot be merged into itself")
-        rec = _Recorder(conn, "merge", {"source": source, "into": into})
+        rec = _Recorder(conn, "merge", _args({"source": source, "into": into}, origin))
         faces = [r[0] for r in conn.execute("SELECT id FROM faces WHERE identity_id = ? "
                                             "AND rejected = 0", (source,))]
         # both sides pinned: a recluster that sees two groups still keeps them one person
@@ -160,12 +171,18 @@ def merge(store: Store, source: int, into: int) -> dict:
         return {"history": rec.write(), "identity": into, "faces": len(faces)}
 
 
-def move_faces(store: Store, face_ids: Iterable[int], to: Union[int, str]) -> dict:
-    """Put faces in identity ``to`` (or a new one with ``"new"``), pinned there for good."""
+def move_faces(store: Store, face_ids: Iterable[int], to: Union[int, str],
+               source: Optional[str] = None, name: Optional[str] = None) -> dict:
+    """Put faces in identity ``to`` (or a new one with ``"new"``, named ``name`` if given), pinned
+    there for good."""
     with store.transaction() as conn:
         faces = _faces(conn, face_ids)
-        rec = _Recorder(conn, "move_faces", {"faces": faces, "to": to})
+        args = {"faces": faces, "to": to, **({"name": name} if name else {})}
+        rec = _Recorder(conn, "move_faces", _args(args, source))
         target = rec.new_identity() if to == "new" else _live_identity(conn, int(to))
+        if to == "new" and name:
+            rec.identity(target)
+            conn.execute("UPDATE identities SET name = ? WHERE id = ?", (name, target))
         for f in faces:
             rec.allow_link(f, target)
         _pin(rec, faces, target)
@@ -193,11 +210,11 @@ def split(store: Store, identity_id: int, face_ids: Iterable[int]) -> dict:
         return {"history": rec.write(), "identity": new, "faces": len(faces)}
 
 
-def not_this_person(store: Store, face_ids: Iterable[int]) -> dict:
+def not_this_person(store: Store, face_ids: Iterable[int], source: Optional[str] = None) -> dict:
     """Take faces out of their identity and never put them back in it (they become unassigned)."""
     with store.transaction() as conn:
         faces = _faces(conn, face_ids)
-        rec = _Recorder(conn, "not_this_person", {"faces": faces})
+        rec = _Recorder(conn, "not_this_person", _args({"faces": faces}, source))
         rec.face(faces)
         for f in faces:
             identity = rec.faces[f][0]
@@ -207,14 +224,56 @@ def not_this_person(store: Store, face_ids: Iterable[int]) -> dict:
         return {"history": rec.write(), "faces": len(faces)}
 
 
-def reject(store: Store, face_ids: Iterable[int]) -> dict:
+def reject(store: Store, face_ids: Iterable[int], source: Optional[str] = None) -> dict:
     """Faces that are not faces: out of every identity and out of the clustering."""
     with store.transaction() as conn:
         faces = _faces(conn, face_ids)
-        rec = _Recorder(conn, "reject", {"faces": faces})
+        rec = _Recorder(conn, "reject", _args({"faces": faces}, source))
         _pin(rec, faces, None)
         store.set_rejected(faces, True)
         return {"history": rec.write(), "faces": len(faces)}
+
+
+def remove_images(store: Store, image_ids: Iterable[int], source: Optional[str] = "library") -> dict:
+    """Photos a person deleted from the library: marked removed (``images.removed_at``: never
+    placed again, and the same content dropped into an inbox later is sorted as a new arrival),
+    their faces out of every identity and out of the clustering (rejected: not evidence any more).
+    Undo gives the faces back; the file stays deleted."""
+    ids = sorted({int(i) for i in image_ids})
+    if not ids:
+        raise CorrectionError("no images given")
+    with store.transaction() as conn:
+        rec = _Recorder(conn, "remove_images", _args({"images": ids}, source))
+        faces = []
+        for marks, part in in_chunks(ids):
+            faces += [r[0] for r in conn.execute(
+                f"SELECT id FROM faces WHERE rejected = 0 AND image_id IN ({marks})", part)]
+            rec.removed += [r[0] for r in conn.execute(
+                f"SELECT id FROM images WHERE removed_at IS NULL AND id IN ({marks})", part)]
+        _pin(rec, faces, None)
+        store.set_rejected(faces, True)
+        now = time.time()
+        conn.executemany("UPDATE images SET removed_at = ? WHERE id = ?", [(now, i) for i in rec.removed])
+        return {"history": rec.write(), "images": len(rec.removed), "faces": len(faces)}
+
+
+def from_library(store: Store, op: str, args: dict) -> dict:
+    """The placer's port (library/scan.py): one correction read from the library, recorded with
+    ``"source": "library"``. ``op``: move_faces (faces, to, name), not_this_person (faces), reject
+    (faces), rename (identity, name), merge (source, into), remove_images (images)."""
+    if op == "move_faces":
+        return move_faces(store, args["faces"], args["to"], source="library", name=args.get("name"))
+    if op == "not_this_person":
+        return not_this_person(store, args["faces"], source="library")
+    if op == "reject":
+        return reject(store, args["faces"], source="library")
+    if op == "rename":
+        return rename(store, args["identity"], args["name"], source="library")
+    if op == "merge":
+        return merge(store, args["source"], args["into"], origin="library")
+    if op == "remove_images":
+        return remove_images(store, args["images"], source="library")
+    raise CorrectionError(f"not a correction the library can make: {op!r}")
 
 
 def confirm(store: Store, face_ids: Iterable[int]) -> dict:
@@ -336,6 +395,8 @@ def undo(store: Store, last: int = 1, since: Optional[float] = None) -> list[dic
             for identity, merged_into in retire_again:
                 if resolve(conn, identity) == identity:
                     retire(conn, identity, merged_into)
+            removed = p.get("removed_images", [])
+            conn.executemany("UPDATE images SET removed_at = NULL WHERE id = ?", [(i,) for i in removed])
             for identity, was in p.get("hidden", {}).items():
                 conn.execute("UPDATE identities SET hidden = ? WHERE id = ?", (was, int(identity)))
             for sid, status in p["suggestions"].items():

@@ -125,6 +125,7 @@ class Store:
         self._dim: Optional[int] = None  # set by bind_model(): faces may be recorded after it
         self._vectors: Optional[_Vectors] = None
         self._vectors_loaded = False
+        self._removable: Optional[bool] = None   # images.removed_at exists (see _kept)
 
     # ---- opening and closing ------------------------------------------------------------------
 
@@ -227,6 +228,15 @@ class Store:
             for callback in callbacks:
                 callback()
 
+    def _kept(self) -> str:
+        """`` AND removed_at IS NULL``: not an image a person deleted from the library (schema 9;
+        empty for a store of an older schema used as it is, as doctor and its tests do)."""
+        if self._removable is None:
+            with self._lock:
+                self._removable = any(r[1] == "removed_at" for r in
+                                      self._conn.execute("PRAGMA table_info(images)"))
+        return " AND removed_at IS NULL" if self._removable else ""
+
     def _meta(self, key: str) -> Optional[str]:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
@@ -271,12 +281,13 @@ class Store:
         """The oldest image with this content whose faces are fully recorded, to copy them from.
 
         'done' and 'noface' images, and 'duplicate' ones (which hold copies), so the content stays
-        known after the original path is replaced by another file.
+        known after the original path is replaced by another file. Not one a person deleted
+        from the library (``removed_at``): the same content arriving again is a new arrival.
         """
         with self._lock:
             row = self._conn.execute(
                 f"SELECT {_IMAGE_COLUMNS} FROM images WHERE sha256 = ? "
-                "AND status IN ('done', 'noface') ORDER BY id LIMIT 1",
+                f"AND status IN ('done', 'noface'){self._kept()} ORDER BY id LIMIT 1",
                 (sha256,)).fetchone()
         return _image_row(row) if row else None
 
@@ -291,8 +302,8 @@ class Store:
                 # every done image (1.4 ms per 16 hashes at 3,000 images, not 0.08)
                 for sha, image_id in self._conn.execute(
                         f"SELECT sha256, MIN(id) FROM images WHERE sha256 IN "
-                        f"({','.join('?' * len(part))}) AND +status IN ('done', 'noface') "
-                        "GROUP BY sha256", part):
+                        f"({','.join('?' * len(part))}) AND +status IN ('done', 'noface')"
+                        f"{self._kept()} GROUP BY sha256", part):
                     found[sha] = image_id
         return found
 
@@ -334,6 +345,8 @@ class Store:
                 "UPDATE images SET inbox = ?, sha256 = ?, size = ?, mtime_ns = ?, status = ?, "
                 "error = ?, duplicate_of = NULL, updated_at = ? WHERE id = ?",
                 (encode_path(inbox), sha256, size, mtime_ns, status, error, now, image_id))
+            if self._kept():   # a new file at the path of one deleted from the library
+                conn.execute("UPDATE images SET removed_at = NULL WHERE id = ?", (image_id,))
             return image_id
 
     def record_error(self, path: PathLike, inbox: PathLike, sha256: Optional[str], size: int,
@@ -364,13 +377,14 @@ class Store:
         """True if this exact file (same size and mtime) already has its faces recorded, or is
         a broken file that ``facesortd undo`` took back out of quarantine and holds.
 
+        One a person deleted from the library is not current: dropped again, it is sorted again.
         'pending' is not current (the daemon stopped while working on it), nor is any other
         'error': a broken file is moved to quarantine, so one still in the inbox failed for another
         reason (the model, the disk) and is worth another try.
         """
         with self._lock:
             row = self._conn.execute(
-                "SELECT 1 FROM images WHERE path = ? AND size = ? AND mtime_ns = ? "
+                f"SELECT 1 FROM images WHERE path = ? AND size = ? AND mtime_ns = ?{self._kept()} "
                 "AND (status IN ('done', 'noface', 'duplicate', 'other') OR status = 'error' AND EXISTS ("
                 "SELECT 1 FROM placements WHERE image_id = images.id AND kind = 'held' "
                 "AND mtime_ns = images.mtime_ns))",
@@ -737,6 +751,9 @@ class Store:
                 "faces_unassigned": one("SELECT COUNT(*) FROM faces "
                                         "WHERE identity_id IS NULL AND rejected = 0"),
                 "identities": one("SELECT COUNT(*) FROM identities WHERE merged_into IS NULL"),
+                # placed photos a person deleted from the library (library/scan.py)
+                "images_removed": one("SELECT COUNT(*) FROM images WHERE removed_at IS NOT NULL")
+                if self._kept() else 0,
                 # files that travel with a photo, placed beside it (library/companions.py), and
                 # files that are neither (placement.other_dir)
                 "files": {

@@ -228,7 +228,23 @@ _V8 = _sql(
 )
 
 
-MIGRATIONS: Sequence[Step] = (_V1, _V2, _V3, _V4, _V5, _v6, _V7, _V8)
+# Version 9: the library as a second way to correct (library/scan.py). ``images.removed_at``: a
+# placed photo a person deleted from the library (never placed again, its faces out of the
+# clustering; the same content dropped into an inbox later is a new arrival). ``library_hashes``:
+# the sha256 of files in the library that no placement row tracks, by path, size and mtime, so a
+# scan hashes a file again only when it changed.
+_V9 = _sql(
+    "ALTER TABLE images ADD COLUMN removed_at REAL",
+    """CREATE TABLE library_hashes (
+        path     TEXT PRIMARY KEY,
+        size     INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256   TEXT NOT NULL
+    )""",
+)
+
+
+MIGRATIONS: Sequence[Step] = (_V1, _V2, _V3, _V4, _V5, _v6, _V7, _V8, _V9)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,0 +1,488 @@
+"""What a person did to placed files in the library, and what each action means to the store.
+
+The library is facesortd's own output: every file the placer put there has a placement row with
+its path and content hash. A scan (``Placer.sync(scan=...)``, inside the placer's lock, so every
+operation of the placer is complete and recorded when it looks: a file at a placement row's path
+is the placer's own work) finds the placed files that are no longer at their row's path, looks
+for each among the files of the library that no row tracks (by size, then sha256; a symlink by
+its target) and reads the difference as a correction:
+
+- a photo moved into another person's folder: the face it was placed by (the largest face; under
+  ``multi_face: all`` the face of the person whose folder it left) is pinned to that person;
+  into ``placement.unknown_dir``: "not this person"; into ``placement.noface_dir``: its faces are
+  "not a face"; into a folder made by hand: a new person named after the folder;
+- every placed photo of a person's folder moved into one other folder (a folder renamed, or its
+  photos dragged onto another person's folder): the person is renamed after the new folder, or
+  merged into the person whose folder it is;
+- a placed photo deleted (or moved out of the library): the image is marked removed by the user
+  (never placed again, its faces out of the clustering); a placed link of a multi_face ``all``
+  photo deleted: that folder's face is "not this person";
+- moved anywhere else (a special folder, a place the layout cannot say anything about): the file
+  stays where the person put it and the placer stops managing it (kind 'gone');
+- companions that moved with their photo are tracked at their new path; files nobody placed are
+  never looked at beyond a stat (a hand-placed file is hashed only when its size is the size of a
+  missing placed file, and then once: ``library_hashes`` caches it by path, size and mtime).
+
+Corrections go through ``learn`` (the app wires ``people.corrections.from_library``: each is a
+history row with ``"source": "library"``, undone like one made on the page); each is written in
+one transaction with the placement rows it moves, so a crash repeats at most a harmless look.
+The person's folder is the path component the layout's plain ``{identity}`` part produces; a
+layout without one (``{identity}_{year}/...``) cannot be read: the scan then only tells deleted
+files from moved ones, and moved ones are left where the person put them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Union
+
+from facesortd import fsops
+from facesortd.config import Config
+from facesortd.library.layout import identity_folders
+from facesortd.store.database import Store, decode_path, encode_path
+from facesortd.store.sql import in_chunks
+
+__all__ = ["Learn", "Learned", "scan_library"]
+
+log = logging.getLogger("facesortd.scan")
+
+Learn = Callable[[Store, str, dict], dict]
+"""(store, op, args) -> the correction's result: people.corrections.from_library, wired by the app."""
+
+_SYMLINK = "symlink:"   # the journal's content_id of a symlink: its target
+_TRACKED = ("main", "extra", "companion")
+
+
+@dataclass(frozen=True)
+class _Row:
+    id: int
+    image_id: int
+    path: Path
+    kind: str
+    action: str
+    sha256: Optional[str]
+
+
+@dataclass(frozen=True)
+class _Image:
+    id: int
+    sha256: Optional[str]
+    size: int
+    status: str
+    duplicate_of: Optional[int]
+    removed: bool
+    path: Path
+
+
+@dataclass
+class Learned:
+    """What one scan found and did (``dry_run``: would do): corrections as (op, args), files
+    followed to where the person put them, and the counts."""
+
+    corrections: list[tuple[str, dict]] = field(default_factory=list)
+    moved: int = 0          # placed files found elsewhere in the library
+    removed: int = 0        # placed photos deleted
+    left: int = 0           # moved where the layout says nothing: no longer managed
+    hashed: int = 0         # files hashed (not in the cache or changed)
+    files: int = 0          # files the walk saw (a full scan) or under the paths given
+
+
+@dataclass
+class _Plan:
+    """One unit written in one transaction: a correction (or none) and the rows it moves."""
+
+    op: Optional[str]
+    args: dict
+    rows: list[tuple[int, Optional[Path], Optional[str]]]   # (row id, new path, new kind); None path: delete
+    what: str
+
+
+def scan_library(config: Config, store: Store, learn: Optional[Learn],
+                 scan: Union[bool, Iterable[Path]], dry_run: bool = False) -> Learned:
+    """Look at the library (``scan=True``: all of it; else only the given paths, both ends of a
+    move, a created or deleted file or folder) and record what a person did there."""
+    full = scan is True
+    paths = None if full else [Path(p) for p in scan]   # type: ignore[union-attr]
+    s = _Scan(config, store, learn, dry_run)
+    out = s.run(paths)
+    if out is None:   # a placed file missing with no match among the paths: look everywhere
+        out = _Scan(config, store, learn, dry_run).run(None)
+    return out
+
+
+class _Scan:
+    def __init__(self, config: Config, store: Store, learn: Optional[Learn], dry_run: bool):
+        self.config, self.store, self.learn, self.dry_run = config, store, learn, dry_run
+        self.library = Path(os.path.abspath(config.library))
+        self.out = Learned()
+        pc = config.placement
+        parts = Path(pc.layout).parts
+        self.depth = len(parts)
+        self.at = parts.index("{identity}") if "{identity}" in parts else None
+        self.specials = (pc.unknown_dir, pc.noface_dir, pc.quarantine_dir, pc.group_dir,
+                         pc.duplicates_dir, pc.other_dir)
+        export = Path(os.path.abspath(config.export.root))
+        self.skip = {export} if self.library in export.parents else set()
+
+    # -- the walk ------------------------------------------------------------------------------
+    def _walk(self, root: Path, into: set[Path]) -> None:
+        """Every file and symlink under ``root`` (names only: no stat), dot-names and the export
+        folder left out (the journal's temporary files start with a dot)."""
+        stack = [root]
+        while stack:
+            folder = stack.pop()
+            try:
+                entries = os.scandir(folder)
+            except OSError:
+                continue
+            with entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    path = folder / entry.name
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if is_dir:
+                        if path not in self.skip:
+                            stack.append(path)
+                    else:
+                        into.add(path)
+
+    def run(self, paths: Optional[list[Path]]) -> Optional[Learned]:
+        rows, known = self._rows()
+        seen: set[Path] = set()
+        if paths is None:
+            self._walk(self.library, seen)
+            affected = rows
+        else:
+            roots = [Path(os.path.abspath(p)) for p in paths]
+            roots = [r for r in roots if r == self.library or self.library in r.parents]
+            for r in roots:
+                if os.path.isdir(r) and not os.path.islink(r):
+                    self._walk(r, seen)
+                elif os.path.lexists(r) and not r.name.startswith("."):
+                    seen.add(r)
+            affected = [row for row in rows if any(row.path == r or r in row.path.parents
+                                                   for r in roots)]
+        self.out.files = len(seen)
+        missing = [row for row in affected if row.path not in seen and not os.path.lexists(row.path)]
+        untracked = sorted(p for p in seen if p not in known)
+        if paths is None and not self.dry_run:
+            self._prune_cache(seen)
+        if not missing:
+            return self.out
+        images = self._images({row.image_id for row in missing})
+        found = self._match(missing, untracked, images, rows)
+        if paths is not None and any(row.id not in found for row in missing):
+            return None
+        self._interpret(missing, found, images, rows)
+        return self.out
+
+    def _rows(self) -> tuple[list[_Row], set[Path]]:
+        """The placement rows the scan looks after (placed files of images the placer manages),
+        and every path any row names."""
+        with self.store.read() as conn:
+            all_rows = conn.execute("SELECT id, image_id, path, kind, action, sha256 FROM placements "
+                                    "WHERE image_id IS NOT NULL ORDER BY id").fetchall()
+            errors = {r[0] for r in conn.execute("SELECT id FROM images WHERE status IN "
+                                                 "('error', 'pending')")}
+        known = {decode_path(r[2]) for r in all_rows}
+        left_alone = {r[1] for r in all_rows if r[3] in ("held", "gone", "removed")} | errors
+        rows = [_Row(r[0], r[1], decode_path(r[2]), r[3], r[4], r[5]) for r in all_rows
+                if r[3] in _TRACKED and r[1] not in left_alone]
+        return rows, known
+
+    def _images(self, ids: set[int]) -> dict[int, _Image]:
+        out: dict[int, _Image] = {}
+        with self.store.read() as conn:
+            for marks, part in in_chunks(sorted(ids)):
+                for r in conn.execute(f"SELECT id, sha256, size, status, duplicate_of, "
+                                      f"removed_at IS NOT NULL, path FROM images "
+                                      f"WHERE id IN ({marks})", part):
+                    out[r[0]] = _Image(*r[:5], bool(r[5]), decode_path(r[6]))
+        return out
+
+    # -- matching ------------------------------------------------------------------------------
+    def _match(self, missing: list[_Row], untracked: list[Path], images: dict[int, _Image],
+               rows: list[_Row]) -> dict[int, Path]:
+        """Row id -> the untracked file that holds its content: photos (main, extra) by size and
+        sha256, preferring their own name; then companions, beside their photo's new place first."""
+        found: dict[int, Path] = {}
+        if not untracked:
+            return found
+        stats: dict[Path, os.stat_result] = {}
+        for path in untracked:
+            try:
+                stats[path] = os.lstat(path)
+            except OSError:
+                pass
+        sizes = {images[r.image_id].size for r in missing if r.kind != "companion"
+                 and r.image_id in images}
+        names = {r.path.name for r in missing if r.kind == "companion"}
+        claimed: set[Path] = set()
+        cache = self._cache([p for p, st in stats.items()
+                             if stat.S_ISREG(st.st_mode) and (st.st_size in sizes or p.name in names)])
+
+        def key(path: Path) -> Optional[str]:
+            st = stats.get(path)
+            if st is None:
+                return None
+            if stat.S_ISLNK(st.st_mode):
+                try:
+                    return _SYMLINK + os.readlink(path)
+                except OSError:
+                    return None
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            hit = cache.get(path)
+            if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
+                return hit[2]
+            try:
+                sha = fsops.sha256_of(path)
+            except OSError:
+                return None
+            self.out.hashed += 1
+            cache[path] = (st.st_size, st.st_mtime_ns, sha)
+            if not self.dry_run:
+                with self.store.transaction() as conn:
+                    conn.execute("INSERT OR REPLACE INTO library_hashes (path, size, mtime_ns, sha256) "
+                                 "VALUES (?, ?, ?, ?)", (encode_path(path), st.st_size,
+                                                         st.st_mtime_ns, sha))
+            return sha
+
+        def sized(path: Path, size: int) -> bool:
+            st = stats.get(path)
+            return st is not None and (stat.S_ISLNK(st.st_mode) or st.st_size == size)
+
+        for row in sorted((r for r in missing if r.kind != "companion"), key=lambda r: str(r.path)):
+            image = images.get(row.image_id)
+            if image is None:
+                continue
+            want = {row.sha256, image.sha256, _SYMLINK + os.path.abspath(image.path)} - {None}
+            pool = [p for p in untracked if p not in claimed and sized(p, image.size)]
+            pool.sort(key=lambda p: p.name != row.path.name)   # its own name first
+            for path in pool:
+                if key(path) in want:
+                    found[row.id] = path
+                    claimed.add(path)
+                    break
+        main_at = {r.image_id: found.get(r.id, r.path) for r in rows if r.kind == "main"}
+        for row in (r for r in missing if r.kind == "companion"):
+            beside = main_at.get(row.image_id, row.path).parent / row.path.name
+            pool = [p for p in untracked if p not in claimed and p.name == row.path.name]
+            pool.sort(key=lambda p: p != beside)
+            for path in pool:
+                if row.sha256 is not None and key(path) == row.sha256:
+                    found[row.id] = path
+                    claimed.add(path)
+                    break
+        return found
+
+    def _cache(self, paths: list[Path]) -> dict[Path, tuple[int, int, str]]:
+        out: dict[Path, tuple[int, int, str]] = {}
+        enc = [encode_path(p) for p in paths]
+        with self.store.read() as conn:
+            for marks, part in in_chunks(enc):
+                for path, size, mtime_ns, sha in conn.execute(
+                        f"SELECT path, size, mtime_ns, sha256 FROM library_hashes "
+                        f"WHERE path IN ({marks})", part):
+                    out[decode_path(path)] = (size, mtime_ns, sha)
+        return out
+
+    def _prune_cache(self, seen: set[Path]) -> None:
+        with self.store.read() as conn:
+            stale = [r[0] for r in conn.execute("SELECT path FROM library_hashes")
+                     if decode_path(r[0]) not in seen]
+        if stale:
+            with self.store.transaction() as conn:
+                conn.executemany("DELETE FROM library_hashes WHERE path = ?", [(p,) for p in stale])
+
+    # -- meaning -------------------------------------------------------------------------------
+    def _folder(self, path: Path) -> Optional[str]:
+        """The person folder a library path is in: the component the layout's ``{identity}`` part
+        produces; None where the layout says nothing about this path."""
+        if self.at is None:
+            return None
+        try:
+            rel = path.relative_to(self.library)
+        except ValueError:
+            return None
+        return rel.parts[self.at] if len(rel.parts) == self.depth else None
+
+    def _interpret(self, missing: list[_Row], found: dict[int, Path], images: dict[int, _Image],
+                   rows: list[_Row]) -> None:
+        with self.store.read() as conn:
+            names, merged = {}, {}
+            for iid, name, into in conn.execute("SELECT id, name, merged_into FROM identities"):
+                names[iid], merged[iid] = name, into
+            sources = {i.duplicate_of or i.id for i in images.values()}
+            faces: dict[int, list[tuple[int, float, Optional[int]]]] = defaultdict(list)
+            for marks, part in in_chunks(sorted(sources)):
+                for image_id, face, area, identity in conn.execute(
+                        f"SELECT image_id, id, (box_x2 - box_x1) * (box_y2 - box_y1), identity_id "
+                        f"FROM faces WHERE rejected = 0 AND image_id IN ({marks}) ORDER BY id", part):
+                    faces[image_id].append((face, area, _root(identity, merged)))
+        for image_faces in faces.values():
+            image_faces.sort(key=lambda f: -f[1])
+        live = {i: n for i, n in names.items() if merged[i] is None}
+        folder_of = {f.name: i for i, f in identity_folders(live, self.specials).items()}
+        folded = {name.casefold(): i for name, i in folder_of.items()}
+        pc = self.config.placement
+
+        def meaning(folder: Optional[str]) -> Union[int, str, None]:
+            """An identity id; 'unknown', 'noface', 'special'; ('new', name); None: unreadable."""
+            if folder is None:
+                return None
+            if folder == pc.unknown_dir:
+                return "unknown"
+            if folder == pc.noface_dir:
+                return "noface"
+            if folder in self.specials:
+                return "special"
+            if folder in folder_of:
+                return folder_of[folder]
+            if folder.casefold() in folded:
+                return folded[folder.casefold()]
+            return "new:" + folder
+
+        if self.at is None and any(r.id in found for r in missing):
+            log.warning("placement.layout %r has no plain {identity} folder: files moved in the "
+                        "library cannot be read as corrections; they stay where they were put",
+                        pc.layout)
+        plans: list[_Plan] = []
+        # every placed photo of a person's folder moved into one other folder: rename or merge
+        whole: dict[int, Union[int, str]] = {}
+        members: dict[int, list[_Row]] = defaultdict(list)
+        for row in rows:
+            if row.kind != "companion":
+                m = meaning(self._folder(row.path))
+                if isinstance(m, int):
+                    members[m].append(row)
+        for identity, inside in members.items():
+            dests = {meaning(self._folder(found[r.id])) if r.id in found else None for r in inside}
+            if len(dests) == 1 and all(r.id in found for r in inside):
+                dest = dests.pop()
+                if dest != identity and (isinstance(dest, int) or
+                                         (isinstance(dest, str) and dest.startswith("new:"))):
+                    whole[identity] = dest
+        done_rows: set[int] = set()
+        new_people: dict[str, list[int]] = defaultdict(list)
+        new_rows: dict[str, list[tuple[int, Optional[Path], Optional[str]]]] = defaultdict(list)
+        for identity, dest in sorted(whole.items(), key=lambda kv: kv[0]):
+            moved = [(r.id, found[r.id], None) for r in members[identity]]
+            done_rows |= {r.id for r in members[identity]}
+            if isinstance(dest, int):
+                plans.append(_Plan("merge", {"source": identity, "into": dest}, moved,
+                                   f"all of {_name(identity, live)}'s photos into "
+                                   f"{_name(dest, live)}'s folder: merged"))
+            else:
+                plans.append(_Plan("rename", {"identity": identity, "name": dest[4:]}, moved,
+                                   f"{_name(identity, live)}'s folder renamed: named {dest[4:]!r}"))
+        for row in sorted(missing, key=lambda r: (r.kind == "companion", r.id)):
+            if row.id in done_rows:
+                continue
+            image = images.get(row.image_id)
+            if image is None:
+                continue
+            if row.kind == "companion":
+                new = found.get(row.id)
+                plans.append(_Plan(None, {}, [(row.id, new, None)],
+                                   f"companion {row.path} " + (f"followed to {new}" if new else "gone")))
+                continue
+            image_faces = faces.get(image.duplicate_of or image.id, [])
+            old = meaning(self._folder(row.path))
+            if row.id not in found:
+                if row.kind == "extra":   # one link of a multi_face photo: that face is not theirs
+                    face = next((f for f, _, who in image_faces if who == old), None)
+                    plans.append(_Plan("not_this_person" if face else None,
+                                       {"faces": [face]} if face else {}, [(row.id, None, None)],
+                                       f"{row.path} deleted: not {_name(old, live)}"))
+                else:
+                    self.out.removed += 1
+                    plans.append(_Plan(None if image.removed else "remove_images",
+                                       {"images": [image.id]}, [(row.id, row.path, "removed")],
+                                       f"{row.path} deleted: the photo is removed"))
+                continue
+            new = found[row.id]
+            self.out.moved += 1
+            dest = meaning(self._folder(new))
+            face = next((f for f, _, who in image_faces if who == old and isinstance(old, int)),
+                        image_faces[0][0] if image_faces else None)
+            current = next((who for f, _, who in image_faces if f == face), None)
+            follow = [(row.id, new, None)]
+            if dest is None or dest == "special" or (face is None and dest != "noface") \
+                    or image.status == "other":
+                self.out.left += 1
+                plans.append(_Plan(None, {}, [(row.id, new, "gone")],
+                                   f"{row.path} moved to {new}: left there, no longer managed"))
+            elif dest == "noface":
+                plans.append(_Plan("reject" if image_faces else None,
+                                   {"faces": [f for f, _, _ in image_faces]}, follow,
+                                   f"{row.path} moved to {pc.noface_dir}: not a face"))
+            elif dest == "unknown":
+                plans.append(_Plan("not_this_person" if current is not None else None,
+                                   {"faces": [face]}, follow,
+                                   f"{row.path} moved to {pc.unknown_dir}: not {_name(current, live)}"))
+            elif isinstance(dest, int):
+                plans.append(_Plan("move_faces" if dest != current else None,
+                                   {"faces": [face], "to": dest}, follow,
+                                   f"{row.path} moved to {new}: {_name(dest, live)}"))
+            else:
+                new_people[dest[4:]].append(face)
+                new_rows[dest[4:]].extend(follow)
+        for name, face_ids in new_people.items():
+            plans.append(_Plan("move_faces", {"faces": sorted(set(face_ids)), "to": "new", "name": name},
+                               new_rows[name], f"photos moved into a new folder {name!r}: a new person"))
+        self._apply(plans)
+
+    def _apply(self, plans: list[_Plan]) -> None:
+        for plan in plans:
+            if plan.op is not None:
+                self.out.corrections.append((plan.op, plan.args))
+            if self.dry_run:
+                log.info("dry run: the library says %s", plan.what)
+                continue
+            if plan.op is not None and self.learn is None:
+                log.warning("%s, but this placer has no way to record corrections; the file is "
+                            "left where it is", plan.what)
+                plan = _Plan(None, {}, [(i, p, "gone") for i, p, _ in plan.rows], plan.what)
+            try:
+                with self.store.transaction() as conn:
+                    if plan.op is not None:
+                        self.learn(self.store, plan.op, plan.args)   # type: ignore[misc]
+                    now = time.time()
+                    for row_id, path, kind in plan.rows:
+                        if path is None:
+                            conn.execute("DELETE FROM placements WHERE id = ?", (row_id,))
+                        else:
+                            conn.execute("UPDATE placements SET path = ?, kind = COALESCE(?, kind), "
+                                         "updated_at = ? WHERE id = ?",
+                                         (encode_path(path), kind, now, row_id))
+                            conn.execute("DELETE FROM library_hashes WHERE path = ?",
+                                         (encode_path(path),))
+            except Exception as exc:   # one correction refused (a person merged meanwhile)
+                log.error("library: %s; not recorded: %s", plan.what, exc)
+                continue
+            log.info("library: %s", plan.what)
+
+
+def _name(identity, live: dict[int, Optional[str]]) -> str:
+    if not isinstance(identity, int):
+        return "anyone"
+    return f"{live.get(identity) or f'Person_{identity:04d}'} (#{identity})"
+
+
+def _root(identity: Optional[int], merged: dict[int, Optional[int]]) -> Optional[int]:
+    seen = set()
+    while identity is not None and merged.get(identity) is not None and identity not in seen:
+        seen.add(identity)
+        identity = merged[identity]
+    return identity

@@ -1,0 +1,376 @@
+"""The library as a second way to correct (issue 19): what a person does to placed files in a file
+manager (a move to another person's folder, to the unknown or no-face folder, a folder renamed,
+a folder's photos dragged onto another person's, a folder made by hand, a delete) is read by a
+library scan (``Placer.sync(scan=...)``) on the small real library, and afterwards, through a
+recluster, the store, the review API and the folders agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from facesortd.app.state import open_state
+from facesortd.library.layout import identity_folders
+from facesortd.library.placer import Placer, audit
+from facesortd.people.corrections import from_library
+from facesortd.store.database import decode_path
+from facesortd.web import Control, create_app
+
+pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
+
+
+class Lib:
+    """A copy of the small real library, opened as the daemon opens it (the placer wired to the
+    corrections), with the review API over the same store."""
+
+    def __init__(self, library, root: Path):
+        self.small = library
+        self.config = library.copy(root)
+        self.root = root
+        self.state = open_state(self.config)
+        self.store, self.placer = self.state.store, self.state.placer
+        app = create_app(self.config, self.store, test_config={"TESTING": True},
+                         control=Control(changed=lambda: None, request_recluster=lambda: None))
+        self.client = app.test_client()
+        self.lib = self.config.library
+
+    def close(self) -> None:
+        self.state.close()
+
+    # -- reading ---------------------------------------------------------------------------------
+    def people(self) -> dict[str, int]:
+        by_person = self.small.faces_by_person(self.store)
+        return {p: self.small.main_identity(pairs) for p, pairs in by_person.items()}
+
+    def folder(self, identity: int) -> Path:
+        with self.store.read() as conn:
+            live = {i: n for i, n in conn.execute(
+                "SELECT id, name FROM identities WHERE merged_into IS NULL")}
+        pc = self.config.placement
+        return self.lib / identity_folders(live, (pc.unknown_dir, pc.noface_dir, pc.quarantine_dir,
+                                                  pc.group_dir, pc.duplicates_dir, pc.other_dir))[
+            identity].name
+
+    def photos(self, folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+    def image_of(self, path: Path) -> int:
+        with self.store.read() as conn:
+            rows = {decode_path(r[0]): r[1] for r in conn.execute(
+                "SELECT path, image_id FROM placements WHERE kind = 'main'")}
+        return rows[path]
+
+    def largest_face(self, image_id: int) -> tuple[int, int | None, int, int]:
+        """(face id, identity, pinned, rejected) of the image's largest face."""
+        with self.store.read() as conn:
+            return conn.execute(
+                "SELECT id, identity_id, pinned, rejected FROM faces WHERE image_id = ? "
+                "ORDER BY (box_x2-box_x1)*(box_y2-box_y1) DESC, id LIMIT 1", (image_id,)).fetchone()
+
+    def post(self, path: str, body=None):
+        token = self.client.get("/api/csrf").json["csrf_token"]
+        return self.client.post(path, headers={"X-CSRF-Token": token}, json=body or {})
+
+    def history(self) -> list[dict]:
+        return self.client.get("/api/history").json["history"]
+
+    def api_faces(self, identity: int) -> set[int]:
+        body = self.client.get(f"/api/identities/{identity}?per_page=200").json
+        return {f["id"] for f in body["faces"]}
+
+    def tree(self) -> dict[str, bytes]:
+        return {str(p.relative_to(self.root)): p.read_bytes() for p in sorted(self.root.rglob("*"))
+                if p.is_file() and "state" not in p.relative_to(self.root).parts}
+
+    def rows(self) -> list[tuple]:
+        with self.store.read() as conn:
+            return conn.execute("SELECT image_id, path, kind FROM placements ORDER BY id").fetchall()
+
+    def agree(self) -> None:
+        """Every placed photo is where the placer wants it (by the store), its file is there, and
+        the review API shows each person's faces as the store has them."""
+        with self.store.read() as conn:
+            placed = audit(self.config, conn)
+            people = [r[0] for r in conn.execute(
+                "SELECT DISTINCT identity_id FROM faces WHERE identity_id IS NOT NULL AND rejected = 0")]
+            by_identity = {p: {r[0] for r in conn.execute(
+                "SELECT id FROM faces WHERE identity_id = ? AND rejected = 0", (p,))} for p in people}
+        assert placed and all(p.exists and p.in_place for p in placed), \
+            [p for p in placed if not (p.exists and p.in_place)]
+        for identity, faces in by_identity.items():
+            assert self.api_faces(identity) == faces
+
+    def recluster_and_sync(self) -> None:
+        self.state.identities.recluster(reason="test")
+        assert self.placer.sync(scan=True) == []     # nothing undone by the recluster
+
+
+@pytest.fixture
+def lib(library, tmp_path):
+    made = []
+
+    def make() -> Lib:
+        made.append(Lib(library, tmp_path / f"l{len(made)}"))
+        return made[-1]
+
+    yield make
+    for m in made:
+        m.close()
+
+
+def test_moves_to_a_person_to_unknown_and_to_noface_are_corrections(lib):
+    e = lib()
+    people = e.people()
+    felix, rowling, cho, palocci = (people[p] for p in ("Allyson_Felix", "JK_Rowling", "Fujio_Cho",
+                                                        "Antonio_Palocci"))
+    unknown = e.lib / e.config.placement.unknown_dir
+    noface = e.lib / e.config.placement.noface_dir
+    a = e.photos(e.folder(felix))[0]
+    b = e.photos(e.folder(cho))[0]
+    c = e.photos(e.folder(palocci))[0]
+    ia, ib, ic = e.image_of(a), e.image_of(b), e.image_of(c)
+    before = len(e.history())
+    unknown.mkdir(exist_ok=True)
+    noface.mkdir(exist_ok=True)
+    os.rename(a, e.folder(rowling) / a.name)          # a file manager's drag
+    os.rename(b, unknown / b.name)
+    os.rename(c, noface / c.name)
+    ops = e.placer.sync(scan=True)
+    assert ops == []                                  # each stays where the person put it
+    assert (e.folder(rowling) / a.name).exists() and (unknown / b.name).exists() \
+        and (noface / c.name).exists()
+    assert e.placer.last_scan.moved == 3 and e.placer.last_scan.removed == 0
+
+    face_a, who_a, pinned_a, _ = e.largest_face(ia)
+    assert (who_a, pinned_a) == (rowling, 1)
+    face_b, who_b, _, _ = e.largest_face(ib)
+    assert who_b is None
+    with e.store.read() as conn:
+        assert conn.execute("SELECT 1 FROM cannot_link WHERE face_id = ? AND identity_id = ?",
+                            (face_b, cho)).fetchone()
+        assert conn.execute("SELECT COUNT(*) FROM faces WHERE image_id = ? AND rejected = 0",
+                            (ic,)).fetchone()[0] == 0
+    made = e.history()[: len(e.history()) - before]
+    assert sorted(h["op"] for h in made) == ["move_faces", "not_this_person", "reject"]
+    assert all(h["args"]["source"] == "library" for h in made)
+    assert face_a in e.api_faces(rowling) and face_a not in e.api_faces(felix)
+
+    e.recluster_and_sync()
+    assert e.largest_face(ia)[1:3] == (rowling, 1) and e.largest_face(ib)[1] is None
+    e.agree()
+    # undoable on the page like any correction: the photo goes back to its person's folder
+    undone = [e.post("/api/undo").json["undone"][0]["op"] for _ in range(3)]
+    assert sorted(undone) == ["move_faces", "not_this_person", "reject"]
+    e.placer.sync(scan=True)
+    assert (e.folder(felix) / a.name).exists() and not (e.folder(rowling) / a.name).exists()
+    assert (e.folder(palocci) / c.name).exists()
+    e.agree()
+
+
+def test_folder_rename_merge_onto_a_person_and_a_folder_made_by_hand(lib):
+    e = lib()
+    people = e.people()
+    felix, rowling, cho, paul = (people[p] for p in ("Allyson_Felix", "JK_Rowling", "Fujio_Cho",
+                                                     "Paul_McCartney"))
+    felix_photos = [p.name for p in e.photos(e.folder(felix))]
+    # a folder renamed: the person is named
+    os.rename(e.folder(felix), e.lib / "Allyson Felix")
+    # every photo of one folder dragged onto another person's: merged
+    cho_photos = e.photos(e.folder(cho))
+    for p in cho_photos:
+        os.rename(p, e.folder(rowling) / p.name)
+    # a folder made by hand, two photos moved into it: a new person of that name
+    made = e.lib / "Sir Paul"
+    made.mkdir()
+    moved = e.photos(e.folder(paul))[:2]
+    faces = [e.largest_face(e.image_of(p))[0] for p in moved]
+    for p in moved:
+        os.rename(p, made / p.name)
+    e.placer.sync(scan=True)
+    e.placer.sync(scan=True)     # what the first sync moved (the merged folder) is its own work
+
+    with e.store.read() as conn:
+        names = dict(conn.execute("SELECT id, name FROM identities WHERE merged_into IS NULL"))
+        merged = dict(conn.execute("SELECT id, merged_into FROM identities"))
+        new = conn.execute("SELECT id FROM identities WHERE name = 'Sir Paul'").fetchone()[0]
+        assert {r[0] for r in conn.execute("SELECT identity_id FROM faces WHERE id IN (?, ?)",
+                                           faces)} == {new}
+    assert names[felix] == "Allyson Felix" and merged[cho] == rowling
+    assert sorted(p.name for p in e.photos(e.lib / "Allyson Felix")) == sorted(felix_photos)
+    assert {p.name for p in cho_photos} <= {p.name for p in e.photos(e.folder(rowling))}
+    assert sorted(p.name for p in e.photos(made)) == sorted(p.name for p in moved)
+    ops = [h["op"] for h in e.history()[:3]]
+    assert sorted(ops) == ["merge", "move_faces", "rename"]
+    identities = {i["id"]: i["name"] for i in e.client.get("/api/identities").json["identities"]}
+    assert identities[felix] == "Allyson Felix" and identities[new] == "Sir Paul"
+    assert cho not in identities
+
+    e.recluster_and_sync()
+    with e.store.read() as conn:
+        assert conn.execute("SELECT name FROM identities WHERE id = ?", (felix,)).fetchone()[0] \
+            == "Allyson Felix"
+        assert conn.execute("SELECT merged_into FROM identities WHERE id = ?", (cho,)).fetchone()[0] \
+            == rowling
+    e.agree()
+
+
+def test_a_deleted_photo_is_removed_for_good_and_sorted_again_when_dropped_again(lib, tmp_path):
+    from facesortd.app.daemon import Daemon
+
+    e = lib()
+    people = e.people()
+    rowling = people["JK_Rowling"]
+    gone = e.photos(e.folder(rowling))[0]
+    image = e.image_of(gone)
+    face = e.largest_face(image)[0]
+    content = gone.read_bytes()
+    gone.unlink()
+    assert e.placer.sync(scan=True) == []
+    assert e.placer.last_scan.removed == 1
+    with e.store.read() as conn:
+        assert conn.execute("SELECT removed_at IS NOT NULL FROM images WHERE id = ?",
+                            (image,)).fetchone()[0] == 1
+        assert conn.execute("SELECT COUNT(*) FROM faces WHERE image_id = ? AND rejected = 0",
+                            (image,)).fetchone()[0] == 0
+    assert e.store.counts()["images_removed"] == 1
+    assert face not in e.api_faces(rowling)
+    assert face not in set(e.store.vectors()[0].tolist())     # not evidence any more
+    e.recluster_and_sync()
+    assert not any(p.name == gone.name for p in e.lib.rglob("*"))
+    assert e.placer.sync(scan=True) == [] and e.placer.last_scan.removed == 0   # no repeat
+    e.agree()
+    e.close()
+
+    # the same content dropped into the inbox again is a new arrival, sorted again
+    again = e.root / "inbox" / "again.jpg"
+    again.write_bytes(content)
+    counts = Daemon(e.config).run_once(timeout=600)
+    assert counts["images_removed"] == 1
+    e.state = open_state(e.config)
+    e.store, e.placer = e.state.store, e.state.placer
+    with e.store.read() as conn:
+        status, faces = conn.execute(
+            "SELECT status, (SELECT COUNT(*) FROM faces WHERE image_id = images.id AND rejected = 0) "
+            "FROM images WHERE path = ?", (str(again),)).fetchone()
+    assert status == "done" and faces >= 1
+    assert not again.exists() and any(p.name == "again.jpg" for p in e.lib.rglob("*"))
+
+
+def test_a_dry_run_changes_nothing_and_hand_placed_files_are_left_alone(lib, data_dir):
+    e = lib()
+    people = e.people()
+    felix, rowling = people["Allyson_Felix"], people["JK_Rowling"]
+    a, deleted = e.photos(e.folder(felix))[0], e.photos(e.folder(rowling))[0]
+    os.rename(a, e.folder(rowling) / a.name)
+    deleted.unlink()
+    # a person's own files: a stranger's photo, a copy of a placed photo, a text file
+    own = e.lib / "Holidays"
+    own.mkdir()
+    stranger = sorted((data_dir / "faces_cropped" / "Madonna").iterdir())[0]
+    shutil.copyfile(stranger, own / "madonna.jpg")
+    shutil.copyfile(e.photos(e.folder(felix))[0], own / "copy.jpg")
+    (e.folder(rowling) / "notes.txt").write_text("mine")
+    before_tree, before_rows = e.tree(), e.rows()
+    with e.store.read() as conn:
+        before_faces = conn.execute("SELECT id, identity_id, pinned, rejected FROM faces").fetchall()
+    before_history = len(e.history())
+
+    e.placer.sync(dry_run=True, scan=True)
+    assert sorted(op for op, _ in e.placer.last_scan.corrections) == ["move_faces", "remove_images"]
+    assert e.tree() == before_tree and e.rows() == before_rows and len(e.history()) == before_history
+    with e.store.read() as conn:
+        assert conn.execute("SELECT id, identity_id, pinned, rejected FROM faces").fetchall() \
+            == before_faces
+        assert conn.execute("SELECT COUNT(*) FROM library_hashes").fetchone()[0] == 0
+
+    e.placer.sync(scan=True)
+    assert len(e.history()) == before_history + 2
+    after = e.tree()
+    for name in ("library/Holidays/madonna.jpg", "library/Holidays/copy.jpg"):
+        assert after[name] == before_tree[name]
+    assert (e.folder(rowling) / "notes.txt").read_text() == "mine"
+    with e.store.read() as conn:   # never tracked: no placement row names them
+        paths = {decode_path(r[0]) for r in conn.execute("SELECT path FROM placements")}
+    assert not paths & {own / "madonna.jpg", own / "copy.jpg", e.folder(rowling) / "notes.txt"}
+    e.recluster_and_sync()
+    assert (own / "madonna.jpg").exists() and (own / "copy.jpg").exists()
+
+
+def test_watcher_paths_look_only_there_and_the_whole_library_when_one_end_is_missing(lib):
+    e = lib()
+    people = e.people()
+    felix, rowling, paul = people["Allyson_Felix"], people["JK_Rowling"], people["Paul_McCartney"]
+    a = e.photos(e.folder(felix))[0]
+    b = e.photos(e.folder(paul))[0]
+    os.rename(a, e.folder(rowling) / a.name)
+    os.rename(b, e.folder(rowling) / b.name)
+    # both ends of the first move: only that one is read
+    e.placer.sync(scan=[a, e.folder(rowling) / a.name])
+    assert e.largest_face(e.image_of(e.folder(rowling) / a.name))[1] == rowling
+    assert e.placer.last_scan.moved == 1
+    assert e.largest_face(e.image_of(b))[1] == paul          # not looked at yet
+    # only the end it left: not taken for a delete, the library is searched
+    e.placer.sync(scan=[b])
+    assert e.placer.last_scan.moved == 1 and e.placer.last_scan.removed == 0
+    assert e.largest_face(e.image_of(e.folder(rowling) / b.name))[1] == rowling
+    e.recluster_and_sync()
+    e.agree()
+
+
+def test_companions_follow_their_photo_and_a_placer_without_corrections_leaves_files(
+        tmp_path, fake_ingest):
+    from facesortd.config import parse_config
+
+    root = tmp_path / "c"
+    (root / "inbox").mkdir(parents=True)
+    text = f"library: {root / 'library'}\ninboxes:\n  - path: inbox\nwatch:\n  settle_ms: 0\n"
+    config = parse_config(text, root / "facesortd.yaml")
+    store = fake_ingest.open_store(config)
+    try:
+        x = fake_ingest.new_identity(store, "X")
+        y = fake_ingest.new_identity(store, "Y")
+        inbox = config.inboxes[0].path
+        for name in ("IMG_1.JPG", "IMG_1.xmp", "IMG_1.CR3", "IMG_2.JPG"):
+            (inbox / name).write_bytes(os.urandom(40) + name.encode())
+        image = fake_ingest.fabricate(store, inbox / "IMG_1.JPG", inbox, [x])
+        fake_ingest.fabricate(store, inbox / "IMG_2.JPG", inbox, [x])
+        placer = Placer(config, store, learn=from_library)
+        placer.sync()
+        lib = config.library
+        assert sorted(p.name for p in (lib / "X").iterdir()) == ["IMG_1.CR3", "IMG_1.JPG",
+                                                                 "IMG_1.xmp", "IMG_2.JPG"]
+        (lib / "Y").mkdir()
+        for name in ("IMG_1.JPG", "IMG_1.xmp", "IMG_1.CR3"):
+            os.rename(lib / "X" / name, lib / "Y" / name)
+        assert placer.sync(scan=True) == []
+        with store.read() as conn:
+            rows = {decode_path(p).name: (decode_path(p).parent.name, kind) for p, kind in
+                    conn.execute("SELECT path, kind FROM placements WHERE image_id = ?", (image,))}
+            assert conn.execute("SELECT identity_id, pinned FROM faces WHERE image_id = ?",
+                                (image,)).fetchone() == (y, 1)
+            payload = json.loads(conn.execute("SELECT payload FROM history ORDER BY id DESC "
+                                              "LIMIT 1").fetchone()[0])
+        assert rows == {"IMG_1.JPG": ("Y", "main"), "IMG_1.xmp": ("Y", "companion"),
+                        "IMG_1.CR3": ("Y", "companion")}
+        assert payload["args"]["source"] == "library"
+        # renamed in the store: the group follows the person's folder as one
+        from facesortd.people.corrections import rename
+        rename(store, y, "Yvonne")
+        placer.sync()
+        assert sorted(p.name for p in (lib / "Yvonne").iterdir()) == ["IMG_1.CR3", "IMG_1.JPG",
+                                                                      "IMG_1.xmp"]
+
+        # a placer without the corrections port learns nothing and leaves the file be
+        bare = Placer(config, store)
+        os.rename(lib / "X" / "IMG_2.JPG", lib / "Yvonne" / "IMG_2.JPG")
+        assert bare.sync(scan=True) == []
+        assert (lib / "Yvonne" / "IMG_2.JPG").exists()
+        with store.read() as conn:
+            assert conn.execute("SELECT identity_id, pinned FROM faces WHERE image_id != ?",
+                                (image,)).fetchone() == (x, 0)
+    finally:
+        store.close()
