@@ -114,9 +114,9 @@ class Placer:
         when a placed file there is missing and not found among them). ``last_scan`` tells what
         it found. A dry run records nothing."""
         with self._lock:
-            done: list[Op] = []
             if scan is True or (scan is not False and scan is not None):
                 self.last_scan = scan_library(self.config, self.store, self.learn, scan, dry_run)
+            done: list[Op] = []
             again: Optional[set[int]] = None
             for _ in range(_PASSES):
                 snap = self._load()
@@ -314,13 +314,13 @@ class Placer:
                     self._forget(p, "DELETE FROM placements WHERE image_id = ? AND path = ?")
             elif p.kind == "gone":
                 return None
-            elif p.kind == "companion":
-                live.append(p)     # its own bytes: never compared with the photo's
             elif p.kind == "removed":   # deleted from the library by a person (scan.py)
                 if image.id in snap_removed:
                     return None
                 if not dry_run:   # the removal undone, or the same path sorted again
                     self._forget(p, "DELETE FROM placements WHERE image_id = ? AND path = ?")
+            elif p.kind == "companion":
+                live.append(p)     # its own bytes: never compared with the photo's
             elif p.kind == "held_companion":
                 continue           # back in the inbox with its held photo (undo)
             elif p.sha256 != image.sha256:
@@ -358,14 +358,14 @@ class Placer:
             if original is None or original.status not in ("done", "noface"):
                 return []
             return self._folders(original, snap)
+        if image.id in snap.removed or image.duplicate_of in snap.removed:
+            return []   # deleted from the library by a person: never placed again
         if image.status in ("done", "noface"):
             return self._folders(image, snap)
         if image.status == "other":
             return [Folder(pc.other_dir, True)]
         return []
 
-        if image.id in snap.removed or image.duplicate_of in snap.removed:
-            return []   # deleted from the library by a person: never placed again
     def _folders(self, image: ImageRow, snap: _Snapshot) -> list[Folder]:
         pc = self.config.placement
         faces = snap.faces.get(image.id, [])
@@ -556,6 +556,7 @@ class Placer:
             for iid, name, into in rows:
                 names[iid], merged[iid] = name, into
             hidden = _hidden(conn)
+            removed = _removed(conn)
             faces: dict[int, list] = defaultdict(list)
             veiled: set[int] = set()
             for image_id, area, identity in conn.execute(
@@ -563,7 +564,6 @@ class Placer:
                     "FROM faces WHERE rejected = 0 ORDER BY image_id, id"):
                 root = _root(identity, merged)
                 if root is not None and root in hidden:   # placed as if the face were not there
-            removed = _removed(conn)
                     veiled.add(image_id)
                     continue
                 faces[image_id].append((area, root))
@@ -661,13 +661,6 @@ def _hidden(conn: sqlite3.Connection) -> set[int]:
         return set()
 
 
-def _prune_empty(folder: Path, library: Path) -> None:
-    """Remove folders the placer emptied (an old person's folder after a rename), up to the
-    library; a folder with anything in it stays."""
-    while folder != library and library in folder.parents:
-        try:
-            folder.rmdir()
-        except OSError:
 def _removed(conn: sqlite3.Connection) -> set[int]:
     """Images a person deleted from the library (none in a store from before schema 9)."""
     try:
@@ -676,6 +669,13 @@ def _removed(conn: sqlite3.Connection) -> set[int]:
         return set()
 
 
+def _prune_empty(folder: Path, library: Path) -> None:
+    """Remove folders the placer emptied (an old person's folder after a rename), up to the
+    library; a folder with anything in it stays."""
+    while folder != library and library in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
             return
         folder = folder.parent
 
