@@ -7,7 +7,7 @@ CONFIG ?= config/facesortd.yaml
 # back in on the next one; these tunables keep them mapped (big batches run ~4x faster on CPU).
 export GLIBC_TUNABLES := glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184
 
-.PHONY: run test lint install install-test chromium bench clean-state
+.PHONY: run test lint install install-test chromium exiftool bench clean-state
 
 $(VENV)/.installed: pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,9 +32,22 @@ chromium:
 	  fi; \
 	fi
 
+# The XMP sidecar test reads the sidecars with exiftool (Debian's libimage-exiftool-perl), a reader
+# facesortd did not write; as root with apt (CI), install it when missing; elsewhere say how.
+exiftool:
+	@if ! command -v exiftool >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y --no-install-recommends libimage-exiftool-perl \
+	      || { apt-get update && apt-get install -y --no-install-recommends libimage-exiftool-perl; }; \
+	  else \
+	    echo "exiftool is missing: apt-get install libimage-exiftool-perl (the XMP test needs it)" >&2; \
+	  fi; \
+	fi
+
 install: $(VENV)/.installed
 
-install-test: $(VENV)/.installed-test chromium
+install-test: $(VENV)/.installed-test chromium exiftool
 
 run: install
 	$(VENV)/bin/facesortd run --config $(CONFIG)

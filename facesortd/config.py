@@ -172,6 +172,25 @@ class PlacementConfig(_Model):
     duplicates_dir: str = "_duplicates"
     on_conflict: Literal["rename_new", "skip_identical"] = "rename_new"
     other_dir: str = "_other"        # with watch.other_files: move (path inside the inbox kept)
+    xmp_sidecars: bool = False       # an XMP sidecar with the named people's face regions (xmp.py)
+    xmp_sidecar_name: str = "{name}{ext}.xmp"   # beside the photo; {name}, {ext}: its placed name
+
+    @field_validator("xmp_sidecar_name")
+    @classmethod
+    def _xmp_sidecar_name(cls, value: str) -> str:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+        except ValueError as exc:
+            raise ValueError(f"is not a valid template ({exc})") from None
+        unknown = sorted({f for f in fields if f not in ("name", "ext")})
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; "
+                             "allowed: {name}, {ext} (the photo's name as placed)")
+        if not value.startswith("{name}") or not value.lower().endswith(".xmp") \
+                or "/" in value or "\\" in value:
+            raise ValueError("must be one file name that starts with {name} and ends with .xmp "
+                             f"(the sidecar sits beside its photo and shares its stem), not {value!r}")
+        return value
 
     @field_validator("layout")
     @classmethod

@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Optional, Union
 
 from facesortd.config import Config
 from facesortd.fsops import candidate_names
-from facesortd.library import companions, quarantine
+from facesortd.library import companions, quarantine, xmp
 from facesortd.library.journal import Journal, Op, content_id
 from facesortd.library.layout import Folder, identity_folders, is_candidate, layout_fields, photo_date, render
 from facesortd.library.scan import Learn, Learned, scan_library
@@ -90,6 +90,7 @@ class Placer:
         self.learn = learn              # corrections read from the library (scan.py); the app's
         self.last_scan: Optional[Learned] = None
         self.journal = Journal(store)
+        self.sidecars = xmp.Sidecars(store, self.journal)   # placement.xmp_sidecars
         self._lock = threading.Lock()   # one sync (or undo) at a time
         self._cache_dates = True        # False: capture dates found are not written (audit)
 
@@ -126,6 +127,7 @@ class Placer:
                                    dry_run, done, "place")
                 if not again:
                     break
+            self.sidecars.sync(self.config, dry_run)   # XMP face tags (xmp.py)
             if done and not dry_run:
                 log.info("placed: %d file operation(s)", len(done))
             return done

@@ -101,6 +101,7 @@ class _Plan:
     args: dict
     rows: list[tuple[int, Optional[Path], Optional[str]]]   # (row id, new path, new kind); None path: delete
     what: str
+    parts: list["_Plan"] = field(default_factory=list)      # the plans a batch was made of
 
 
 def scan_library(config: Config, store: Store, learn: Optional[Learn],
@@ -444,34 +445,71 @@ class _Scan:
         self._apply(plans)
 
     def _apply(self, plans: list[_Plan]) -> None:
-        for plan in plans:
+        """Write the plans, those of one kind as one correction (a folder of photos deleted is one
+        history row, not hundreds); a batch refused is tried again one photo at a time."""
+        for plan in _batched(plans):
             if plan.op is not None:
                 self.out.corrections.append((plan.op, plan.args))
             if self.dry_run:
                 log.info("dry run: the library says %s", plan.what)
                 continue
             if plan.op is not None and self.learn is None:
-                log.warning("%s, but this placer has no way to record corrections; the file is "
-                            "left where it is", plan.what)
+                log.warning("%s, but this placer has no way to record corrections; the files are "
+                            "left where they are", plan.what)
                 plan = _Plan(None, {}, [(i, p, "gone") for i, p, _ in plan.rows], plan.what)
-            try:
-                with self.store.transaction() as conn:
-                    if plan.op is not None:
-                        self.learn(self.store, plan.op, plan.args)   # type: ignore[misc]
-                    now = time.time()
-                    for row_id, path, kind in plan.rows:
-                        if path is None:
-                            conn.execute("DELETE FROM placements WHERE id = ?", (row_id,))
-                        else:
-                            conn.execute("UPDATE placements SET path = ?, kind = COALESCE(?, kind), "
-                                         "updated_at = ? WHERE id = ?",
-                                         (encode_path(path), kind, now, row_id))
-                            conn.execute("DELETE FROM library_hashes WHERE path = ?",
-                                         (encode_path(path),))
-            except Exception as exc:   # one correction refused (a person merged meanwhile)
-                log.error("library: %s; not recorded: %s", plan.what, exc)
-                continue
-            log.info("library: %s", plan.what)
+            if not self._write(plan) and len(plan.parts) > 1:
+                self.out.corrections.pop()
+                for part in plan.parts:
+                    if self._write(part) and part.op is not None:
+                        self.out.corrections.append((part.op, part.args))
+
+    def _write(self, plan: _Plan) -> bool:
+        """One plan in one transaction: its correction and the placement rows it moves."""
+        try:
+            with self.store.transaction() as conn:
+                if plan.op is not None:
+                    self.learn(self.store, plan.op, plan.args)   # type: ignore[misc]
+                now = time.time()
+                for row_id, path, kind in plan.rows:
+                    if path is None:
+                        conn.execute("DELETE FROM placements WHERE id = ?", (row_id,))
+                    else:
+                        conn.execute("UPDATE placements SET path = ?, kind = COALESCE(?, kind), "
+                                     "updated_at = ? WHERE id = ?",
+                                     (encode_path(path), kind, now, row_id))
+                        conn.execute("DELETE FROM library_hashes WHERE path = ?",
+                                     (encode_path(path),))
+        except Exception as exc:   # one correction refused (a person merged meanwhile)
+            log.error("library: %s; not recorded: %s", plan.what, exc)
+            return False
+        log.info("library: %s", plan.what)
+        return True
+
+
+_LISTS = ("faces", "images")
+
+
+def _batched(plans: list[_Plan]) -> list[_Plan]:
+    """Plans of the same correction (the same op and target) joined into one; each keeps its
+    parts, to be tried alone if the batch is refused."""
+    out: dict[tuple, _Plan] = {}
+    for plan in plans:
+        if plan.op in ("merge", "rename"):
+            out[(len(out),)] = plan
+            continue
+        fixed = tuple(sorted((k, v) for k, v in plan.args.items() if k not in _LISTS))
+        key = (plan.op, fixed)
+        have = out.get(key)
+        if have is None:
+            out[key] = _Plan(plan.op, dict(plan.args), list(plan.rows), plan.what, [plan])
+            continue
+        for k in _LISTS:
+            if k in plan.args:
+                have.args[k] = sorted(set(have.args.get(k, [])) | set(plan.args[k]))
+        have.rows += plan.rows
+        have.parts.append(plan)
+        have.what = f"{have.parts[0].what} (and {len(have.parts) - 1} more like it)"
+    return list(out.values())
 
 
 def _name(identity, live: dict[int, Optional[str]]) -> str:
