@@ -51,6 +51,7 @@ class Daemon:
         self.store: Optional[Store] = None
         self.pipeline: Optional[Pipeline] = None
         self.watcher: Optional[Watcher] = None
+        self.library_watcher = None   # LibraryWatcher (library/watch.py), with the placer loop
         self.identities = None   # IdentityService (identities.py): faces to people
         self._recluster = threading.Event()   # SIGUSR1 (facesortd recluster): recluster now
         self.telemetry = Telemetry()   # files by outcome, batches, queue: /metrics and status
@@ -115,6 +116,9 @@ class Daemon:
 
     def close(self) -> None:
         """Stop taking files, finish what was taken, close the store, release the lock."""
+        if self.library_watcher is not None:
+            self.library_watcher.stop()
+            self.library_watcher = None
         if self.watcher is not None:
             self.watcher.stop()
         if self.pipeline is not None:
@@ -143,8 +147,9 @@ class Daemon:
                 self.pipeline.stop()
                 self.identities.drain()
                 self.identities.recluster(reason="run --once")
-            if not self._stop.is_set():   # ... and place: last, after every identity change
-                self.planned = self.placer.sync(dry_run=self.dry_run)
+            if not self._stop.is_set():   # ... and place: last, after every identity change,
+                # with a scan of the library first: what a person moved, renamed or deleted there
+                self.planned = self.placer.sync(dry_run=self.dry_run, scan=True)
             return self.store.counts()
         finally:
             progress.stop()
@@ -158,13 +163,16 @@ class Daemon:
             self.start()
             from facesortd.library.placer import PlacerLoop
             self.placer_loop = PlacerLoop(self.placer, self.changed, debounce=1.0,
-                                          dry_run=self.dry_run)
+                                          dry_run=self.dry_run,
+                                          rescan_interval=self.config.watch.rescan_interval_s)
             self.state.placer_loop = self.placer_loop   # stopped by state.close(), in order
             self.placer_loop.start()
+            self.library_watcher = self._watch_library()
             # web page, sd_notify READY/STATUS/WATCHDOG, health of every part, status.json
             supervisor = Supervisor(
                 self.config, self.telemetry,
-                [self.pipeline, self.watcher, self.identities, self.placer_loop],
+                [self.pipeline, self.watcher, self.identities, self.placer_loop,
+                 self.library_watcher],
                 store=self.store, queue=self.queue_counts,
                 last_recluster=lambda: self.identities.last_counts, web_app=self._web_app)
             supervisor.start()
@@ -187,6 +195,17 @@ class Daemon:
                 supervisor.close()
             self.close()
             log.info("stopped")
+
+    def _watch_library(self):
+        """The library watcher (library/watch.py), feeding the placer loop the paths a person
+        changed there; started now (a dry run watches too: it only plans)."""
+        from facesortd.library.watch import LibraryWatcher
+
+        loop = self.placer_loop
+        watcher = LibraryWatcher(self.config.library, self.config.watch, loop.touch,
+                                 loop.request_scan, loop.unwatched, exclude=[self.config.state_dir])
+        watcher.start()
+        return watcher
 
     def _web_app(self):
         """The review app on this daemon's store: corrections made on the page make the files
@@ -220,10 +239,18 @@ class Daemon:
             log.error("config reload refused, the old config stays in force:\n%s", exc)
             return
         self.watcher.set_inboxes(new.inboxes)
-        self.config = new
+        old, self.config = self.config, new
         if self.placer is not None:
             self.placer.config = new
             self.notify_changed()   # a new layout: files follow
+        if self.library_watcher is not None and (old.library, old.watch.polling) != \
+                (new.library, new.watch.polling):
+            self.library_watcher.stop()   # another library: watch it instead, and scan it
+            self.library_watcher = self._watch_library()
+        if self.placer_loop is not None:
+            self.placer_loop.rescan_interval = new.watch.rescan_interval_s
+            if self.library_watcher is not None and self.library_watcher.given_up:
+                self.placer_loop.unwatched()   # still unwatched: keep a rescan interval
         log.info("config reloaded from %s", source)
 
     def install_signal_handlers(self) -> None:

@@ -683,11 +683,22 @@ def _prune_empty(folder: Path, library: Path) -> None:
 
 
 class PlacerLoop:
-    """The daemon's placer thread: syncs at start and then whenever ``changed`` is set, after a
-    quiet ``debounce`` so a burst of changes is one sync."""
+    """The daemon's placer thread: syncs at start and then whenever ``changed`` is set or the
+    library watcher (watch.py) reports ``touch``ed paths, after ``debounce`` so a burst of changes
+    is one sync. Library paths are scanned with that sync (``Placer.sync(scan=paths)``); the
+    whole library at start and every ``rescan_interval`` seconds (0: never; when the library
+    cannot be watched, ``unwatched()``: every ``rescan_interval`` or ``FALLBACK_RESCAN_S``).
+
+    Its own moves come back from the watcher as events: a path whose state (there or not) is
+    still what the last sync left is an echo and dropped, and a batch of echoes alone starts no
+    sync, so placing never feeds itself.
+    """
+
+    FALLBACK_RESCAN_S = 300.0
 
     def __init__(self, placer: Placer, changed: threading.Event, debounce: float = 1.0,
-                 dry_run: bool = False, on_synced: Optional[Callable[[list[Op]], None]] = None):
+                 dry_run: bool = False, on_synced: Optional[Callable[[list[Op]], None]] = None,
+                 rescan_interval: float = 0.0, clock: Callable[[], float] = time.monotonic):
         self.placer = placer
         self.changed = changed
         self.debounce = debounce
@@ -698,6 +709,15 @@ class PlacerLoop:
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="facesortd-placer")
+        self.rescan_interval = rescan_interval
+        self.syncs = 0                 # syncs done, and how many of them scanned (for tests, status)
+        self.scans = {"full": 0, "paths": 0}
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._touched: set[Path] = set()
+        self._full = True              # the first sync scans the whole library
+        self._own: dict[Path, bool] = {}   # paths the last sync changed -> there after it?
+        self._wake = threading.Event()
         self._thread.start()
 
     def threads(self) -> list[threading.Thread]:
@@ -711,29 +731,97 @@ class PlacerLoop:
             self._thread = None
 
     def _run(self) -> None:
+        self._wake.set()
         first = True
         while not self._stop.is_set():
-            if not first and not self.changed.wait(0.2):
-                continue
+            if not first:
+                woke = self.changed.wait(0.1) or self._wake.wait(0.1)
+                if self.rescan_interval and next_full is None:   # unwatched() set one
+                    next_full = self._clock() + self.rescan_interval
+                due = next_full is not None and self._clock() >= next_full
+                if not (woke or due):
+                    continue
+                if self._stop.wait(self.debounce):
+                    return
+                if due:
+                    self.request_scan()
+    def touch(self, paths: Iterable[Path]) -> None:
+        """Library paths changed (watcher thread): scan them with the next sync."""
+        with self._lock:
+            self._touched.update(paths)
+        self._wake.set()
+
+    def request_scan(self) -> None:
+        """Scan the whole library with the next sync (events lost, a new watch)."""
+        with self._lock:
+            self._full = True
+        self._wake.set()
+
+    def unwatched(self) -> None:
+        """The library cannot be watched: make sure it is scanned on an interval."""
+        if not self.rescan_interval:
+            log.warning("watch.rescan_interval_s is 0: the library is scanned every %.0f s instead",
+                        self.FALLBACK_RESCAN_S)
+            self.rescan_interval = self.FALLBACK_RESCAN_S
+        self._wake.set()
+
             first = False
-            if self._stop.wait(self.debounce):
-                return
+        next_full = self._clock() + self.rescan_interval if self.rescan_interval else None
+            self._wake.clear()
+            changed = self.changed.is_set()
             self.changed.clear()
             try:
-                ops = self.placer.sync(dry_run=self.dry_run)
+                ops = self.placer.sync(dry_run=self.dry_run, scan=scan)
             except Exception:
                 log.exception("placement failed; retrying at the next change")
                 continue
+            with self._lock:
+                full, self._full = self._full, False
+                touched, self._touched = self._touched, set()
+            touched = {p for p in touched if not self._echo(p)}
+            if not (changed or full or touched):
+                continue   # only echoes of our own last sync
+            if full:
+                scan = True
+                if self.rescan_interval:
+                    next_full = self._clock() + self.rescan_interval
+            else:
+                scan = sorted(touched) if touched else False
             for op in ops if self.dry_run else ():
                 log.info("dry run: would %s", op.describe())
             if self.on_synced is not None:
                 self.on_synced(ops)
+                if scan is not False:   # the scan is owed still
+                    with self._lock:
+                        self._full |= scan is True
+                        self._touched.update(touched)
 
+            self.syncs += 1
+            if scan is True:
+                self.scans["full"] += 1
+            elif scan:
+                self.scans["paths"] += 1
+            self._remember(ops)
 
 def parse_since(text: str) -> float:
     """``--since``: unix seconds, an ISO date or date-time (local time), or an age like 30m, 2h, 1d."""
     import datetime
     import re
+    def _remember(self, ops: list[Op]) -> None:
+        """What the sync's own operations left at each path they touched (and their folders)."""
+        own: dict[Path, bool] = {}
+        for op in ops if not self.dry_run else ():
+            for path in (op.src, op.dst):
+                if path is not None:
+                    for p in (path, path.parent):
+                        own[p] = os.path.lexists(p)
+        self._own = own
+
+    def _echo(self, path: Path) -> bool:
+        """Is an event for ``path`` only our last sync's own change (still as that sync left it)?"""
+        there = self._own.get(path)
+        return there is not None and os.path.lexists(path) == there
+
 
     from facesortd.errors import FacesortdError
 

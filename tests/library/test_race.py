@@ -1,0 +1,274 @@
+"""A person's move racing the placer's own (issue 19, item 4): whoever wins, the file ends where
+the person put it, once, and the store agrees; nothing of the placer's is left behind.
+
+The journal moves a file with an atomic ``renameat2(RENAME_NOREPLACE)`` where the filesystem has
+one, else with a link and an unlink. The link path has a window (after the link, before the
+unlink) that a thread cannot hit on purpose; those tests stop the placer exactly there by wrapping
+``os.link`` as fsops calls it (the OS boundary: the real link is made, then the person's real
+rename runs, then fsops goes on) on a run where renameat2 is unavailable, as on filesystems
+without it. The threaded test races the real thing, many times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from facesortd import fsops
+from facesortd.config import parse_config
+from facesortd.library.journal import MOVED_AWAY, Op, content_id
+from facesortd.library.placer import Placer
+from facesortd.people.corrections import from_library
+
+
+class Env:
+    def __init__(self, fake, root: Path):
+        self.fake = fake
+        (root / "inbox").mkdir(parents=True)
+        self.config = parse_config(f"library: {root / 'library'}\ninboxes:\n  - path: inbox\n",
+                                   root / "facesortd.yaml")
+        self.inbox, self.library = self.config.inboxes[0].path, self.config.library
+        self.store = fake.open_store(self.config)
+        self.placer = Placer(self.config, self.store, learn=from_library)
+
+    def add(self, name: str, identities) -> int:
+        path = self.inbox / name
+        path.write_bytes(os.urandom(200) + name.encode())
+        return self.fake.fabricate(self.store, path, self.inbox, identities)
+
+    def main(self, image_id: int) -> Path:
+        with self.store.read() as conn:
+            (path,) = conn.execute("SELECT path FROM placements WHERE image_id = ? AND kind = 'main'",
+                                   (image_id,)).fetchone()
+        return Path(os.fsdecode(path))
+
+    def copies(self) -> dict[str, list[Path]]:
+        """sha256 -> every path holding those bytes in the library (each name counts)."""
+        out: dict[str, list[Path]] = {}
+        for p in sorted(self.library.rglob("*")):
+            if p.is_file():
+                out.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), []).append(p)
+        return out
+
+    def journal(self, status: str) -> list[tuple]:
+        with self.store.read() as conn:
+            return conn.execute("SELECT op, status, error FROM journal WHERE status = ?",
+                                (status,)).fetchall()
+
+
+@pytest.fixture
+def env(tmp_path, fake_ingest):
+    e = Env(fake_ingest, tmp_path)
+    yield e
+    e.store.close()
+
+
+@pytest.fixture
+def no_renameat2(monkeypatch):
+    """A run on which the atomic no-replace rename is not to be had (network shares, old C
+    libraries): fsops moves by link and unlink."""
+    monkeypatch.setattr(fsops, "_renameat2_looked", True)
+    monkeypatch.setattr(fsops, "_renameat2", None)
+    assert not fsops.rename_noreplace(Path("/nonexistent-a"), Path("/nonexistent-b"))
+
+
+def after_link(monkeypatch, src: Path, then):
+    """Run ``then()`` right after fsops' real link of ``src`` (once): the person acts in the window
+    between the placer's link and its unlink."""
+    real = os.link
+    fired = []
+
+    def link(a, b, *args, **kwargs):
+        real(a, b, *args, **kwargs)
+        if Path(a) == src and not fired:
+            fired.append(b)
+            then()
+
+    monkeypatch.setattr(fsops.os, "link", link)
+    return fired
+
+
+def _placed(env, who: str = "Alice") -> tuple[int, Path, int]:
+    alice, bob = env.fake.new_identity(env.store, who), env.fake.new_identity(env.store, "Bob")
+    image = env.add("a.jpg", [alice])
+    env.add("b.jpg", [bob])   # Bob has a folder
+    env.placer.sync()
+    return image, env.main(image), alice
+
+
+def test_renameat2_is_used_where_the_filesystem_has_it(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"x")
+    b.write_bytes(b"y")
+    with pytest.raises(FileExistsError):
+        fsops.rename_noreplace(a, b)   # never replaces
+    assert b.read_bytes() == b"y" and a.read_bytes() == b"x"
+    assert fsops.move_exact(a, tmp_path / "c", tmp_path / ".tmp") == "rename"
+    assert not a.exists() and (tmp_path / "c").read_bytes() == b"x"
+    with pytest.raises(FileNotFoundError):
+        fsops.move_exact(a, tmp_path / "d", tmp_path / ".tmp")
+    assert not (tmp_path / "d").exists()
+
+
+def test_person_moves_the_file_before_the_placer_does(env):
+    """The source is gone when the journal comes to it: the operation is rolled back as moved
+    away, nothing is created, the placement row still names the old path for the scan."""
+    image, at, alice = _placed(env)
+    person = env.library / "Bob" / "mine.jpg"
+    os.rename(at, person)
+    (out,) = env.placer.journal.run([[Op("move", at, env.library / "Carol" / "a.jpg", image, "main",
+                                         content_id(person), "follow")]])
+    assert out.moved_away and not out.taken and isinstance(out.error, FileNotFoundError)
+    assert not (env.library / "Carol" / "a.jpg").exists() and person.is_file()
+    assert [r[:2] for r in env.journal("rolled_back")] == [("move", "rolled_back")]
+    assert MOVED_AWAY in env.journal("rolled_back")[0][2] and not env.journal("failed")
+    assert env.main(image) == at
+
+
+@pytest.mark.parametrize("rename_first", [True, False])
+def test_person_moves_the_file_between_link_and_unlink(env, monkeypatch, no_renameat2, rename_first):
+    """The link to the new place was made, then the person moved the file: the placer's link is
+    the same file under a second name, so it goes again; the file is where the person put it,
+    once (``rename_first`` False: the person then moves it on into a new folder of their own).
+    """
+    image, at, alice = _placed(env)
+    dst = env.library / "Carol" / "a.jpg"
+    person = env.library / "Bob" / "mine.jpg"
+    sha = content_id(at)
+
+    def person_moves():
+        os.rename(at, person)
+        if not rename_first:   # and on into a folder of their own
+            (env.library / "Dora").mkdir()
+            os.rename(person, env.library / "Dora" / "mine.jpg")
+
+    fired = after_link(monkeypatch, at, person_moves)
+    (out,) = env.placer.journal.run([[Op("move", at, dst, image, "main", sha, "follow")]])
+    assert fired == [dst], "the window was not reached"
+    assert out.moved_away and isinstance(out.error, fsops.MovedMeanwhile)
+    final = person if rename_first else env.library / "Dora" / "mine.jpg"
+    assert env.copies()[sha] == [final] and os.stat(final).st_nlink == 1
+    assert not dst.exists()
+    assert env.main(image) == at   # the row is not moved to dst: the scan finds it at ``final``
+    assert not env.journal("failed") and not env.journal("planned")
+
+
+def test_person_deletes_the_file_between_link_and_unlink(env, monkeypatch, no_renameat2):
+    """Deleted in the window: the placer's link is now the file's only name; it stays (facesortd
+    never removes the last name of a file) and the move counts as done."""
+    image, at, alice = _placed(env)
+    dst = env.library / "Carol" / "a.jpg"
+    sha = content_id(at)
+    after_link(monkeypatch, at, lambda: os.unlink(at))
+    (out,) = env.placer.journal.run([[Op("move", at, dst, image, "main", sha, "follow")]])
+    assert out.error is None and env.copies()[sha] == [dst]
+    assert env.main(image) == dst
+
+
+def test_hardlinked_elsewhere_is_not_mistaken_for_a_move(env, monkeypatch, no_renameat2):
+    """A file that already had another name before the move (a hard-link backup, an album):
+    deleting the source in the window must not make the placer remove its link (the other name
+    was there before; the count of names tells)."""
+    image, at, alice = _placed(env)
+    backup = env.inbox.parent / "backup.jpg"
+    os.link(at, backup)
+    dst = env.library / "Carol" / "a.jpg"
+    after_link(monkeypatch, at, lambda: os.unlink(at))
+    (out,) = env.placer.journal.run([[Op("move", at, dst, image, "main", content_id(at), "follow")]])
+    assert out.error is None and dst.is_file() and os.path.samefile(dst, backup)
+
+
+def test_replay_tells_an_outside_move_from_its_own(env):
+    """A move planned when the process died; before the restart the person moved the file: the
+    replay neither completes nor fails it (rolled back as moved away), touches nothing, and the
+    file stays where the person put it."""
+    image, at, alice = _placed(env)
+    dst = env.library / "Carol" / "a.jpg"
+    (planned,) = env.placer.journal._plan([Op("move", at, dst, image, "main", content_id(at),
+                                              "follow")])
+    person = env.library / "Bob" / "mine.jpg"
+    os.rename(at, person)
+    assert env.placer.replay()["rolled_back"] == 1
+    assert person.is_file() and not dst.exists()
+    (row,) = env.journal("rolled_back")
+    assert MOVED_AWAY in row[2] and not env.journal("failed")
+
+
+def test_replay_leaves_a_file_put_at_the_source_by_someone_else(env):
+    """Killed after the rename (the move is complete) and before 'done' was written; then the
+    person put another file at the old path: the replay completes the move and leaves their file."""
+    image, at, alice = _placed(env)
+    dst = env.library / "Carol" / "a.jpg"
+    sha = content_id(at)
+    (planned,) = env.placer.journal._plan([Op("move", at, dst, image, "main", sha, "follow")])
+    dst.parent.mkdir()
+    os.rename(at, dst)
+    at.write_bytes(b"the person's own file")
+    assert env.placer.replay()["completed"] == 1
+    assert at.read_bytes() == b"the person's own file" and content_id(dst) == sha
+    assert env.main(image) == dst
+
+
+def _face_identity(store, image_id: int) -> int:
+    with store.read() as conn:
+        return conn.execute("SELECT identity_id FROM faces WHERE image_id = ? AND rejected = 0 "
+                            "ORDER BY (box_x2-box_x1)*(box_y2-box_y1) DESC", (image_id,)).fetchone()[0]
+
+
+def test_a_move_racing_a_placement_ends_where_the_person_put_it(env):
+    """50 times: the placer moves a photo (its person was renamed) on a thread while the person
+    drags the same photo into Bob's folder. Whoever wins, afterwards the photo is in Bob's folder
+    exactly once (if the placer won, the person's move found nothing and they moved it from its new
+    place, as a person would), and after the next scan the store agrees: the row names that path,
+    the face is Bob's, and another sync moves nothing."""
+    rng = random.Random(19)
+    bob = env.fake.new_identity(env.store, "Bob")
+    people = [env.fake.new_identity(env.store, f"P{i}") for i in range(50)]
+    images = [env.add(f"photo{i}.jpg", [p]) for i, p in enumerate(people)]
+    env.add("bob.jpg", [bob])
+    env.placer.sync(scan=True)
+    wins = {"person": 0, "placer": 0}
+    spent = 0.005   # how long a sync takes here, as measured
+    for i, (image, person) in enumerate(zip(images, people)):
+        at = env.main(image)
+        sha = content_id(at)
+        with env.store.transaction() as conn:
+            conn.execute("UPDATE identities SET name = ? WHERE id = ?", (f"Renamed{i}", person))
+        errors, took = [], []
+        thread = threading.Thread(target=_try, args=(env.placer.sync, errors, took))
+        thread.start()
+        time.sleep(rng.uniform(0, 3 * spent))   # anywhere in (and around) the sync's time
+        want = env.library / "Bob" / f"photo{i}.jpg"   # dragged: the name stays
+        try:
+            os.rename(at, want)
+            wins["person"] += 1
+        except FileNotFoundError:   # the placer's rename came first: the person finds it there
+            thread.join()
+            os.rename(env.library / f"Renamed{i}" / f"photo{i}.jpg", want)
+            wins["placer"] += 1
+        thread.join()
+        assert not errors
+        spent = min(spent, took[0]) if i else took[0]
+        env.placer.sync(scan=True)
+        assert env.copies()[sha] == [want]
+        assert env.main(image) == want and _face_identity(env.store, image) == bob
+    assert env.placer.sync(scan=True) == []
+    assert len(env.copies()) == 51 and all(len(paths) == 1 for paths in env.copies().values())
+    assert not env.journal("failed") and not env.journal("planned")
+    assert wins["person"] and wins["placer"], wins   # both sides of the race were run
+
+
+def _try(fn, errors: list, took: list) -> None:
+    start = time.perf_counter()
+    try:
+        fn()
+    except Exception as exc:   # reported to the test's thread
+        errors.append(exc)
+    finally:
+        took.append(time.perf_counter() - start)
