@@ -704,11 +704,6 @@ class PlacerLoop:
         self.debounce = debounce
         self.dry_run = dry_run
         self.on_synced = on_synced
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="facesortd-placer")
         self.rescan_interval = rescan_interval
         self.syncs = 0                 # syncs done, and how many of them scanned (for tests, status)
         self.scans = {"full": 0, "paths": 0}
@@ -718,6 +713,11 @@ class PlacerLoop:
         self._full = True              # the first sync scans the whole library
         self._own: dict[Path, bool] = {}   # paths the last sync changed -> there after it?
         self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="facesortd-placer")
         self._thread.start()
 
     def threads(self) -> list[threading.Thread]:
@@ -726,25 +726,11 @@ class PlacerLoop:
 
     def stop(self, timeout: float = 60.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
 
-    def _run(self) -> None:
-        self._wake.set()
-        first = True
-        while not self._stop.is_set():
-            if not first:
-                woke = self.changed.wait(0.1) or self._wake.wait(0.1)
-                if self.rescan_interval and next_full is None:   # unwatched() set one
-                    next_full = self._clock() + self.rescan_interval
-                due = next_full is not None and self._clock() >= next_full
-                if not (woke or due):
-                    continue
-                if self._stop.wait(self.debounce):
-                    return
-                if due:
-                    self.request_scan()
     def touch(self, paths: Iterable[Path]) -> None:
         """Library paths changed (watcher thread): scan them with the next sync."""
         with self._lock:
@@ -765,16 +751,25 @@ class PlacerLoop:
             self.rescan_interval = self.FALLBACK_RESCAN_S
         self._wake.set()
 
-            first = False
+    def _run(self) -> None:
         next_full = self._clock() + self.rescan_interval if self.rescan_interval else None
+        first = True
+        while not self._stop.is_set():
+            if not first:
+                woke = self.changed.wait(0.1) or self._wake.wait(0.1)
+                if self.rescan_interval and next_full is None:   # unwatched() set one
+                    next_full = self._clock() + self.rescan_interval
+                due = next_full is not None and self._clock() >= next_full
+                if not (woke or due):
+                    continue
+                if self._stop.wait(self.debounce):
+                    return
+                if due:
+                    self.request_scan()
+            first = False
             self._wake.clear()
             changed = self.changed.is_set()
             self.changed.clear()
-            try:
-                ops = self.placer.sync(dry_run=self.dry_run, scan=scan)
-            except Exception:
-                log.exception("placement failed; retrying at the next change")
-                continue
             with self._lock:
                 full, self._full = self._full, False
                 touched, self._touched = self._touched, set()
@@ -787,26 +782,26 @@ class PlacerLoop:
                     next_full = self._clock() + self.rescan_interval
             else:
                 scan = sorted(touched) if touched else False
-            for op in ops if self.dry_run else ():
-                log.info("dry run: would %s", op.describe())
-            if self.on_synced is not None:
-                self.on_synced(ops)
+            try:
+                ops = self.placer.sync(dry_run=self.dry_run, scan=scan)
+            except Exception:
+                log.exception("placement failed; retrying at the next change")
                 if scan is not False:   # the scan is owed still
                     with self._lock:
                         self._full |= scan is True
                         self._touched.update(touched)
-
+                continue
             self.syncs += 1
             if scan is True:
                 self.scans["full"] += 1
             elif scan:
                 self.scans["paths"] += 1
             self._remember(ops)
+            for op in ops if self.dry_run else ():
+                log.info("dry run: would %s", op.describe())
+            if self.on_synced is not None:
+                self.on_synced(ops)
 
-def parse_since(text: str) -> float:
-    """``--since``: unix seconds, an ISO date or date-time (local time), or an age like 30m, 2h, 1d."""
-    import datetime
-    import re
     def _remember(self, ops: list[Op]) -> None:
         """What the sync's own operations left at each path they touched (and their folders)."""
         own: dict[Path, bool] = {}
@@ -822,6 +817,11 @@ def parse_since(text: str) -> float:
         there = self._own.get(path)
         return there is not None and os.path.lexists(path) == there
 
+
+def parse_since(text: str) -> float:
+    """``--since``: unix seconds, an ISO date or date-time (local time), or an age like 30m, 2h, 1d."""
+    import datetime
+    import re
 
     from facesortd.errors import FacesortdError
 
