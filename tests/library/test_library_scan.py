@@ -374,3 +374,36 @@ def test_companions_follow_their_photo_and_a_placer_without_corrections_leaves_f
                                 (image,)).fetchone() == (x, 0)
     finally:
         store.close()
+
+
+def test_a_folder_deleted_is_one_correction_and_run_once_reads_the_library(lib, capsys):
+    from facesortd.cli import main
+
+    e = lib()
+    people = e.people()
+    paul, felix, rowling = people["Paul_McCartney"], people["Allyson_Felix"], people["JK_Rowling"]
+    folder = e.folder(paul)
+    images = [e.image_of(p) for p in e.photos(folder)]
+    moved = e.photos(e.folder(felix))[0]
+    face = e.largest_face(e.image_of(moved))[0]
+    shutil.rmtree(folder)
+    os.rename(moved, e.folder(rowling) / moved.name)
+    before = len(e.history())
+    e.close()
+
+    config = str(e.root / "facesortd.yaml")
+    assert main(["run", "--once", "--config", config]) == 0
+    assert main(["status", "--config", config]) == 0
+    assert f"images_removed: {len(images)} (photos deleted" in capsys.readouterr().out
+    e.state = open_state(e.config)
+    e.store, e.placer = e.state.store, e.state.placer
+    made = e.history()[: len(e.history()) - before]
+    assert sorted(h["op"] for h in made) == ["move_faces", "remove_images"]
+    removal = next(h for h in made if h["op"] == "remove_images")
+    assert sorted(removal["args"]["images"]) == sorted(images)
+    with e.store.read() as conn:
+        assert conn.execute("SELECT identity_id, pinned FROM faces WHERE id = ?",
+                            (face,)).fetchone() == (rowling, 1)
+    assert (e.folder(rowling) / moved.name).exists() and not folder.exists()
+    e.recluster_and_sync()
+    e.agree()
