@@ -325,6 +325,8 @@ class Placer:
                 live.append(p)     # its own bytes: never compared with the photo's
             elif p.kind == "held_companion":
                 continue           # back in the inbox with its held photo (undo)
+            elif p.kind == "kept":
+                continue           # facesortd adopt: the person's own file, never moved
             elif p.sha256 != image.sha256:
                 # the inbox path now holds other content: the old file stays where it is, untracked
                 if not dry_run:
@@ -332,6 +334,8 @@ class Placer:
                                     "WHERE image_id = ? AND path = ?")
             else:
                 live.append(p)
+        if not live and any(p.kind == "kept" for p in placements):
+            return None            # adopted where it is, outside the library: it stays there
         return live
 
     def _targets(self, image: ImageRow, snap: _Snapshot) -> list[Path]:
@@ -463,8 +467,9 @@ class Placer:
                   main_at: Path) -> list[tuple[Path, str]]:
         """Companions of this image in its inbox folder, settled, to be placed beside it now
         (with a copy or link action, those placed before stay placed: they are not taken twice)."""
-        if image.status == "other":
-            return []
+        if image.status == "other" or self.config.library in image.path.parents \
+                or any(p.kind == "kept" for p in snap.placements.get(image.id, ())):
+            return []   # adopted (facesortd adopt): its folder is a person's own, not an inbox
         folder = image.path.parent
         if folder not in snap.listings:
             snap.listings[folder] = companions.listing(folder, self.store, self.config.watch)
