@@ -194,6 +194,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adopt(args: argparse.Namespace) -> int:
+    from facesortd.app.adopt import adopt, format_report
+
+    config = _config(args)
+    _setup_logging(config.log_level if args.verbose else "warning")
+    if not args.verbose:   # each unreadable photo is in the report, not logged as "quarantined"
+        logging.getLogger("facesortd.pipeline").setLevel(logging.ERROR)
+    report = adopt(config, args.dir, do_import=args.do_import, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(format_report(report), end="")
+    return 0
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     from facesortd.app.review import serve
 
@@ -400,6 +415,26 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--dry-run", action="store_true",
                        help="report what it would do (import: and the file operations); change nothing")
         a.set_defaults(func=cmd_people)
+
+    p = sub.add_parser(
+        "adopt", parents=[common], help="learn the people of folders a person already sorted",
+        description="DIR holds one folder per person (DIR/<Person Name>/..., subfolders are that "
+                    "person's too). Each photo with exactly one face becomes a pinned face of that "
+                    "person (an existing person with that folder name is reused); photos with "
+                    "several faces or none are reported, not guessed. Inside the library the "
+                    "photos become placed files where they are (they follow their person from "
+                    "then on); outside it they stay where they are for good; --import copies them "
+                    "into the library. Nothing in DIR is moved, renamed or changed; content "
+                    "already in the store is skipped (running it twice adds nothing). The daemon "
+                    "must be stopped.")
+    p.add_argument("dir", type=Path, metavar="DIR", help="the folder of person folders")
+    p.add_argument("--import", dest="do_import", action="store_true",
+                   help="copy the photos into their person's folder in the library")
+    p.add_argument("--dry-run", action="store_true",
+                   help="read every photo and report what it would do; write nothing")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--verbose", action="store_true", help="log each photo as it is read")
+    p.set_defaults(func=cmd_adopt)
 
     p = sub.add_parser("web", parents=[common],
                        help="serve the review page alone, against the store (no daemon running)")
