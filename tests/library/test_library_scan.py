@@ -407,3 +407,117 @@ def test_a_folder_deleted_is_one_correction_and_run_once_reads_the_library(lib, 
     assert (e.folder(rowling) / moved.name).exists() and not folder.exists()
     e.recluster_and_sync()
     e.agree()
+
+
+# -- layouts, multi_face links, the hash cache (made-up faces on real files: fake_ingest) --------
+
+class Fake:
+    """A store with made-up faces over real files, its placer wired to the corrections."""
+
+    def __init__(self, fake, root: Path, placement: str = ""):
+        from facesortd.config import parse_config
+
+        self.fake = fake
+        (root / "inbox").mkdir(parents=True)
+        text = (f"library: {root / 'library'}\ninboxes:\n  - path: inbox\nwatch:\n  settle_ms: 0\n"
+                + (f"placement:\n{placement}" if placement else ""))
+        self.config = parse_config(text, root / "facesortd.yaml")
+        self.inbox, self.lib = self.config.inboxes[0].path, self.config.library
+        self.store = fake.open_store(self.config)
+        self.placer = Placer(self.config, self.store, learn=from_library)
+
+    def photo(self, name: str, identities, content: bytes | None = None, areas=None) -> int:
+        path = self.inbox / name
+        path.write_bytes(content if content is not None else os.urandom(64) + name.encode())
+        os.utime(path, (1.6e9, 1.6e9))   # {year}: 2020
+        return self.fake.fabricate(self.store, path, self.inbox, identities, areas)
+
+    def faces(self, image: int) -> list[tuple]:
+        with self.store.read() as conn:
+            return conn.execute("SELECT identity_id, pinned, rejected FROM faces WHERE image_id = ? "
+                                "ORDER BY id", (image,)).fetchall()
+
+
+@pytest.fixture
+def fake(tmp_path, fake_ingest):
+    made = []
+
+    def make(placement: str = "") -> Fake:
+        made.append(Fake(fake_ingest, tmp_path / f"f{len(made)}", placement))
+        return made[-1]
+
+    yield make
+    for f in made:
+        f.store.close()
+
+
+def test_a_layout_with_folders_before_the_person_and_one_without_a_person_folder(fake):
+    f = fake("  layout: '{year}/{identity}/{name}{ext}'\n")
+    x, y = (f.fake.new_identity(f.store, n) for n in ("X", "Y"))
+    a = f.photo("a.jpg", [x])
+    f.photo("b.jpg", [y])
+    f.placer.sync()
+    os.rename(f.lib / "2020" / "X" / "a.jpg", f.lib / "2020" / "Y" / "a.jpg")
+    assert f.placer.sync(scan=True) == []
+    assert f.faces(a) == [(y, 1, 0)]
+
+    g = fake("  layout: '{identity}_{year}/{name}{ext}'\n")
+    x = g.fake.new_identity(g.store, "X")
+    a = g.photo("a.jpg", [x])
+    g.photo("b.jpg", [x])
+    g.placer.sync()
+    (g.lib / "mine").mkdir()
+    os.rename(g.lib / "X_2020" / "a.jpg", g.lib / "mine" / "a.jpg")
+    (g.lib / "X_2020" / "b.jpg").unlink()
+    assert g.placer.sync(scan=True) == []
+    assert g.faces(a) == [(x, 0, 0)] and (g.lib / "mine" / "a.jpg").exists()   # left there
+    assert g.placer.last_scan.left == 1 and g.placer.last_scan.removed == 1
+    assert g.placer.sync(scan=True) == [] and g.placer.last_scan.moved == 0
+
+
+def test_multi_face_all_a_link_moved_or_deleted_is_about_that_folders_face(fake):
+    f = fake("  multi_face: all\n")
+    x, y, z = (f.fake.new_identity(f.store, n) for n in ("X", "Y", "Z"))
+    one = f.photo("one.jpg", [x, y], areas=[20.0, 10.0])
+    two = f.photo("two.jpg", [x, y], areas=[20.0, 10.0])
+    f.placer.sync()
+    assert (f.lib / "Y" / "one.jpg").exists() and (f.lib / "Y" / "two.jpg").exists()
+    (f.lib / "Z").mkdir(exist_ok=True)
+    os.rename(f.lib / "Y" / "one.jpg", f.lib / "Z" / "one.jpg")   # Y's face is Z's
+    (f.lib / "Y" / "two.jpg").unlink()                             # Y's face is not Y's
+    f.placer.sync(scan=True)
+    assert f.faces(one) == [(x, 0, 0), (z, 1, 0)]
+    assert f.faces(two) == [(x, 0, 0), (None, 0, 0)]
+    with f.store.read() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM cannot_link WHERE identity_id = ?", (y,)).fetchone() \
+            == (1,)
+    assert f.placer.sync(scan=True) == []
+    assert not (f.lib / "Y" / "two.jpg").exists() and (f.lib / "X" / "two.jpg").exists()
+
+
+def test_a_removal_undone_gives_the_faces_back_and_the_scan_hashes_only_what_changed(fake):
+    from facesortd.people.corrections import undo
+
+    f = fake()
+    x = f.fake.new_identity(f.store, "X")
+    ids = [f.photo(f"p{i}.jpg", [x], content=bytes([i]) * 100) for i in range(4)]
+    f.placer.sync()
+    (f.lib / "mine").mkdir()
+    hand = f.lib / "mine" / "hand.jpg"
+    hand.write_bytes(b"h" * 100)                 # a person's own file, the size of the placed ones
+    (f.lib / "X" / "p0.jpg").unlink()
+    f.placer.sync(scan=True)
+    assert f.placer.last_scan.hashed == 1 and f.placer.last_scan.removed == 1
+    (f.lib / "X" / "p1.jpg").unlink()
+    f.placer.sync(scan=True)
+    assert f.placer.last_scan.hashed == 0 and f.placer.last_scan.removed == 1   # from the cache
+    os.utime(hand, (1.7e9, 1.7e9))
+    (f.lib / "X" / "p2.jpg").unlink()
+    f.placer.sync(scan=True)
+    assert f.placer.last_scan.hashed == 1                                       # changed: again
+    assert hand.read_bytes() == b"h" * 100
+    assert f.faces(ids[2]) == [(None, 0, 1)]
+    undo(f.store)                                # the last removal undone: the face is evidence again
+    assert f.faces(ids[2]) == [(x, 0, 0)]
+    assert f.placer.sync(scan=True) == [] and f.placer.last_scan.removed == 0
+    assert f.store.counts()["images_removed"] == 2
