@@ -335,3 +335,47 @@ def test_adopt_aligned_crops(tmp_path, data_dir, capsys):
     assert people(config.state_dir) == {}
     with sqlite3.connect(config.state_dir / "facesortd.db") as conn:
         assert conn.execute("SELECT COUNT(*), SUM(pinned) FROM faces").fetchone() == (4, 0)
+
+
+def test_identity_service_assigns_new_faces_to_adopted_people(tmp_path, data_dir, capsys):
+    """The incremental step alone, before any recluster: faces of new inbox photos go to the
+    adopted (pinned, named) person they are nearest to."""
+    config = make_config(tmp_path)
+    sorted_dir = tmp_path / "sorted"
+    for person in PEOPLE[:2]:
+        (sorted_dir / person).mkdir(parents=True)
+        for f in photos(data_dir, person)[:3]:
+            shutil.copyfile(f, sorted_dir / person / f.name)
+    code, report = adopt(capsys, tmp_path / "facesortd.yaml", str(sorted_dir))
+    assert code == 0 and report["faces_pinned"] == 6
+    with sqlite3.connect(config.state_dir / "facesortd.db") as conn:
+        named = dict(conn.execute("SELECT name, id FROM identities"))
+        last = conn.execute("SELECT MAX(id) FROM faces").fetchone()[0]
+
+    from facesortd.inbox.jobs import Job
+
+    daemon = Daemon(config)
+    daemon.open()                       # the identity thread is not started: assign() runs here
+    try:
+        daemon.pipeline.start()
+        new = [f for person in PEOPLE[:2] for f in photos(data_dir, person)[3:5]]
+        for f in new:
+            dst = tmp_path / "inbox" / f.name
+            shutil.copyfile(f, dst)
+            st = dst.stat()
+            assert daemon.pipeline.submit(Job(dst, tmp_path / "inbox", "detect", st.st_size,
+                                              st.st_mtime_ns))
+        assert daemon.pipeline.drain(120)
+        daemon.pipeline.stop()
+        with daemon.store.read() as conn:
+            fresh = [r[0] for r in conn.execute("SELECT id FROM faces WHERE id > ?", (last,))]
+        assert len(fresh) == len(new)
+        daemon.identities.assign(fresh)
+        with daemon.store.read() as conn:
+            got = dict(conn.execute(
+                "SELECT i.path, f.identity_id FROM faces f JOIN images i ON i.id = f.image_id "
+                "WHERE f.id > ?", (last,)))
+    finally:
+        daemon.close()
+    assert {Path(p).name: who for p, who in got.items()} == \
+        {f.name: named[f.parent.name] for f in new}
