@@ -129,12 +129,14 @@ class _Scan:
         self.specials = (pc.unknown_dir, pc.noface_dir, pc.quarantine_dir, pc.group_dir,
                          pc.duplicates_dir, pc.other_dir)
         export = Path(os.path.abspath(config.export.root))
-        self.skip = {export} if self.library in export.parents else set()
+        self.skip = {str(export)} if self.library in export.parents else set()
+        self._alone: Optional[set[int]] = None
 
     # -- the walk ------------------------------------------------------------------------------
-    def _walk(self, root: Path, into: set[Path]) -> None:
+    def _walk(self, root: str, into: set[str]) -> None:
         """Every file and symlink under ``root`` (names only: no stat), dot-names and the export
-        folder left out (the journal's temporary files start with a dot)."""
+        folder left out (the journal's temporary files start with a dot). Plain strings: at
+        100,000 files, Path objects cost more than the walk."""
         stack = [root]
         while stack:
             folder = stack.pop()
@@ -146,40 +148,44 @@ class _Scan:
                 for entry in entries:
                     if entry.name.startswith("."):
                         continue
-                    path = folder / entry.name
                     try:
                         is_dir = entry.is_dir(follow_symlinks=False)
                     except OSError:
                         continue
                     if is_dir:
-                        if path not in self.skip:
-                            stack.append(path)
+                        if entry.path not in self.skip:
+                            stack.append(entry.path)
                     else:
-                        into.add(path)
+                        into.add(entry.path)
 
     def run(self, paths: Optional[list[Path]]) -> Optional[Learned]:
-        rows, known = self._rows()
-        seen: set[Path] = set()
+        seen: set[str] = set()
+        lib = str(self.library)
         if paths is None:
-            self._walk(self.library, seen)
-            affected = rows
+            rows = self._rows(None)
+            self._walk(lib, seen)
         else:
-            roots = [Path(os.path.abspath(p)) for p in paths]
-            roots = [r for r in roots if r == self.library or self.library in r.parents]
+            roots = [os.path.abspath(p) for p in paths]
+            roots = [r for r in roots if r == lib or r.startswith(lib + os.sep)]
+            rows = self._rows(roots)
             for r in roots:
                 if os.path.isdir(r) and not os.path.islink(r):
                     self._walk(r, seen)
-                elif os.path.lexists(r) and not r.name.startswith("."):
+                elif os.path.lexists(r) and not os.path.basename(r).startswith("."):
                     seen.add(r)
-            affected = [row for row in rows if any(row.path == r or r in row.path.parents
-                                                   for r in roots)]
+        known = {r[2] for r in rows}
         self.out.files = len(seen)
-        missing = [row for row in affected if row.path not in seen and not os.path.lexists(row.path)]
-        untracked = sorted(p for p in seen if p not in known)
+        missing = [_Row(r[0], r[1], Path(r[2]), *r[3:]) for r in rows
+                   if r[3] in _TRACKED and r[2] not in seen and not os.path.lexists(r[2])]
+        untracked = [Path(p) for p in sorted(seen - known)]
         if paths is None and not self.dry_run:
             self._prune_cache(seen)
+        missing = [row for row in missing if row.image_id not in self._left_alone()]
         if not missing:
             return self.out
+        if paths is not None:
+            rows = self._rows(None)   # a whole folder moved or not: every row of the library
+        rows = [r for r in rows if r[3] in _TRACKED]
         images = self._images({row.image_id for row in missing})
         found = self._match(missing, untracked, images, rows)
         if paths is not None and any(row.id not in found for row in missing):
@@ -187,19 +193,31 @@ class _Scan:
         self._interpret(missing, found, images, rows)
         return self.out
 
-    def _rows(self) -> tuple[list[_Row], set[Path]]:
-        """The placement rows the scan looks after (placed files of images the placer manages),
-        and every path any row names."""
+    def _rows(self, roots: Optional[list[str]]) -> list[tuple]:
+        """(id, image id, path, kind, action, sha256) of the placement rows of images, at or under
+        ``roots`` (None: all); paths as text."""
+        sql = "SELECT id, image_id, path, kind, action, sha256 FROM placements WHERE image_id IS NOT NULL"
         with self.store.read() as conn:
-            all_rows = conn.execute("SELECT id, image_id, path, kind, action, sha256 FROM placements "
-                                    "WHERE image_id IS NOT NULL ORDER BY id").fetchall()
-            errors = {r[0] for r in conn.execute("SELECT id FROM images WHERE status IN "
-                                                 "('error', 'pending')")}
-        known = {decode_path(r[2]) for r in all_rows}
-        left_alone = {r[1] for r in all_rows if r[3] in ("held", "gone", "removed")} | errors
-        rows = [_Row(r[0], r[1], decode_path(r[2]), r[3], r[4], r[5]) for r in all_rows
-                if r[3] in _TRACKED and r[1] not in left_alone]
-        return rows, known
+            if roots is None:
+                found = conn.execute(sql).fetchall()
+            else:
+                found = []
+                for r in roots:   # the path index: a range per root
+                    found += conn.execute(sql + " AND (path = ? OR (path > ? AND path < ?))",
+                                          (r, r + os.sep, r + os.sep + "\U0010ffff")).fetchall()
+        return [(r[0], r[1], os.fsdecode(r[2]) if isinstance(r[2], bytes) else r[2], *r[3:])
+                for r in found]
+
+    def _left_alone(self) -> set[int]:
+        """Images the placer leaves alone (held by undo, gone, removed, broken or not ingested)."""
+        if self._alone is None:
+            with self.store.read() as conn:
+                self._alone = {r[0] for r in conn.execute(
+                    "SELECT image_id FROM placements WHERE kind IN ('held', 'gone', 'removed') "
+                    "AND image_id IS NOT NULL")}
+                self._alone |= {r[0] for r in conn.execute(
+                    "SELECT id FROM images WHERE status IN ('error', 'pending')")}
+        return self._alone
 
     def _images(self, ids: set[int]) -> dict[int, _Image]:
         out: dict[int, _Image] = {}
@@ -213,7 +231,7 @@ class _Scan:
 
     # -- matching ------------------------------------------------------------------------------
     def _match(self, missing: list[_Row], untracked: list[Path], images: dict[int, _Image],
-               rows: list[_Row]) -> dict[int, Path]:
+               rows: list[tuple]) -> dict[int, Path]:
         """Row id -> the untracked file that holds its content: photos (main, extra) by size and
         sha256, preferring their own name; then companions, beside their photo's new place first."""
         found: dict[int, Path] = {}
@@ -275,7 +293,9 @@ class _Scan:
                     found[row.id] = path
                     claimed.add(path)
                     break
-        main_at = {r.image_id: found.get(r.id, r.path) for r in rows if r.kind == "main"}
+        companions = {r.image_id for r in missing if r.kind == "companion"}
+        main_at = {r[1]: found.get(r[0], Path(r[2])) for r in rows
+                   if r[3] == "main" and r[1] in companions}
         for row in (r for r in missing if r.kind == "companion"):
             beside = main_at.get(row.image_id, row.path).parent / row.path.name
             pool = [p for p in untracked if p not in claimed and p.name == row.path.name]
@@ -298,28 +318,28 @@ class _Scan:
                     out[decode_path(path)] = (size, mtime_ns, sha)
         return out
 
-    def _prune_cache(self, seen: set[Path]) -> None:
+    def _prune_cache(self, seen: set[str]) -> None:
         with self.store.read() as conn:
             stale = [r[0] for r in conn.execute("SELECT path FROM library_hashes")
-                     if decode_path(r[0]) not in seen]
+                     if os.fsdecode(r[0]) not in seen]
         if stale:
             with self.store.transaction() as conn:
                 conn.executemany("DELETE FROM library_hashes WHERE path = ?", [(p,) for p in stale])
 
     # -- meaning -------------------------------------------------------------------------------
-    def _folder(self, path: Path) -> Optional[str]:
+    def _folder(self, path: Union[str, Path]) -> Optional[str]:
         """The person folder a library path is in: the component the layout's ``{identity}`` part
         produces; None where the layout says nothing about this path."""
         if self.at is None:
             return None
-        try:
-            rel = path.relative_to(self.library)
-        except ValueError:
+        lib, text = str(self.library) + os.sep, os.fspath(path)
+        if not text.startswith(lib):
             return None
-        return rel.parts[self.at] if len(rel.parts) == self.depth else None
+        parts = text[len(lib):].split(os.sep)
+        return parts[self.at] if len(parts) == self.depth else None
 
     def _interpret(self, missing: list[_Row], found: dict[int, Path], images: dict[int, _Image],
-                   rows: list[_Row]) -> None:
+                   rows: list[tuple]) -> None:
         with self.store.read() as conn:
             names, merged = {}, {}
             for iid, name, into in conn.execute("SELECT id, name, merged_into FROM identities"):
@@ -361,15 +381,17 @@ class _Scan:
         plans: list[_Plan] = []
         # every placed photo of a person's folder moved into one other folder: rename or merge
         whole: dict[int, Union[int, str]] = {}
-        members: dict[int, list[_Row]] = defaultdict(list)
-        for row in rows:
-            if row.kind != "companion":
-                m = meaning(self._folder(row.path))
-                if isinstance(m, int):
-                    members[m].append(row)
+        sources = {meaning(self._folder(row.path)) for row in missing if row.kind != "companion"}
+        members: dict[int, list[int]] = defaultdict(list)     # identity -> its folder's row ids
+        alone = self._left_alone()
+        for r in rows:
+            if r[3] != "companion" and r[1] not in alone:
+                m = meaning(self._folder(r[2]))
+                if m in sources and isinstance(m, int):
+                    members[m].append(r[0])
         for identity, inside in members.items():
-            dests = {meaning(self._folder(found[r.id])) if r.id in found else None for r in inside}
-            if len(dests) == 1 and all(r.id in found for r in inside):
+            dests = {meaning(self._folder(found[r])) if r in found else None for r in inside}
+            if len(dests) == 1 and all(r in found for r in inside):
                 dest = dests.pop()
                 if dest != identity and (isinstance(dest, int) or
                                          (isinstance(dest, str) and dest.startswith("new:"))):
@@ -378,8 +400,8 @@ class _Scan:
         new_people: dict[str, list[int]] = defaultdict(list)
         new_rows: dict[str, list[tuple[int, Optional[Path], Optional[str]]]] = defaultdict(list)
         for identity, dest in sorted(whole.items(), key=lambda kv: kv[0]):
-            moved = [(r.id, found[r.id], None) for r in members[identity]]
-            done_rows |= {r.id for r in members[identity]}
+            moved = [(r, found[r], None) for r in members[identity]]
+            done_rows |= set(members[identity])
             if isinstance(dest, int):
                 plans.append(_Plan("merge", {"source": identity, "into": dest}, moved,
                                    f"all of {_name(identity, live)}'s photos into "
