@@ -190,6 +190,16 @@ class _Scan:
         found = self._match(missing, untracked, images, rows)
         if paths is not None and any(row.id not in found for row in missing):
             return None
+        if paths is None and any(row.id not in found for row in missing):
+            # the walk is not atomic: a file moved while it ran, from a folder not listed yet into
+            # one listed already, was seen nowhere. A second walk before anything is taken for
+            # deleted: what it finds that the first did not may be it.
+            again: set[str] = set()
+            self._walk(lib, again)
+            missing = [row for row in missing if row.id in found or not os.path.lexists(row.path)]
+            late = [Path(p) for p in sorted(again - known - seen)]
+            found.update(self._match([row for row in missing if row.id not in found], late,
+                                     images, rows))
         self._interpret(missing, found, images, rows)
         return self.out
 
