@@ -357,6 +357,8 @@ class Placer:
     def _wanted_folders(self, image: ImageRow, snap: _Snapshot) -> list[Folder]:
         """The folders wanted for this image, the main one first; none while it is not sorted."""
         pc = self.config.placement
+        if image.id in snap.removed or image.duplicate_of in snap.removed:
+            return []   # deleted from the library by a person: never placed again (nor its copies)
         if image.status == "duplicate":
             if pc.on_conflict == "skip_identical":
                 return [Folder(pc.duplicates_dir, True)]
@@ -364,8 +366,6 @@ class Placer:
             if original is None or original.status not in ("done", "noface"):
                 return []
             return self._folders(original, snap)
-        if image.id in snap.removed or image.duplicate_of in snap.removed:
-            return []   # deleted from the library by a person: never placed again
         if image.status in ("done", "noface"):
             return self._folders(image, snap)
         if image.status == "other":

@@ -521,3 +521,31 @@ def test_a_removal_undone_gives_the_faces_back_and_the_scan_hashes_only_what_cha
     assert f.faces(ids[2]) == [(x, 0, 0)]
     assert f.placer.sync(scan=True) == [] and f.placer.last_scan.removed == 0
     assert f.store.counts()["images_removed"] == 2
+
+
+def test_duplicates_a_renamed_file_and_an_original_deleted_beside_its_copy(fake):
+    f = fake()
+    x, y = (f.fake.new_identity(f.store, n) for n in ("X", "Y"))
+    a = f.photo("a.jpg", [x], content=b"same" * 30)
+    b = f.photo("b.jpg", [], content=b"same" * 30)        # the same bytes: a duplicate of a
+    c = f.photo("c.jpg", [x])
+    f.placer.sync()
+    assert sorted(p.name for p in (f.lib / "X").iterdir()) == ["a.jpg", "b.jpg", "c.jpg"]
+    # the copy dragged to Y: the face it shows (the original's) is Y's, and both follow
+    os.rename(f.lib / "X" / "b.jpg", f.lib / "Y.jpg")
+    (f.lib / "Y").mkdir()
+    os.rename(f.lib / "Y.jpg", f.lib / "Y" / "b.jpg")
+    f.placer.sync(scan=True)
+    assert f.faces(a) == [(y, 1, 0)] and (f.lib / "Y" / "a.jpg").exists()
+    # renamed in its own folder: taken for the same photo, and named by the layout again
+    os.rename(f.lib / "X" / "c.jpg", f.lib / "X" / "holiday.jpg")
+    f.placer.sync(scan=True)
+    assert f.placer.last_scan.moved == 1 and f.faces(c) == [(x, 0, 0)]
+    assert (f.lib / "X" / "c.jpg").exists() and not (f.lib / "X" / "holiday.jpg").exists()
+    # the original deleted, its copy kept: the copy stays where it is (not sent to _noface)
+    (f.lib / "Y" / "a.jpg").unlink()
+    f.placer.sync(scan=True)
+    assert f.placer.last_scan.removed == 1 and f.faces(a) == [(None, 0, 1)]
+    assert f.placer.sync(scan=True) == [] and (f.lib / "Y" / "b.jpg").exists()
+    with f.store.read() as conn:
+        assert conn.execute("SELECT removed_at IS NULL FROM images WHERE id = ?", (b,)).fetchone() == (1,)
