@@ -1,7 +1,8 @@
 """A driver the crash test (test_crash.py) runs and kills: ``placer_driver.py CONFIG ROUND`` replays
 the journal, records every inbox photo not yet recorded (face i of file n belongs to identity n % 7;
 every 5th file has no face; duplicates point at their original), renames every identity after the
-round number so that placed files must follow, then syncs. Each phase is appended to
+round number so that placed files must follow, then syncs with a scan of the library first (what
+a person moved there meanwhile is learned, as by ``run --once``). Each phase is appended to
 ``rounds.log`` beside the state folder, so the test knows where each kill landed.
 ``placer_driver.py CONFIG ROUND quarantine`` instead sets every inbox file aside as broken, as the
 pipeline does (an 'error' row, then ``Placer.quarantine``). The files are recorded without the
@@ -23,12 +24,13 @@ from fake_ingest import fabricate, new_identity, open_store  # noqa: E402
 def main(argv: Sequence[str]) -> int:
     from facesortd.config import load_config
     from facesortd.library.placer import Placer
+    from facesortd.people.corrections import from_library
 
     config, round_no = load_config(argv[0]), int(argv[1])
     log = open(config.state_dir.parent / "rounds.log", "a", buffering=1)
     log.write(f"{round_no} start\n")
     store = open_store(config)
-    placer = Placer(config, store)
+    placer = Placer(config, store, learn=from_library)   # what a person did there is learned
     repaired = placer.replay()
     log.write(f"{round_no} replayed {sum(repaired.values())}\n")
     if argv[2:] == ["quarantine"]:
@@ -51,7 +53,7 @@ def main(argv: Sequence[str]) -> int:
         conn.executemany("UPDATE identities SET name = ? WHERE id = ?",
                          [(f"Person {i} round {round_no}", p) for i, p in enumerate(people)])
     log.write(f"{round_no} syncing {time.time()}\n")
-    ops = placer.sync()
+    ops = placer.sync(scan=True)   # as run --once: the library scanned first
     log.write(f"{round_no} synced {time.time()} {len(ops)}\n")
     store.close()
     return 0

@@ -15,8 +15,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -85,6 +87,45 @@ def census(root: Path, skip: Callable[[Path], bool] = lambda p: False) -> Counte
                    for p in root.rglob("*") if p.is_file() and not p.is_symlink() and not skip(p))
 
 
+class Mover:
+    """A person dragging placed photos from one person's folder into another's (a rename that
+    never replaces, as a file manager's drag within one disk), every few milliseconds, on a
+    thread, while a driver round runs and is killed: ``with Mover(library, rng): ...``."""
+
+    def __init__(self, library: Path, rng: random.Random):
+        self.library, self.rng = library, rng
+        self.moves = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-mover")
+
+    def __enter__(self) -> "Mover":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        from facesortd.fsops import rename_noreplace
+
+        while not self._stop.wait(self.rng.uniform(0.002, 0.03)):
+            try:
+                folders = [f for f in self.library.iterdir()
+                           if f.is_dir() and not f.name.startswith(("_", "."))]
+                if len(folders) < 2:
+                    continue
+                src_folder, dst_folder = self.rng.sample(folders, 2)
+                photos = [p for p in src_folder.iterdir() if p.suffix == ".jpg"]
+                if not photos:
+                    continue
+                photo = self.rng.choice(photos)
+                if rename_noreplace(photo, dst_folder / photo.name):
+                    self.moves += 1
+            except OSError:   # the placer moved or removed it first: the person tries another
+                continue
+
+
 def run_driver(config: Path, round_no: int, kill: Callable[[], float] | None = None,
                when_syncing: bool = False, mode: tuple[str, ...] = ()) -> bool:
     """Run one round; with ``kill``, SIGKILL it that many seconds after its start (or, with
@@ -127,10 +168,13 @@ def replayed(log: Path) -> int:
 
 
 def crash_rounds(root: Path, library: Path, n_files: int, kills_wanted: int, seed: int,
-                 groups: bool = False):
+                 groups: bool = False, outside: bool = False):
     """With ``groups``: ``n_files`` photos with their companions (``GROUPS``), every group checked
-    together after each round that ran to its end (the one after a kill repairs) and at the end."""
+    together after each round that ran to its end (the one after a kill repairs) and at the end.
+    With ``outside``: a person (``Mover``) drags placed photos between person folders all through
+    the killed rounds; returns the number of moves then too."""
     rng = random.Random(seed)
+    moves = 0
     inbox = root / "inbox"
     if groups:
         want, files = make_groups(inbox, n_files, rng)
@@ -155,7 +199,10 @@ def crash_rounds(root: Path, library: Path, n_files: int, kills_wanted: int, see
         # in the journal replay or while recording
         early = rounds % 5 == 0
         delay = (lambda: rng.uniform(0.1, 1.0)) if early else (lambda m=moving: rng.uniform(0, m))
-        if run_driver(config, rounds, delay, when_syncing=not early):
+        with Mover(library, random.Random(rng.random())) if outside else nullcontext() as mover:
+            killed = run_driver(config, rounds, delay, when_syncing=not early)
+        moves += mover.moves if outside else 0
+        if killed:
             kills += 1
             phases = (root / "rounds.log").read_text()
             mid_sync += f"\n{rounds} syncing " in phases and f"\n{rounds} synced " not in phases
@@ -175,14 +222,17 @@ def crash_rounds(root: Path, library: Path, n_files: int, kills_wanted: int, see
     try:
         statuses = dict(db.execute("SELECT status, COUNT(*) FROM journal GROUP BY status"))
         placed = [Path(r[0]) for r in db.execute("SELECT path FROM placements WHERE kind = 'main'")]
+        removed = db.execute("SELECT COUNT(*) FROM placements WHERE kind = 'removed'").fetchone()[0]
     finally:
         db.close()
     assert "planned" not in statuses and "failed" not in statuses, statuses
-    assert len(placed) == n_files and all(p.is_file() for p in placed)
+    # outside moves: a photo dragged while a scan walked the library may be taken for deleted
+    # (test_race's xfail; scan.py): it is still there (the census) but no longer managed
+    assert len(placed) + (removed if outside else 0) == n_files and all(p.is_file() for p in placed)
     assert groups_together(root) == n_companions
     assert replayed(root / "rounds.log") > 0, \
         "no kill left an operation for the journal replay to settle"
-    return kills, statuses
+    return (kills, statuses, moves) if outside else (kills, statuses)
 
 
 def test_sigkill_at_random_moments_loses_nothing(tmp_path):
@@ -191,6 +241,25 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     # Each interrupted operation was completed or rolled back (which one depends on the instant);
     # crash_rounds checks that the replay settled some and that nothing is left half done.
     assert statuses.get("done", 0) > 240
+
+
+def test_sigkill_with_outside_moves_loses_nothing(tmp_path):
+    """Issue 19: a person drags placed photos between person folders while the process is killed
+    at random moments (and while it moves the same files itself): at the end no file is lost or
+    duplicated, nothing is half done, every placed file is where its row says, and the moves were
+    learned (pinned faces from the library)."""
+    kills, statuses, moves = crash_rounds(tmp_path, tmp_path / "library", n_files=120,
+                                          kills_wanted=10, seed=1919, outside=True)
+    assert moves >= 20, f"only {moves} outside moves happened during the rounds"
+    db = sqlite3.connect(tmp_path / "state" / "facesortd.db")
+    try:
+        pinned = db.execute("SELECT COUNT(*) FROM faces WHERE pinned = 1").fetchone()[0]
+        rows = [Path(os.fsdecode(r[0])) for r in db.execute(
+            "SELECT path FROM placements WHERE kind = 'main' AND image_id IS NOT NULL")]
+    finally:
+        db.close()
+    assert pinned > 0 and all(p.is_file() for p in rows)
+    assert len(set(rows)) == len(rows)
 
 
 def test_sigkill_keeps_companion_groups_together(tmp_path):
