@@ -11,7 +11,7 @@ another process), re-reads the constraints and tells the placer; callers need no
 
 The library is a second way to make them (library/scan.py reads what a person did to placed files
 in a file manager): ``from_library`` is the placer's port to these operations, wired by the app;
-each history row it writes has ``"source": "library"`` among its args and is undone like any other.
+each history row it writes has ``"via": "library"`` among its args and is undone like any other.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class _Recorder:
 
 def _args(args: dict, source: Optional[str]) -> dict:
     """A history row's args, with where the correction came from when not the page or the CLI."""
-    return {**args, "source": source} if source else args
+    return {**args, "via": source} if source else args
 
 
 def _live_identity(conn, identity_id: int) -> int:
@@ -259,7 +259,7 @@ def remove_images(store: Store, image_ids: Iterable[int], source: Optional[str] 
 
 def from_library(store: Store, op: str, args: dict) -> dict:
     """The placer's port (library/scan.py): one correction read from the library, recorded with
-    ``"source": "library"``. ``op``: move_faces (faces, to, name), not_this_person (faces), reject
+    ``"via": "library"``. ``op``: move_faces (faces, to, name), not_this_person (faces), reject
     (faces), rename (identity, name), merge (source, into), remove_images (images)."""
     if op == "move_faces":
         return move_faces(store, args["faces"], args["to"], source="library", name=args.get("name"))

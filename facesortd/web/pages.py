@@ -33,7 +33,8 @@ OPS = {"rename": "renamed", "merge": "merged", "move_faces": "moved faces",
        "split": "split", "not_this_person": "not this person", "reject": "not a face",
        "accept_suggestion": "accepted a suggestion", "dismiss_suggestion": "dismissed a suggestion",
        "confirm": "confirmed", "hide": "hid a person", "unhide": "showed a person again",
-       "people_import": "imported people"}
+       "people_import": "imported people", "add_face": "drew a face",
+       "remove_images": "removed photos", "adopt": "adopted folders"}
 
 
 @bp.app_template_filter("utc")

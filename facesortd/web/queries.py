@@ -228,6 +228,12 @@ def _who(conn, identity_id) -> str:
 
 
 def _summary(conn, op: str, args: dict, created: list) -> str:
+    text = _what(conn, op, args, created)
+    # a correction read from the library (a file moved, a folder renamed or deleted by hand)
+    return f"{text} (in the library folder)" if args.get("via") == "library" else text
+
+
+def _what(conn, op: str, args: dict, created: list) -> str:
     n = len(args.get("faces", []))
     faces = f"{n} face{'' if n == 1 else 's'}"
     if op == "rename":
@@ -245,6 +251,20 @@ def _summary(conn, op: str, args: dict, created: list) -> str:
         return f"{faces} taken out of their person for good"
     if op == "reject":
         return f"{faces} marked as not a face"
+    if op == "confirm":
+        return f"{faces} confirmed in their person"
+    if op in ("hide", "unhide"):
+        return f"{_who(conn, args['identity'])} {'hidden' if op == 'hide' else 'shown again'}"
+    if op == "add_face":
+        to = "a new person" if args.get("to") == "new" else _who(conn, args["to"])
+        return f"a face drawn on photo #{args['image']}, given to {to}"
+    if op == "remove_images":
+        k = len(args.get("images", []))
+        return f"{k} photo{'' if k == 1 else 's'} deleted from the library: never placed again"
+    if op == "adopt":
+        where = {"library": "where they are, in the library", "import": "copied into the library",
+                 "outside": "kept where they are"}.get(args.get("where"), args.get("where"))
+        return f"the people of {args.get('folder')} adopted: {where}"
     if op == "dismiss_suggestion":
         return f"suggestion #{args['suggestion']} dismissed: different people"
     if op == "people_import":

@@ -156,7 +156,7 @@ def test_moves_to_a_person_to_unknown_and_to_noface_are_corrections(lib):
                             (ic,)).fetchone()[0] == 0
     made = e.history()[: len(e.history()) - before]
     assert sorted(h["op"] for h in made) == ["move_faces", "not_this_person", "reject"]
-    assert all(h["args"]["source"] == "library" for h in made)
+    assert all(h["args"]["via"] == "library" for h in made)
     assert face_a in e.api_faces(rowling) and face_a not in e.api_faces(felix)
 
     e.recluster_and_sync()
@@ -356,7 +356,7 @@ def test_companions_follow_their_photo_and_a_placer_without_corrections_leaves_f
                                               "LIMIT 1").fetchone()[0])
         assert rows == {"IMG_1.JPG": ("Y", "main"), "IMG_1.xmp": ("Y", "companion"),
                         "IMG_1.CR3": ("Y", "companion")}
-        assert payload["args"]["source"] == "library"
+        assert payload["args"]["via"] == "library"
         # renamed in the store: the group follows the person's folder as one
         from facesortd.people.corrections import rename
         rename(store, y, "Yvonne")

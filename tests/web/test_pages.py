@@ -248,3 +248,24 @@ def test_heic_photos_show_on_the_page(review):
     assert again.status_code == 304
     r = review.client.get(f"/thumb/{face}.jpg")
     assert r.status_code == 200 and Image.open(io.BytesIO(r.data)).format == "JPEG"
+
+
+def test_the_history_page_says_what_each_correction_did_and_where_it_was_made(review):
+    """Corrections read from the library folder are marked so; a deletion, a merge and a drawn
+    face read as sentences, not JSON."""
+    from facesortd.people import corrections
+
+    people = review.people()
+    store = review.store
+    with store.read() as conn:
+        image = conn.execute("SELECT image_id FROM faces WHERE id = ?",
+                             (review.faces("JK_Rowling")[0],)).fetchone()[0]
+    corrections.merge(store, people["Fujio_Cho"], people["Antonio_Palocci"], origin="library")
+    corrections.remove_images(store, [image])
+    corrections.confirm(store, review.faces("Paul_McCartney")[:2])
+    html = review.client.get("/history").get_data(as_text=True)
+    assert f"#{people['Fujio_Cho']} merged into" in html
+    assert "merged into" in html and html.count("(in the library folder)") == 2
+    assert "1 photo deleted from the library: never placed again" in html
+    assert "2 faces confirmed in their person" in html
+    assert "removed photos" in html and "{&#34;" not in html and '{"' not in html
