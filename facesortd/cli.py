@@ -263,6 +263,25 @@ def cmd_bench_web(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_library(args: argparse.Namespace) -> int:
+    from facesortd.bench.library import bench_library
+
+    if args.files < 1 or args.people < 1 or args.moves < 1 or args.moves * 3 > args.files:
+        raise FacesortdError("bench library: --files, --people and --moves must be at least 1, "
+                             "and --moves at most a third of --files")
+    if args.dry_run:
+        print(json.dumps({"would_build": {"files": args.files, "people": args.people,
+                                          "hand_placed": args.hand, "moves": args.moves,
+                                          "in": str(args.root or "a temp folder")}}, indent=2))
+        return 0
+    _setup_logging("warning")
+    figures = bench_library(files=args.files, people=args.people, moves=args.moves,
+                            hand=args.hand, repeats=args.repeats, seed=args.seed, root=args.root,
+                            keep=args.keep, out=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facesortd", description="Sort photos into one folder per person, continuously.")
@@ -363,6 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--keep", type=Path, default=None,
                    help="build the store in this new folder and keep it")
     b.set_defaults(func=cmd_bench_web)
+
+    b = bench.add_parser("library", help="library scans (issue 19) over 100k placed files")
+    b.add_argument("--files", type=int, default=100_000, help="placed files in the library")
+    b.add_argument("--people", type=int, default=1000, help="person folders")
+    b.add_argument("--moves", type=int, default=100, help="photos dragged per round")
+    b.add_argument("--hand", type=int, default=1000, help="files put into the library by hand")
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--root", type=Path, default=None, help="build in a new folder under this one")
+    b.add_argument("--keep", action="store_true", help="keep what was built")
+    b.add_argument("--dry-run", action="store_true", help="say what would be built, build nothing")
+    b.set_defaults(func=cmd_bench_library)
 
     p = sub.add_parser("recluster", parents=[common],
                        help="cluster every face again (asks the running daemon, if there is one)")
