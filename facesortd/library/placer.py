@@ -54,6 +54,11 @@ class _Placement:
     action: str
     sha256: Optional[str]
     mtime_ns: Optional[int]
+    chosen: Optional[str] = None    # the file name a person gave it in the library (scan.py)
+
+    def named(self, rel: Path) -> Path:
+        """``rel`` under the name a person chose for this file, if they chose one."""
+        return rel.with_name(self.chosen) if self.chosen else rel
 
 
 @dataclass
@@ -247,13 +252,13 @@ class Placer:
             log.debug("%s was placed at %s but is not there now; left for the library scan",
                       image.path, main.path)
             return []
-        elif self._acceptable(main.path, targets[0], image, snap):
+        elif self._acceptable(main.path, main.named(targets[0]), image, snap):
             main_path = main.path
         else:
             sha = content_id(main.path) if os.path.islink(main.path) else image.sha256
             template = Op("move", main.path, None, image.id, "main", sha, "follow", main.action)
             suffixes = [companions.suffix(p.path.name, main.path, image.path) for p in placed]
-            main_path = self._carry_out(template, targets[0], image, snap, group,
+            main_path = self._carry_out(template, main.named(targets[0]), image, snap, group,
                                         suffixes + [suffix for _, suffix in arriving])
             group.prune.append(main.path.parent)
             for p, suffix in zip(placed, suffixes):   # the group follows under the new stem
@@ -576,8 +581,7 @@ class Placer:
                 faces[image_id].append((area, root))
             placements: dict[int, list] = defaultdict(list)
             by_path = {}
-            for row in conn.execute("SELECT image_id, path, kind, action, sha256, mtime_ns "
-                                    "FROM placements WHERE image_id IS NOT NULL ORDER BY id"):
+            for row in _placement_rows(conn):
                 p = _Placement(row[0], decode_path(row[1]), *row[2:])
                 placements[p.image_id].append(p)
                 by_path[p.path] = p
@@ -638,7 +642,7 @@ def audit(config: Config, conn: sqlite3.Connection,
         folders = placer._wanted_folders(image, snap) if main is not None else []
         if not folders:
             continue
-        rel = placer._targets(image, snap)[0]
+        rel = main.named(placer._targets(image, snap)[0])
         out.append(Placed(image.id, main.path, config.library / rel, owners.get(folders[0]),
                           os.path.lexists(main.path),
                           placer._acceptable(main.path, rel, image, snap)))
@@ -657,6 +661,17 @@ def _root(identity: Optional[int], merged: dict[int, Optional[int]]) -> Optional
         seen.add(identity)
         identity = merged[identity]
     return identity if identity is None or identity in merged else None
+
+
+def _placement_rows(conn: sqlite3.Connection) -> Iterable[tuple]:
+    """(image_id, path, kind, action, sha256, mtime_ns, chosen_name) of every image's placement
+    (chosen_name None in a store from before schema 10, which doctor may read unmigrated)."""
+    sql = ("SELECT image_id, path, kind, action, sha256, mtime_ns{} FROM placements "
+           "WHERE image_id IS NOT NULL ORDER BY id")
+    try:
+        return conn.execute(sql.format(", chosen_name")).fetchall()
+    except sqlite3.OperationalError:
+        return [row + (None,) for row in conn.execute(sql.format(""))]
 
 
 def _hidden(conn: sqlite3.Connection) -> set[int]:

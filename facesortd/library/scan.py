@@ -506,6 +506,12 @@ class _Scan:
                     if path is None:
                         conn.execute("DELETE FROM placements WHERE id = ?", (row_id,))
                     else:
+                        # a photo renamed by the person keeps the name they gave it from now on
+                        was = conn.execute("SELECT path FROM placements WHERE id = ? AND "
+                                           "kind = 'main'", (row_id,)).fetchone()
+                        if kind is None and was and decode_path(was[0]).name != path.name:
+                            conn.execute("UPDATE placements SET chosen_name = ? WHERE id = ?",
+                                         (path.name, row_id))
                         conn.execute("UPDATE placements SET path = ?, kind = COALESCE(?, kind), "
                                      "updated_at = ? WHERE id = ?",
                                      (encode_path(path), kind, now, row_id))

@@ -244,7 +244,13 @@ _V9 = _sql(
 )
 
 
-MIGRATIONS: Sequence[Step] = (_V1, _V2, _V3, _V4, _V5, _v6, _V7, _V8, _V9)
+# Version 10: ``placements.chosen_name``: the file name a person gave a placed photo in the library
+# (renamed in a file manager, library/scan.py); the placer keeps it, also when the photo follows its
+# person to another folder, instead of renaming it back to the layout's name.
+_V10 = _sql("ALTER TABLE placements ADD COLUMN chosen_name TEXT")
+
+
+MIGRATIONS: Sequence[Step] = (_V1, _V2, _V3, _V4, _V5, _v6, _V7, _V8, _V9, _V10)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -537,11 +537,18 @@ def test_duplicates_a_renamed_file_and_an_original_deleted_beside_its_copy(fake)
     os.rename(f.lib / "Y.jpg", f.lib / "Y" / "b.jpg")
     f.placer.sync(scan=True)
     assert f.faces(a) == [(y, 1, 0)] and (f.lib / "Y" / "a.jpg").exists()
-    # renamed in its own folder: taken for the same photo, and named by the layout again
+    # renamed in its own folder: taken for the same photo, and the name the person gave it is
+    # kept, also when it follows its person to another folder
     os.rename(f.lib / "X" / "c.jpg", f.lib / "X" / "holiday.jpg")
     f.placer.sync(scan=True)
     assert f.placer.last_scan.moved == 1 and f.faces(c) == [(x, 0, 0)]
-    assert (f.lib / "X" / "c.jpg").exists() and not (f.lib / "X" / "holiday.jpg").exists()
+    assert not (f.lib / "X" / "c.jpg").exists() and (f.lib / "X" / "holiday.jpg").exists()
+    assert f.placer.sync(scan=True) == []
+    from facesortd.people.corrections import rename
+    rename(f.store, x, "Xavier")
+    f.placer.sync(scan=True)
+    assert sorted(p.name for p in (f.lib / "Xavier").iterdir()) == ["holiday.jpg"]
+    assert f.faces(c) == [(x, 0, 0)]
     # the original deleted, its copy kept: the copy stays where it is (not sent to _noface)
     (f.lib / "Y" / "a.jpg").unlink()
     f.placer.sync(scan=True)
