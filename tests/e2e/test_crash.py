@@ -226,8 +226,9 @@ def crash_rounds(root: Path, library: Path, n_files: int, kills_wanted: int, see
     finally:
         db.close()
     assert "planned" not in statuses and "failed" not in statuses, statuses
-    # outside moves: a photo dragged while a scan walked the library may be taken for deleted
-    # (test_race's xfail; scan.py): it is still there (the census) but no longer managed
+    # outside moves: a photo dragged onto the path another placed photo left is taken for that one
+    # and itself for deleted (test_race's strict xfail; scan.py): still there (the census holds),
+    # no longer managed
     assert len(placed) + (removed if outside else 0) == n_files and all(p.is_file() for p in placed)
     assert groups_together(root) == n_companions
     assert replayed(root / "rounds.log") > 0, \
