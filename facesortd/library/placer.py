@@ -206,6 +206,9 @@ class Placer:
                     then()
             elif out.taken:
                 again.add(group.image.id)
+            elif out.moved_away:   # a person moved or deleted it meanwhile: theirs wins
+                log.info("%s: moved away outside facesortd while it ran; the library scan reads "
+                         "where it went", out.failed.describe())
             elif what == "undo":
                 log.error("could not undo %s: %s", group.image.path, out.error)
             else:
