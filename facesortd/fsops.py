@@ -280,6 +280,18 @@ def sha256_of(path: Path) -> str:
     return sha256_and_size(path)[0]
 
 
+def prune_empty(folder: Path, top: Path) -> None:
+    """Remove ``folder`` and its parents while they are empty, up to (not including) ``top``: the
+    folders a move or retire left empty (an old person's folder after a rename). A folder with
+    anything in it stays."""
+    while folder != top and top in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
 def fsync_dir(path: Path) -> None:
     """Make a folder's new entries durable (best effort: some filesystems refuse)."""
     try:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
 from facesortd.config import Config
-from facesortd.fsops import candidate_names
+from facesortd.fsops import candidate_names, prune_empty
 from facesortd.library import companions, quarantine, xmp
 from facesortd.library.journal import Journal, Op, content_id
 from facesortd.library.layout import Folder, identity_folders, is_candidate, layout_fields, photo_date, render
@@ -215,7 +215,7 @@ class Placer:
                 log.error("%s failed: %s (the file stays where it was)", out.failed.describe(),
                           out.error)
             for folder in group.prune:
-                _prune_empty(folder, self.config.library)
+                prune_empty(folder, self.config.library)
 
     # -- reconciliation ------------------------------------------------------------------------
     def _reconcile(self, image: ImageRow, snap: _Snapshot, dry_run: bool) -> list[_Group]:
@@ -692,17 +692,6 @@ def _removed(conn: sqlite3.Connection) -> set[int]:
         return {r[0] for r in conn.execute("SELECT id FROM images WHERE removed_at IS NOT NULL")}
     except sqlite3.OperationalError:
         return set()
-
-
-def _prune_empty(folder: Path, library: Path) -> None:
-    """Remove folders the placer emptied (an old person's folder after a rename), up to the
-    library; a folder with anything in it stays."""
-    while folder != library and library in folder.parents:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        folder = folder.parent
 
 
 class PlacerLoop:

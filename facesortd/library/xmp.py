@@ -316,7 +316,7 @@ class Sidecars:
                                         ours.sha256, "sidecar", PREFIX + ours.digest))
             except OSError as exc:
                 log.warning("XMP sidecar %s left as it is: %s", ours.path, exc)
-            _prune_empty(Path(ours.path).parent, self.config.library)
+            fsops.prune_empty(Path(ours.path).parent, self.config.library)
 
     def _drop(self, ours: _Ours) -> None:
         with self.store.transaction() as conn:
@@ -393,13 +393,3 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _prune_empty(folder: Path, library: Path) -> None:
-    """A folder our retire emptied goes, up to the library (as the placer prunes)."""
-    while folder != library and library in folder.parents:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        folder = folder.parent
