@@ -2,10 +2,15 @@
 
 The library is facesortd's own output: every file the placer put there has a placement row with
 its path and content hash. A scan (``Placer.sync(scan=...)``, inside the placer's lock, so every
-operation of the placer is complete and recorded when it looks: a file at a placement row's path
-is the placer's own work) finds the placed files that are no longer at their row's path, looks
-for each among the files of the library that no row tracks (by size, then sha256; a symlink by
-its target) and reads the difference as a correction:
+operation of the placer is complete and recorded when it looks) finds the placed files that are
+no longer at their row's path, looks for each among the files of the library that no row tracks
+(by size, then sha256; a symlink by its target) and reads the difference as a correction. A file
+at a row's path is that row's only if it plausibly is (one lstat: the image's size and mtime, a
+placed symlink's target): else the row is missing too and the file there a candidate for the
+others (a person dragged another placed photo onto the path this one left); if nothing else
+claims that file, it is taken for the row's own (edited or touched in place), as before. A scan
+of event paths reads only the rows under them (index ranges on the encoded paths) and, for the
+"whole folder" rule, the rows of the folders the missing photos left:
 
 - a photo moved into another person's folder: the face it was placed by (the largest face; under
   ``multi_face: all`` the face of the person whose folder it left) is pinned to that person;
@@ -130,7 +135,8 @@ class _Scan:
                          pc.duplicates_dir, pc.other_dir)
         export = Path(os.path.abspath(config.export.root))
         self.skip = {str(export)} if self.library in export.parents else set()
-        self._alone: Optional[set[int]] = None
+        self._alone: set[int] = set()
+        self._alone_asked: set[int] = set()
 
     # -- the walk ------------------------------------------------------------------------------
     def _walk(self, root: str, into: set[str]) -> None:
@@ -175,19 +181,19 @@ class _Scan:
                     seen.add(r)
         known = {r[2] for r in rows}
         self.out.files = len(seen)
-        missing = [_Row(r[0], r[1], Path(r[2]), *r[3:]) for r in rows
-                   if r[3] in _TRACKED and r[2] not in seen and not os.path.lexists(r[2])]
+        missing, suspect = self._look(rows, seen)
         untracked = [Path(p) for p in sorted(seen - known)]
         if paths is None and not self.dry_run:
             self._prune_cache(seen)
-        missing = [row for row in missing if row.image_id not in self._left_alone()]
-        if not missing:
+        alone = self._left_alone({r.image_id for r in missing + suspect})
+        missing = [row for row in missing if row.image_id not in alone]
+        suspect = [row for row in suspect if row.image_id not in alone]
+        if not missing and not suspect:
             return self.out
-        if paths is not None:
-            rows = self._rows(None)   # a whole folder moved or not: every row of the library
-        rows = [r for r in rows if r[3] in _TRACKED]
-        images = self._images({row.image_id for row in missing})
-        found = self._match(missing, untracked, images, rows)
+        images = self._images({row.image_id for row in missing + suspect})
+        found = self._match(missing + suspect, untracked + sorted({r.path for r in suspect}), images)
+        held = self._settle(suspect, found)
+        missing += held
         if paths is not None and any(row.id not in found for row in missing):
             return None
         if paths is None and any(row.id not in found for row in missing):
@@ -196,38 +202,94 @@ class _Scan:
             # deleted: what it finds that the first did not may be it.
             again: set[str] = set()
             self._walk(lib, again)
-            missing = [row for row in missing if row.id in found or not os.path.lexists(row.path)]
+            taken = {row.id for row in held}
+            missing = [row for row in missing if row.id in found or row.id in taken
+                       or not os.path.lexists(row.path)]
             late = [Path(p) for p in sorted(again - known - seen)]
-            found.update(self._match([row for row in missing if row.id not in found], late,
-                                     images, rows))
-        self._interpret(missing, found, images, rows)
+            found.update(self._match([row for row in missing if row.id not in found], late, images))
+        self._interpret(missing, found, images)
         return self.out
 
+    def _look(self, rows: list[tuple], seen: set[str]) -> tuple[list[_Row], list[_Row]]:
+        """The tracked rows whose file is not at their path (missing), and those whose path holds a
+        file that may not be theirs (suspect): a photo or link whose size, mtime or link target
+        is not its image's (a person moved another file onto that path, replaced or edited it),
+        with the companions of such a photo. One lstat per placed photo: a file at a row's path
+        is not proof that it holds the row's file."""
+        missing: list[_Row] = []
+        suspect: list[_Row] = []
+        companions = []
+        lstat, regular = os.lstat, stat.S_ISREG
+        for r in rows:
+            kind, path = r[3], r[2]
+            if kind == "companion":
+                companions.append(r)
+                continue
+            if kind not in _TRACKED:
+                continue
+            try:
+                st = lstat(path)
+            except OSError:
+                if path not in seen:
+                    missing.append(_Row(r[0], r[1], Path(path), *r[3:6]))
+                continue
+            if st.st_size == r[6] and st.st_mtime_ns == r[7] and regular(st.st_mode):
+                continue   # the common case, first
+            if not _holds(path, st, r):
+                suspect.append(_Row(r[0], r[1], Path(path), *r[3:6]))
+        doubted = {row.image_id for row in suspect if row.kind == "main"}
+        for r in companions:
+            path = r[2]
+            if path not in seen and not os.path.lexists(path):
+                missing.append(_Row(r[0], r[1], Path(path), *r[3:6]))
+            elif r[1] in doubted:
+                suspect.append(_Row(r[0], r[1], Path(path), *r[3:6]))
+        return missing, suspect
+
+    @staticmethod
+    def _settle(suspect: list[_Row], found: dict[int, Path]) -> list[_Row]:
+        """The suspect rows that are missing: found elsewhere (moved; the file at their path is
+        someone else's), or found nowhere while another missing file was found at their path
+        (theirs is gone). One found at its own path holds its file after all (touched, or on a
+        filesystem that rounds mtimes); one found nowhere with nobody's file at its path is taken
+        for its own file, as before the look (edited in place, or replaced by the person)."""
+        for row in suspect:
+            if found.get(row.id) == row.path:
+                del found[row.id]
+        claimed = set(found.values())
+        return [row for row in suspect if row.id in found or row.path in claimed]
+
     def _rows(self, roots: Optional[list[str]]) -> list[tuple]:
-        """(id, image id, path, kind, action, sha256) of the placement rows of images, at or under
-        ``roots`` (None: all); paths as text."""
-        sql = "SELECT id, image_id, path, kind, action, sha256 FROM placements WHERE image_id IS NOT NULL"
+        """(id, image id, path, kind, action, sha256, image size, image mtime_ns, image path) of
+        the placement rows of images, at or under ``roots`` (None: all); paths as text."""
+        sql = ("SELECT p.id, p.image_id, p.path, p.kind, p.action, p.sha256, i.size, i.mtime_ns, "
+               "i.path FROM placements p JOIN images i ON i.id = p.image_id "
+               "WHERE p.image_id IS NOT NULL")
         with self.store.read() as conn:
             if roots is None:
                 found = conn.execute(sql).fetchall()
             else:
                 found = []
                 for r in roots:   # the path index: a range per root
-                    found += conn.execute(sql + " AND (path = ? OR (path > ? AND path < ?))",
-                                          (r, r + os.sep, r + os.sep + "\U0010ffff")).fetchall()
+                    found += _under(conn, sql, "p.path", r)
         return [(r[0], r[1], os.fsdecode(r[2]) if isinstance(r[2], bytes) else r[2], *r[3:])
                 for r in found]
 
-    def _left_alone(self) -> set[int]:
-        """Images the placer leaves alone (held by undo, gone, removed, broken or not ingested)."""
-        if self._alone is None:
+    def _left_alone(self, ids: set[int]) -> set[int]:
+        """Those of ``ids`` the placer leaves alone (held by undo, gone, removed, broken or not
+        ingested)."""
+        ask = sorted(ids - self._alone_asked)
+        if ask:
             with self.store.read() as conn:
-                self._alone = {r[0] for r in conn.execute(
-                    "SELECT image_id FROM placements WHERE kind IN ('held', 'gone', 'removed') "
-                    "AND image_id IS NOT NULL")}
-                self._alone |= {r[0] for r in conn.execute(
-                    "SELECT id FROM images WHERE status IN ('error', 'pending')")}
-        return self._alone
+                for marks, part in in_chunks(ask):
+                    self._alone |= {r[0] for r in conn.execute(
+                        f"SELECT image_id FROM placements WHERE kind IN ('held', 'gone', 'removed') "
+                        f"AND image_id IN ({marks})", part)}
+                    self._alone |= {r[0] for r in conn.execute(
+                        f"SELECT id FROM images WHERE status IN ('error', 'pending') "
+                        f"AND id IN ({marks})", part)}
+            self._alone_asked |= set(ask)
+        return ids & self._alone
 
     def _images(self, ids: set[int]) -> dict[int, _Image]:
         out: dict[int, _Image] = {}
@@ -240,8 +302,8 @@ class _Scan:
         return out
 
     # -- matching ------------------------------------------------------------------------------
-    def _match(self, missing: list[_Row], untracked: list[Path], images: dict[int, _Image],
-               rows: list[tuple]) -> dict[int, Path]:
+    def _match(self, missing: list[_Row], untracked: list[Path],
+               images: dict[int, _Image]) -> dict[int, Path]:
         """Row id -> the untracked file that holds its content: photos (main, extra) by size and
         sha256, preferring their own name; then companions, beside their photo's new place first."""
         found: dict[int, Path] = {}
@@ -304,8 +366,8 @@ class _Scan:
                     claimed.add(path)
                     break
         companions = {r.image_id for r in missing if r.kind == "companion"}
-        main_at = {r[1]: found.get(r[0], Path(r[2])) for r in rows
-                   if r[3] == "main" and r[1] in companions}
+        main_at = {image_id: found.get(row_id, path)
+                   for row_id, image_id, path in self._mains(companions)}
         for row in (r for r in missing if r.kind == "companion"):
             beside = main_at.get(row.image_id, row.path).parent / row.path.name
             pool = [p for p in untracked if p not in claimed and p.name == row.path.name]
@@ -316,6 +378,16 @@ class _Scan:
                     claimed.add(path)
                     break
         return found
+
+    def _mains(self, ids: set[int]) -> list[tuple[int, int, Path]]:
+        """(row id, image id, path) of the main placement rows of images ``ids``."""
+        out = []
+        with self.store.read() as conn:
+            for marks, part in in_chunks(sorted(ids)):
+                out += [(r[0], r[1], decode_path(r[2])) for r in conn.execute(
+                    f"SELECT id, image_id, path FROM placements WHERE kind = 'main' "
+                    f"AND image_id IN ({marks})", part)]
+        return out
 
     def _cache(self, paths: list[Path]) -> dict[Path, tuple[int, int, str]]:
         out: dict[Path, tuple[int, int, str]] = {}
@@ -348,8 +420,8 @@ class _Scan:
         parts = text[len(lib):].split(os.sep)
         return parts[self.at] if len(parts) == self.depth else None
 
-    def _interpret(self, missing: list[_Row], found: dict[int, Path], images: dict[int, _Image],
-                   rows: list[tuple]) -> None:
+    def _interpret(self, missing: list[_Row], found: dict[int, Path],
+                   images: dict[int, _Image]) -> None:
         with self.store.read() as conn:
             names, merged = {}, {}
             for iid, name, into in conn.execute("SELECT id, name, merged_into FROM identities"):
@@ -391,14 +463,7 @@ class _Scan:
         plans: list[_Plan] = []
         # every placed photo of a person's folder moved into one other folder: rename or merge
         whole: dict[int, Union[int, str]] = {}
-        sources = {meaning(self._folder(row.path)) for row in missing if row.kind != "companion"}
-        members: dict[int, list[int]] = defaultdict(list)     # identity -> its folder's row ids
-        alone = self._left_alone()
-        for r in rows:
-            if r[3] != "companion" and r[1] not in alone:
-                m = meaning(self._folder(r[2]))
-                if m in sources and isinstance(m, int):
-                    members[m].append(r[0])
+        members = self._members([row.path for row in missing if row.kind != "companion"], meaning)
         for identity, inside in members.items():
             dests = {meaning(self._folder(found[r])) if r in found else None for r in inside}
             if len(dests) == 1 and all(r in found for r in inside):
@@ -476,6 +541,52 @@ class _Scan:
                                new_rows[name], f"photos moved into a new folder {name!r}: a new person"))
         self._apply(plans)
 
+    def _members(self, moved: list[Path], meaning: Callable) -> dict[int, list[int]]:
+        """Identity -> the ids of the placed photos (main and extra rows) in its folder, for the
+        people whose folder a missing photo was in: read from the rows under those folders only
+        (the folders of the missing rows, and the folders on disk at the layout's ``{identity}``
+        level whose name means one of those people, another case of the name included)."""
+        if self.at is None:
+            return {}
+        lib = str(self.library)
+        prefixes: dict[str, Union[int, str, None]] = {}
+        for path in moved:
+            parts = os.fspath(path)[len(lib) + 1:].split(os.sep)
+            if len(parts) == self.depth:
+                prefixes[os.path.join(lib, *parts[:self.at + 1])] = meaning(parts[self.at])
+        people = {m for m in prefixes.values() if isinstance(m, int)}
+        if not people:
+            return {}
+        level = [lib]
+        for _ in range(self.at + 1):   # the folders at the {identity} level
+            below = []
+            for folder in level:
+                try:
+                    with os.scandir(folder) as entries:
+                        below += [e.path for e in entries if not e.name.startswith(".")
+                                  and e.path not in self.skip and e.is_dir(follow_symlinks=False)]
+                except OSError:
+                    continue
+            level = below
+        for folder in level:
+            if folder not in prefixes:
+                prefixes[folder] = meaning(os.path.basename(folder))
+        sql = ("SELECT p.id, p.image_id, p.path FROM placements p WHERE p.image_id IS NOT NULL "
+               "AND p.kind IN ('main', 'extra')")
+        rows = []
+        with self.store.read() as conn:
+            for folder, m in sorted(prefixes.items()):
+                if m in people:
+                    rows += _under(conn, sql, "p.path", folder)
+        alone = self._left_alone({r[1] for r in rows})
+        members: dict[int, list[int]] = defaultdict(list)
+        for row_id, image_id, path in rows:
+            if image_id not in alone:
+                m = meaning(self._folder(os.fsdecode(path) if isinstance(path, bytes) else path))
+                if m in people:
+                    members[m].append(row_id)
+        return members
+
     def _apply(self, plans: list[_Plan]) -> None:
         """Write the plans, those of one kind as one correction (a folder of photos deleted is one
         history row, not hundreds); a batch refused is tried again one photo at a time."""
@@ -525,6 +636,53 @@ class _Scan:
 
 
 _LISTS = ("faces", "images")
+
+
+def _under(conn, sql: str, column: str, root: str) -> list[tuple]:
+    """The rows of ``sql`` (ending in a WHERE clause) whose ``column`` is ``root`` or a path under
+    it, by index ranges: the store keeps a path as text, or as its raw bytes where the name is not
+    valid UTF-8 (encode_path), and SQLite orders every text before every blob, so a folder's paths
+    are one text range (``root/`` up to ``root0``, the character after the separator) and one
+    blob range (the same in bytes; only that one for a folder whose own name is not UTF-8)."""
+    enc = encode_path(root)
+    out = conn.execute(f"{sql} AND {column} = ?", (enc,)).fetchall()
+    after = chr(ord(os.sep) + 1)
+    if isinstance(enc, str):
+        out += conn.execute(f"{sql} AND {column} >= ? AND {column} < ?",
+                            (enc + os.sep, enc + after)).fetchall()
+    raw = os.fsencode(root)
+    out += conn.execute(f"{sql} AND {column} >= ? AND {column} < ?",
+                        (raw + os.fsencode(os.sep), raw + os.fsencode(after))).fetchall()
+    return out
+
+
+def _holds(path: str, st: os.stat_result, row: tuple) -> bool:
+    """Is the file at a placement row's path (``st``: its lstat) plausibly the row's own? A link
+    placed by the symlink action: its target is the image's original (or the journal's content id
+    names that target); a file (or the file a link of another kind points at): the image's size,
+    and its mtime, which a move, a hard link and the placer's copy all keep (on a filesystem that
+    keeps whole seconds only, within two seconds). A wrong "no" costs a look (a hash, cached); a
+    wrong "yes" would take another photo for this one."""
+    size, mtime, original = row[6], row[7], row[8]
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return False
+        if row[5] == _SYMLINK + target or (original is not None and target == os.path.abspath(
+                os.fsdecode(original) if isinstance(original, bytes) else original)):
+            return True
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    if size is None or st.st_size != size:
+        return size is None
+    if mtime is None or st.st_mtime_ns == mtime:
+        return True
+    return st.st_mtime_ns % 1_000_000_000 == 0 and abs(st.st_mtime_ns - mtime) <= 2_000_000_000
 
 
 def _batched(plans: list[_Plan]) -> list[_Plan]:

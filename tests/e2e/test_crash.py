@@ -223,13 +223,14 @@ def crash_rounds(root: Path, library: Path, n_files: int, kills_wanted: int, see
         statuses = dict(db.execute("SELECT status, COUNT(*) FROM journal GROUP BY status"))
         placed = [Path(r[0]) for r in db.execute("SELECT path FROM placements WHERE kind = 'main'")]
         removed = db.execute("SELECT COUNT(*) FROM placements WHERE kind = 'removed'").fetchone()[0]
+        removed += db.execute("SELECT COUNT(*) FROM images WHERE removed_at IS NOT NULL").fetchone()[0]
     finally:
         db.close()
     assert "planned" not in statuses and "failed" not in statuses, statuses
-    # outside moves: a photo dragged onto the path another placed photo left is taken for that one
-    # and itself for deleted (test_race's strict xfail; scan.py): still there (the census holds),
-    # no longer managed
-    assert len(placed) + (removed if outside else 0) == n_files and all(p.is_file() for p in placed)
+    # nobody deleted a photo (outside moves only drag them, also onto the path another placed
+    # photo left: scan.py looks at what is there): none is taken for deleted
+    assert removed == 0, f"{removed} photos wrongly taken for deleted by the person"
+    assert len(placed) == n_files and all(p.is_file() for p in placed)
     assert groups_together(root) == n_companions
     assert replayed(root / "rounds.log") > 0, \
         "no kill left an operation for the journal replay to settle"

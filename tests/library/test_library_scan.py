@@ -556,3 +556,87 @@ def test_duplicates_a_renamed_file_and_an_original_deleted_beside_its_copy(fake)
     assert f.placer.sync(scan=True) == [] and (f.lib / "Y" / "b.jpg").exists()
     with f.store.read() as conn:
         assert conn.execute("SELECT removed_at IS NULL FROM images WHERE id = ?", (b,)).fetchone() == (1,)
+
+
+# -- a file at a row's path is not proof that it is the row's file (issue 19) -----------------
+
+def _swap(f: "Fake", action: str) -> None:
+    """Two placed photos named IMG_1.jpg in X/ and Y/: Y's dragged into Z/, then X's onto the
+    path Y's row still names. The scan tells them apart: X's is Y's now, Y's is Z's, and
+    nothing is taken for deleted."""
+    x, y, z = (f.fake.new_identity(f.store, n) for n in ("X", "Y", "Z"))
+    for name, who in (("x.jpg", x), ("y.jpg", y), ("z.jpg", z)):
+        f.photo(name, [who])
+    (f.inbox / "a").mkdir()
+    (f.inbox / "b").mkdir()
+    a = f.photo("a/IMG_1.jpg", [x], content=b"x" * 300)
+    b = f.photo("b/IMG_1.jpg", [y], content=b"y" * 300)   # the same size...
+    os.utime(f.inbox / "b" / "IMG_1.jpg", (1.7e9, 1.7e9))   # ...not the same mtime
+    with f.store.transaction() as conn:
+        conn.execute("UPDATE images SET mtime_ns = ? WHERE id = ?", (int(1.7e18), b))
+    f.placer.sync()
+    os.rename(f.lib / "Y" / "IMG_1.jpg", f.lib / "Z" / "IMG_1.jpg")
+    os.rename(f.lib / "X" / "IMG_1.jpg", f.lib / "Y" / "IMG_1.jpg")
+    if action == "symlink":
+        assert os.readlink(f.lib / "Y" / "IMG_1.jpg") == str(f.inbox / "a" / "IMG_1.jpg")
+    f.placer.sync(scan=True)
+    assert f.placer.last_scan.removed == 0 and f.placer.last_scan.moved == 2
+    assert f.faces(a) == [(y, 1, 0)] and f.faces(b) == [(z, 1, 0)]
+    assert f.placer.sync(scan=True) == [] and f.placer.last_scan.moved == 0
+    assert f.store.counts()["images_removed"] == 0
+
+
+@pytest.mark.parametrize("action", ["move", "copy", "hardlink", "symlink"])
+def test_a_photo_dragged_onto_the_path_another_left_is_told_apart(fake, action):
+    _swap(fake(f"  action: {action}\n"), action)
+
+
+def test_a_photo_touched_edited_or_replaced_in_place(fake):
+    """What a row's path holds, when it is not the row's file as placed: touched (the same bytes:
+    hashed once, then from the cache), edited in place or replaced by the person's own file while
+    the photo went elsewhere."""
+    f = fake()
+    x, y = (f.fake.new_identity(f.store, n) for n in ("X", "Y"))
+    a = f.photo("a.jpg", [x], content=b"a" * 200)
+    b = f.photo("b.jpg", [x], content=b"b" * 210)
+    c = f.photo("c.jpg", [y], content=b"c" * 220)
+    f.photo("d.jpg", [y])                                         # Y keeps a photo: no merge
+    f.placer.sync()
+    os.utime(f.lib / "X" / "a.jpg", (1.75e9, 1.75e9))
+    (f.lib / "X" / "b.jpg").write_bytes(b"edited" * 50)
+    os.rename(f.lib / "Y" / "c.jpg", f.lib / "X" / "c.jpg")
+    (f.lib / "Y" / "c.jpg").write_bytes(b"mine" * 55)            # the size of c: hashed, not c
+    f.placer.sync(scan=True)
+    s = f.placer.last_scan
+    assert (s.moved, s.removed) == (1, 0)
+    assert f.faces(a) == [(x, 0, 0)] and f.faces(b) == [(x, 0, 0)] and f.faces(c) == [(x, 1, 0)]
+    assert f.placer.sync(scan=True) == []
+    assert (f.placer.last_scan.moved, f.placer.last_scan.removed, f.placer.last_scan.hashed) == \
+        (0, 0, 0)
+    assert (f.lib / "Y" / "c.jpg").read_bytes() == b"mine" * 55     # the person's file, left alone
+    assert (f.lib / "X" / "b.jpg").read_bytes() == b"edited" * 50
+    assert f.store.counts()["images_removed"] == 0
+
+
+def test_watcher_paths_read_only_their_rows_non_utf8_names_included(fake):
+    """A scan of event paths reads the rows at or under them by index ranges, text and raw-byte
+    paths (a name that is not UTF-8) alike, and walks only there (``files``)."""
+    f = fake()
+    x, y = (f.fake.new_identity(f.store, n) for n in ("X", "Y"))
+    odd = os.fsdecode(b"caf\xe9.jpg")
+    a = f.photo("a.jpg", [x])
+    b = f.photo(odd, [x], content=os.urandom(99))
+    f.photo("y.jpg", [y])
+    f.placer.sync()
+    assert (f.lib / "X" / odd).exists()
+    (f.lib / "Y2").mkdir()
+    os.rename(f.lib / "X" / odd, f.lib / "Y2" / odd)      # a raw-byte path into a new folder
+    f.placer.sync(scan=[f.lib / "X" / odd, f.lib / "Y2" / odd])
+    assert (f.placer.last_scan.files, f.placer.last_scan.moved) == (1, 1)
+    assert f.faces(b) == [(f.faces(b)[0][0], 1, 0)] and f.faces(b)[0][0] not in (x, y)
+    os.rename(f.lib / "X", f.lib / "Xavier")              # the rest of X's folder: a rename
+    f.placer.sync(scan=[f.lib / "X", f.lib / "Xavier"])
+    assert f.placer.last_scan.files == 1
+    assert f.placer.last_scan.corrections == [("rename", {"identity": x, "name": "Xavier"})]
+    assert f.faces(a) == [(x, 0, 0)]
+    assert f.placer.sync(scan=True) == [] and f.placer.last_scan.moved == 0

@@ -300,11 +300,6 @@ def test_a_photo_moved_during_a_full_scan_is_not_taken_for_deleted(env, monkeypa
     assert removed is None, "a photo moved during the scan was taken for deleted"
 
 
-@pytest.mark.xfail(strict=True, reason="scan.py takes a file at a placement row's path for that "
-                   "row's file without looking (no stat): a photo moved onto the path another "
-                   "placed photo left is seen as that one, and is itself taken for deleted (found "
-                   "by test_crash's outside moves). Checking size and mtime of rows' files would "
-                   "tell them apart")
 def test_a_photo_moved_onto_a_path_another_placed_photo_left(env):
     """Two placed photos with one name in two people's folders (IMG_1.jpg in Alice/ and Bob/).
     The person drags Bob's away into Carol's folder, then Alice's into Bob's folder, where it
