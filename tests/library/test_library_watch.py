@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from facesortd.config import WatchConfig, parse_config
-from facesortd.library.placer import Placer, PlacerLoop
+from facesortd.config import WatchConfig
+from facesortd.library.placer import PlacerLoop
 from facesortd.library.watch import LibraryWatcher
-from facesortd.people.corrections import from_library
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -182,8 +181,8 @@ def test_the_kernels_watch_limit_falls_back_to_the_rescan_interval(tmp_path, lim
     assert got["added"] == [True] * limit   # the kernel has every watch back
 
 
-def test_the_placer_loop_falls_back_to_an_interval_when_unwatched(tmp_path, fake_ingest):
-    e = _Env(fake_ingest, tmp_path)
+def test_the_placer_loop_falls_back_to_an_interval_when_unwatched(env):
+    e = env
     loop = PlacerLoop(e.placer, threading.Event(), debounce=0.01, rescan_interval=0)
     loop.FALLBACK_RESCAN_S = 0.2
     loop.start()
@@ -195,36 +194,14 @@ def test_the_placer_loop_falls_back_to_an_interval_when_unwatched(tmp_path, fake
         wait_until(lambda: loop.scans["full"] >= 3, what="rescans every 0.2 s")
     finally:
         loop.stop()
-        e.store.close()
 
 
-class _Env:
-    def __init__(self, fake, root: Path):
-        self.fake = fake
-        (root / "inbox").mkdir(parents=True)
-        self.config = parse_config(f"library: {root / 'library'}\ninboxes:\n  - path: inbox\n",
-                                   root / "facesortd.yaml")
-        self.inbox, self.library = self.config.inboxes[0].path, self.config.library
-        self.store = fake.open_store(self.config)
-        self.placer = Placer(self.config, self.store, learn=from_library)
-
-    def add(self, name: str, identities) -> int:
-        path = self.inbox / name
-        path.write_bytes(os.urandom(100) + name.encode())
-        return self.fake.fabricate(self.store, path, self.inbox, identities)
-
-    def one(self, sql: str, *args):
-        with self.store.read() as conn:
-            row = conn.execute(sql, args).fetchone()
-        return row[0] if row else None
-
-
-def test_moves_renames_and_deletes_in_a_watched_library_reach_the_store(tmp_path, fake_ingest):
+def test_moves_renames_and_deletes_in_a_watched_library_reach_the_store(env):
     """The daemon's wiring without the model: placer loop + library watcher. A photo dragged into
     another person's folder, a folder renamed, a photo deleted: each reaches the store through a
     scan of the paths the events named (not a full scan), and the loop's own moves start no sync
     of their own."""
-    e = _Env(fake_ingest, tmp_path)
+    e = env
     alice, bob, carol = (e.fake.new_identity(e.store, n) for n in ("Alice", "Bob", "Carol"))
     a1, a2 = e.add("a1.jpg", [alice]), e.add("a2.jpg", [alice])
     e.add("b1.jpg", [bob])
@@ -266,4 +243,3 @@ def test_moves_renames_and_deletes_in_a_watched_library_reach_the_store(tmp_path
     finally:
         watcher.stop()
         loop.stop()
-        e.store.close()
