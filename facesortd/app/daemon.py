@@ -161,7 +161,7 @@ class Daemon:
         supervisor = None
         try:
             self.start()
-            from facesortd.library.placer import PlacerLoop
+            from facesortd.library.loop import PlacerLoop
             self.placer_loop = PlacerLoop(self.placer, self.changed, debounce=1.0,
                                           dry_run=self.dry_run,
                                           rescan_interval=self.config.watch.rescan_interval_s)

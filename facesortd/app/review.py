@@ -56,7 +56,7 @@ class ReviewServer:
             raise
 
     def start(self) -> None:
-        from facesortd.library.placer import PlacerLoop
+        from facesortd.library.loop import PlacerLoop
 
         self.identities.start()
         self.placer_loop = self.state.placer_loop = PlacerLoop(self.placer, self.changed, debounce=0.3)

@@ -9,7 +9,8 @@ from typing import Callable, Optional
 
 from facesortd.config import Config
 from facesortd.errors import FacesortdError
-from facesortd.library.placer import Placer, PlacerLoop
+from facesortd.library.loop import PlacerLoop
+from facesortd.library.placer import Placer
 from facesortd.models.embedders import eps_model, tuned_eps
 from facesortd.people.corrections import from_library
 from facesortd.people.service import IdentityService, service_for

@@ -2,7 +2,7 @@
 
 A watchdog observer on ``config.library`` (inotify; ``watch.polling`` polls, for network
 shares) hands the paths each event names (both ends of a move, files and folders created or
-deleted) to ``touched``; the placer loop (placer.py) syncs with a scan of just those paths after
+deleted) to ``touched``; the placer loop (loop.py) syncs with a scan of just those paths after
 its debounce. The placer's own moves are events too: the loop drops those that only echo what its
 last sync did, and a scan sees the rest as the placer's own work, so they never start a loop.
 

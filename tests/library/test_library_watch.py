@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from facesortd.config import WatchConfig
-from facesortd.library.placer import PlacerLoop
+from facesortd.library.loop import PlacerLoop
 from facesortd.library.watch import LibraryWatcher
 
 REPO = Path(__file__).resolve().parents[2]

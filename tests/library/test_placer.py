@@ -15,7 +15,8 @@ from PIL import Image
 from facesortd import fsops
 from facesortd.config import parse_config
 from facesortd.library.journal import Op, tmp_name
-from facesortd.library.placer import Placer, PlacerLoop
+from facesortd.library.loop import PlacerLoop
+from facesortd.library.placer import Placer
 from facesortd.store.identity_rows import retire
 
 # -- helpers ---------------------------------------------------------------------------------
