@@ -19,9 +19,10 @@ Where the files stay:
     (the report lists those moves as ``next_run_moves``).
   * DIR outside the library: the files stay there for good ('kept' placement: the placer never
     moves them nor takes their companions); they only teach the store the people.
-  * ``--import``: copied into their person's folder in the library (journaled, verified,
-    rename_new); the source is never changed. The copy is the placed file; the source stays
-    'kept'. A run interrupted before its copies finishes them the next time.
+  * ``--import``: copied into their person's folder in the library with their companions
+    (adopt_import.py: journaled, verified, rename_new for the whole group); the source is never
+    changed. The copies are the placed files; the source stays 'kept'. A run interrupted before
+    its copies finishes them the next time.
 """
 
 from __future__ import annotations
@@ -38,22 +39,15 @@ from typing import Any, Optional
 
 import numpy as np
 
+from facesortd.app import adopt_import
 from facesortd.app.progress import Progress
 from facesortd.app.state import State, open_state
 from facesortd.config import Config
 from facesortd.errors import FacesortdError, StoreError
 from facesortd.formats import extension, is_raw, owner
-from facesortd.fsops import candidate_names
 from facesortd.ingest.imageio import sha256_file
-from facesortd.library.journal import Op, content_id
-from facesortd.library.layout import (
-    Folder,
-    identity_folder,
-    identity_folders,
-    layout_fields,
-    photo_date,
-    render,
-)
+from facesortd.library.journal import content_id
+from facesortd.library.layout import identity_folder, identity_folders
 from facesortd.people.corrections import _Recorder
 from facesortd.store.database import DB_NAME, Store, decode_path, encode_path
 
@@ -208,14 +202,16 @@ def adopt(config: Config, folder: Path, do_import: bool = False, dry_run: bool =
         if todo:
             faces, model = _ingest(config, store, root, todo, report)
         adopted = [p for p in todo if p.path in faces]
-        out = _apply(config, state, root, where, adopted, faces, model, dry_run)
-        copies = out.pop("copies")
+        found = {p.path: [c for c in p.companions if c.is_file() and not c.is_symlink()]
+                 for p in photos}
+        out = _apply(config, state, root, where, adopted, faces, model, dry_run, found)
+        copies, late = out.pop("copies"), out.pop("late")
         if where == "import":
             if dry_run:
-                out["would_import"] = [{"src": c["src"], "dst": c["dst"]} for c in copies]
+                out.update(adopt_import.dry_listing(copies, late))
             else:
                 assert state is not None
-                out.update(_copy(state, copies))
+                out.update(adopt_import.carry_out(state, copies, late))
     finally:
         if state is not None:
             state.close()
@@ -378,17 +374,20 @@ def _people(conn, config: Config) -> dict[str, int]:
 
 
 def _apply(config: Config, state: Optional[State], root: Path, where: str,
-           adopted: list[_Photo], faces: dict[Path, tuple], model: Any, dry_run: bool) -> dict:
+           adopted: list[_Photo], faces: dict[Path, tuple], model: Any, dry_run: bool,
+           found: dict[Path, list[Path]]) -> dict:
     """One transaction: people, photos, pinned faces, placements, the history row, and the
-    copies an import will make; a dry run rolls it back after reading what it would do."""
+    copies an import will make (``found``: each photo's companions in DIR, copied with it); a
+    dry run rolls it back after reading what it would do."""
     out: dict[str, Any] = {"people_created": [], "people_reused": [], "photos_adopted": 0,
-                           "faces_pinned": 0, "copies": [], "next_run_moves": []}
+                           "faces_pinned": 0, "copies": [], "late": [], "next_run_moves": []}
     if state is None:             # a dry run and no store yet: everyone would be new
         out.update(people_created=sorted({p.person.casefold(): p.person
                                           for p in adopted}.values()),
                    photos_adopted=len(adopted), faces_pinned=len(adopted))
-        out["copies"] = [{"src": str(p.path), "dst": None} for p in adopted] \
-            if where == "import" else []
+        out["copies"] = [{"src": str(p.path), "dst": None,
+                          "companions": [{"src": str(c), "dst": None} for c in found[p.path]]}
+                         for p in adopted] if where == "import" else []
         return out
 
     class _Rollback(Exception):
@@ -397,11 +396,15 @@ def _apply(config: Config, state: Optional[State], root: Path, where: str,
     store = state.store
     try:
         with store.transaction() as conn:
-            resumed = _unfinished_imports(conn, root) if where == "import" else []
+            resumed = adopt_import.unfinished(conn, root) if where == "import" else []
             if adopted:
                 _write(config, store, conn, root, where, adopted, faces, model, out)
             if where == "import":
-                out["copies"] = _plan_copies(config, conn, resumed, out)
+                reserved: set[Path] = set()
+                out["copies"] = adopt_import.plan(config, conn, out.get("_adopted", []) + resumed,
+                                                  found, reserved)
+                out["late"] = adopt_import.missing_companions(conn, root, found, reserved)
+                out["imports_resumed"] = len(resumed)
             elif where == "library" and adopted:   # what the next run will do with them
                 ids = {row[0] for row in out["_adopted"]}
                 out["next_run_moves"] = [op.describe() for op in state.placer.sync(dry_run=True)
@@ -461,79 +464,6 @@ def _write(config: Config, store: Store, conn, root: Path, where: str, adopted: 
                         target[p.person]) for p, (image_id, _) in zip(adopted, recorded)]
 
 
-def _unfinished_imports(conn, root: Path) -> list[tuple]:
-    """Photos of DIR an earlier ``--import`` (or a plain adopt outside the library) recorded
-    but never copied: 'kept' and nothing else placed. (image, path, sha256, mtime, inbox,
-    identity)."""
-    prefix = os.fspath(root) + os.sep
-    rows = conn.execute(
-        "SELECT i.id, i.path, i.sha256, i.mtime_ns, i.inbox, "
-        "(SELECT identity_id FROM faces WHERE image_id = i.id AND rejected = 0 "
-        " AND identity_id IS NOT NULL ORDER BY id LIMIT 1) "
-        "FROM images i JOIN placements p ON p.image_id = i.id AND p.kind = 'kept' "
-        "WHERE i.status = 'done' AND NOT EXISTS (SELECT 1 FROM placements q "
-        "WHERE q.image_id = i.id AND q.kind != 'kept')").fetchall()
-    out = []
-    for image_id, path, sha, mtime_ns, inbox, identity in rows:
-        path = decode_path(path)
-        if os.fspath(path).startswith(prefix) and identity is not None and path.is_file():
-            out.append((image_id, path, sha, mtime_ns, decode_path(inbox), identity))
-    return out
-
-
-def _plan_copies(config: Config, conn, resumed: list[tuple], out: dict) -> list[dict]:
-    """Where each photo to import goes: its person's folder by the layout, under a free name."""
-    pc = config.placement
-    names = dict(conn.execute("SELECT id, name FROM identities WHERE merged_into IS NULL"))
-    folders = identity_folders(names, (pc.unknown_dir, pc.noface_dir, pc.quarantine_dir,
-                                       pc.group_dir, pc.duplicates_dir, pc.other_dir))
-    dated = bool(layout_fields(pc.layout) & {"year", "month", "day"})
-    reserved: set[Path] = set()
-    copies = []
-    for image_id, src, sha, mtime_ns, inbox, identity in out.get("_adopted", []) + resumed:
-        folder = folders.get(identity, Folder(pc.unknown_dir, True))
-        want = config.library / render(pc, folder, src, inbox,
-                                       photo_date(src, mtime_ns) if dated else None)
-        dst = next(want.parent / n for n in candidate_names(want.name)
-                   if want.parent / n not in reserved and not os.path.lexists(want.parent / n))
-        reserved.add(dst)
-        copies.append({"image": image_id, "src": str(src), "dst": str(dst), "sha256": sha,
-                       "person": folder.name})
-    out["imports_resumed"] = len(resumed)
-    return copies
-
-
-def _copy(state: State, copies: list[dict]) -> dict:
-    """Carry out the planned copies through the journal (verified against the sha256, never
-    over a file: a name taken meanwhile gets the next free one), with a progress bar."""
-    done: list[dict] = []
-    failed: list[dict] = []
-    todo = list(copies)
-    with Progress(lambda: (len(done) + len(failed), len(copies)), unit=" photos copied"):
-        for _ in range(3):
-            if not todo:
-                break
-            again = []
-            for start in range(0, len(todo), 200):
-                part = todo[start:start + 200]
-                ops = [[Op("copy", Path(c["src"]), Path(c["dst"]), c["image"], "main",
-                           c["sha256"], "place", "copy")] for c in part]
-                for c, outcome in zip(part, state.placer.journal.run(ops)):
-                    if outcome.error is None:
-                        done.append(c)
-                    elif outcome.taken:
-                        dst = Path(c["dst"])
-                        c["dst"] = str(next(dst.parent / n for n in candidate_names(dst.name)
-                                            if not os.path.lexists(dst.parent / n)))
-                        again.append(c)
-                    else:
-                        failed.append(dict(c, why=str(outcome.error)))
-            todo = again
-    failed += [dict(c, why="its name kept being taken") for c in todo]
-    return {"imported": len(done), "import_failed": failed,
-            "imported_files": [{"src": c["src"], "dst": c["dst"]} for c in done]}
-
-
 # ---- the text report --------------------------------------------------------------------------
 
 def format_report(r: dict) -> str:
@@ -553,9 +483,13 @@ def format_report(r: dict) -> str:
              f"  faces pinned:   {r['faces_pinned']} ({r['photos_adopted']} photos {verb}adopted)"]
     if r["where"] == "import":
         if r["dry_run"]:
-            lines.append(f"  to copy:        {len(r.get('would_import', []))}")
+            lines.append(f"  to copy:        {len(r.get('would_import', []))}"
+                         + (f", and {r['would_import_companions']} companions"
+                            if r.get("would_import_companions") else ""))
         else:
             lines.append(f"  copied:         {r.get('imported', 0)}"
+                         + (f", and {r['imported_companions']} companions"
+                            if r.get("imported_companions") else "")
                          + (f", {len(r['import_failed'])} failed" if r.get("import_failed") else "")
                          + (f" ({r['imports_resumed']} left by an earlier run)"
                             if r.get("imports_resumed") else ""))

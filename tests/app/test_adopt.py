@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -379,3 +380,86 @@ def test_identity_service_assigns_new_faces_to_adopted_people(tmp_path, data_dir
         daemon.close()
     assert {Path(p).name: who for p, who in got.items()} == \
         {f.name: named[f.parent.name] for f in new}
+
+
+def test_adopt_import_copies_companions(tmp_path, data_dir, capsys):
+    """--import copies each photo's group (RAW twin, sidecars, Live Photo video) into the
+    library under the photo's stem, renamed together when a name is taken; the group follows
+    its person, undo retires it, and the sources in DIR never change. A lone RAW is a photo."""
+    from facesortd.app.adopt import format_report
+    from facesortd.app.commands import undo as undo_placements
+
+    config = make_config(tmp_path)
+    cfg = tmp_path / "facesortd.yaml"
+    folder = tmp_path / "sorted" / "Fujio Cho"
+    folder.mkdir(parents=True)
+    src = photos(data_dir, "Fujio_Cho")
+    shutil.copyfile(src[0], folder / "IMG_1.jpg")
+    (folder / "IMG_1.CR3").write_bytes(b"raw bytes of IMG_1 " * 64)      # copied, never decoded
+    shutil.copyfile(data_dir / "camera" / "XMP.xmp", folder / "IMG_1.xmp")
+    (folder / "IMG_1.jpg.json").write_text('{"title": "IMG_1.jpg"}')
+    shutil.copyfile(src[1], folder / "IMG_2.jpg")
+    shutil.copyfile(data_dir / "camera" / "QuickTime.mov", folder / "IMG_2.MOV")
+    shutil.copyfile(data_dir / "camera" / "Nikon.nef", folder / "lone.nef")   # no twin: a photo
+    group1 = ("IMG_1.jpg", "IMG_1.CR3", "IMG_1.xmp", "IMG_1.jpg.json")
+    before = tree_state(tmp_path / "sorted")
+
+    code, dry = adopt(capsys, cfg, str(tmp_path / "sorted"), "--import", "--dry-run")
+    assert code == 0 and dry["would_import_companions"] == 4
+    assert {Path(w["src"]).name: sorted(Path(c["src"]).name for c in w["companions"])
+            for w in dry["would_import"]} == {"IMG_1.jpg": sorted(group1[1:]),
+                                              "IMG_2.jpg": ["IMG_2.MOV"]}
+    assert "to copy:        2, and 4 companions" in format_report(dry)
+    assert not config.library.exists()
+
+    theirs = config.library / "Fujio Cho" / "IMG_1.CR3"   # someone else's file: the group moves
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"not ours")
+    t0 = time.time()
+    code, report = adopt(capsys, cfg, str(tmp_path / "sorted"), "--import")
+    assert code == 0 and report["imported"] == 2 and report["imported_companions"] == 4
+    assert report["import_failed"] == []
+    assert {Path(s["path"]).name: s["reason"] for s in report["skipped_photos"]} == \
+        {"lone.nef": "no_face"}                          # read as a photo, not taken as anyone's
+    assert "copied:         2, and 4 companions" in format_report(report)
+    lib = config.library / "Fujio Cho"
+    renamed = {n: n.replace("IMG_1", "IMG_1_1") for n in group1}
+    renamed.update({"IMG_2.jpg": "IMG_2.jpg", "IMG_2.MOV": "IMG_2.MOV"})
+    assert sorted(p.name for p in lib.iterdir()) == sorted(list(renamed.values()) + ["IMG_1.CR3"])
+    for name, copy in renamed.items():
+        assert (lib / copy).read_bytes() == (folder / name).read_bytes(), name
+    assert theirs.read_bytes() == b"not ours"
+    with sqlite3.connect(config.state_dir / "facesortd.db") as conn:
+        rows = conn.execute("SELECT kind, action, COUNT(*) FROM placements WHERE image_id IS NOT "
+                            "NULL GROUP BY kind, action").fetchall()
+    assert sorted(rows) == [("companion", "copy", 4), ("kept", "none", 2), ("main", "copy", 2)]
+    assert tree_state(tmp_path / "sorted") == before
+
+    code, again = adopt(capsys, cfg, str(tmp_path / "sorted"), "--import")   # nothing twice
+    assert code == 0 and again["imported"] == again["imported_companions"] == 0
+    assert len(list(lib.iterdir())) == 7
+
+    with Store.open(config.state_dir, load_vectors=False) as store:   # the group follows
+        with store.read() as conn:
+            fujio = conn.execute("SELECT id FROM identities WHERE name = 'Fujio Cho'").fetchone()[0]
+        rename(store, fujio, "Fujio C")
+    Daemon(config).run_once(timeout=600)
+    moved = config.library / "Fujio C"     # free there: the group takes its own stem again
+    assert sorted(p.name for p in moved.iterdir()) == sorted(renamed)
+    assert [p.name for p in lib.iterdir()] == ["IMG_1.CR3"]           # theirs stays
+    for name in renamed:
+        assert (moved / name).read_bytes() == (folder / name).read_bytes(), name
+
+    # a sidecar added to DIR since joins its photo where it is now; copied once only
+    (folder / "IMG_2.xmp").write_text("<x:xmpmeta xmlns:x='adobe:ns:meta/'/>")
+    before = tree_state(tmp_path / "sorted")
+    code, late = adopt(capsys, cfg, str(tmp_path / "sorted"), "--import")
+    assert code == 0 and late["imported"] == 0 and late["imported_companions"] == 1
+    assert (moved / "IMG_2.xmp").read_bytes() == (folder / "IMG_2.xmp").read_bytes()
+    (moved / "IMG_2.xmp").unlink()                        # a person deletes it: it stays deleted
+    code, late = adopt(capsys, cfg, str(tmp_path / "sorted"), "--import")
+    assert code == 0 and late["imported_companions"] == 0 and not (moved / "IMG_2.xmp").exists()
+
+    undo_placements(config, None, str(t0))                # the copies are retired, groups too
+    assert not moved.exists() and [p.name for p in lib.iterdir()] == ["IMG_1.CR3"]
+    assert tree_state(tmp_path / "sorted") == before
