@@ -24,6 +24,15 @@ of event paths reads only the rows under them (index ranges on the encoded paths
   photo deleted: that folder's face is "not this person";
 - moved anywhere else (a special folder, a place the layout cannot say anything about): the file
   stays where the person put it and the placer stops managing it (kind 'gone');
+- a gone photo moved on: when files nobody claims are left over (only then), the gone rows whose
+  file is no longer at their path (one lstat each) are candidates for them like missing placed
+  photos (their companions with them; a scan of event paths reads the gone rows of the whole
+  store for it, one pass). Found where it means something (a person's folder, a folder made by
+  hand, ``unknown_dir``, ``noface_dir``), the row is the image's main file again (a link, where
+  it has one) and the move is the usual correction: the placer manages it again; found
+  elsewhere, the row follows it, still gone; found nowhere (deleted), the row is kept as it is:
+  never "removed by the user" (it was not placed when it went), never dropped (an image without
+  a row is one still in its inbox: with ``action: copy`` the placer would place it again);
 - companions that moved with their photo are tracked at their new path; files nobody placed are
   never looked at beyond a stat (a hand-placed file is hashed only when its size is the size of a
   missing placed file, and then once: ``library_hashes`` caches it by path, size and mtime).
@@ -62,6 +71,9 @@ Learn = Callable[[Store, str, dict], dict]
 
 _SYMLINK = "symlink:"   # the journal's content_id of a symlink: its target
 _TRACKED = ("main", "extra", "companion")
+_ROWS = ("SELECT p.id, p.image_id, p.path, p.kind, p.action, p.sha256, i.size, i.mtime_ns, "
+         "i.path FROM placements p JOIN images i ON i.id = p.image_id "
+         "WHERE p.image_id IS NOT NULL")
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,7 @@ class Learned:
     moved: int = 0          # placed files found elsewhere in the library
     removed: int = 0        # placed photos deleted
     left: int = 0           # moved where the layout says nothing: no longer managed
+    returned: int = 0       # of the moved: photos no longer managed ('gone') placed again
     hashed: int = 0         # files hashed (not in the cache or changed)
     files: int = 0          # files the walk saw (a full scan) or under the paths given
 
@@ -188,26 +201,43 @@ class _Scan:
         alone = self._left_alone({r.image_id for r in missing + suspect})
         missing = [row for row in missing if row.image_id not in alone]
         suspect = [row for row in suspect if row.image_id not in alone]
-        if not missing and not suspect:
-            return self.out
-        images = self._images({row.image_id for row in missing + suspect})
-        found = self._match(missing + suspect, untracked + sorted({r.path for r in suspect}), images)
-        held = self._settle(suspect, found)
-        missing += held
-        if paths is not None and any(row.id not in found for row in missing):
-            return None
-        if paths is None and any(row.id not in found for row in missing):
-            # the walk is not atomic: a file moved while it ran, from a folder not listed yet into
-            # one listed already, was seen nowhere. A second walk before anything is taken for
-            # deleted: what it finds that the first did not may be it.
-            again: set[str] = set()
-            self._walk(lib, again)
-            taken = {row.id for row in held}
-            missing = [row for row in missing if row.id in found or row.id in taken
-                       or not os.path.lexists(row.path)]
-            late = [Path(p) for p in sorted(again - known - seen)]
-            found.update(self._match([row for row in missing if row.id not in found], late, images))
-        self._interpret(missing, found, images)
+        images: dict[int, _Image] = {}
+        found: dict[int, Path] = {}
+        late: list[Path] = []
+        if missing or suspect:
+            images = self._images({row.image_id for row in missing + suspect})
+            found = self._match(missing + suspect, untracked + sorted({r.path for r in suspect}),
+                                images)
+            held = self._settle(suspect, found)
+            missing += held
+            if paths is not None and any(row.id not in found for row in missing):
+                return None
+            if paths is None and any(row.id not in found for row in missing):
+                # the walk is not atomic: a file moved while it ran, from a folder not listed yet
+                # into one listed already, was seen nowhere. A second walk before anything is
+                # taken for deleted: what it finds that the first did not may be it.
+                again: set[str] = set()
+                self._walk(lib, again)
+                taken = {row.id for row in held}
+                missing = [row for row in missing if row.id in found or row.id in taken
+                           or not os.path.lexists(row.path)]
+                late = [Path(p) for p in sorted(again - known - seen)]
+                found.update(self._match([row for row in missing if row.id not in found], late,
+                                         images))
+        # files nobody claimed may be photos a person moved to where they meant nothing ('gone')
+        # and has moved on since: only then are the gone rows looked at
+        claimed = set(found.values())
+        pool = [p for p in untracked + late if p not in claimed]
+        gone: list[_Row] = []
+        if pool:
+            gone = self._gone(rows if paths is None else rows + self._gone_rows(rows), seen)
+        if gone:
+            images.update(self._images({row.image_id for row in gone} - set(images)))
+            back = self._match(gone, pool, images)
+            gone = [row for row in gone if row.id in back]
+            found.update(back)
+        if missing or gone:
+            self._interpret(missing, found, images, gone)
         return self.out
 
     def _look(self, rows: list[tuple], seen: set[str]) -> tuple[list[_Row], list[_Row]]:
@@ -262,18 +292,66 @@ class _Scan:
     def _rows(self, roots: Optional[list[str]]) -> list[tuple]:
         """(id, image id, path, kind, action, sha256, image size, image mtime_ns, image path) of
         the placement rows of images, at or under ``roots`` (None: all); paths as text."""
-        sql = ("SELECT p.id, p.image_id, p.path, p.kind, p.action, p.sha256, i.size, i.mtime_ns, "
-               "i.path FROM placements p JOIN images i ON i.id = p.image_id "
-               "WHERE p.image_id IS NOT NULL")
         with self.store.read() as conn:
             if roots is None:
-                found = conn.execute(sql).fetchall()
+                found = conn.execute(_ROWS).fetchall()
             else:
                 found = []
                 for r in roots:   # the path index: a range per root
-                    found += _under(conn, sql, "p.path", r)
-        return [(r[0], r[1], os.fsdecode(r[2]) if isinstance(r[2], bytes) else r[2], *r[3:])
-                for r in found]
+                    found += _under(conn, _ROWS, "p.path", r)
+        return _texts(found)
+
+    def _gone_rows(self, rows: list[tuple]) -> list[tuple]:
+        """The gone rows of the whole store that ``rows`` (a scan of event paths: the rows under
+        them) does not have: a photo left in ``_groups/`` may be the file that turned up at an
+        event path. One pass over the placements, made only when an event path holds a file
+        nobody claimed."""
+        have = {r[0] for r in rows}
+        with self.store.read() as conn:
+            found = conn.execute(f"{_ROWS} AND p.kind = 'gone'").fetchall()
+        return [r for r in _texts(found) if r[0] not in have]
+
+    def _gone(self, rows: list[tuple], seen: set[str]) -> list[_Row]:
+        """The rows of photos moved to where they meant nothing ('gone') whose file is no longer
+        at their path (one lstat each, as for placed photos), with those of their companions
+        that left their path too: the candidates for the files nobody claimed. The photos the
+        placer leaves alone for another reason (held by undo, removed, broken) are left out."""
+        out: list[_Row] = []
+        lstat = os.lstat
+        for r in rows:
+            if r[3] != "gone":
+                continue
+            path = r[2]
+            try:
+                st = lstat(path)
+            except OSError:
+                if path not in seen:
+                    out.append(_Row(r[0], r[1], Path(path), *r[3:6]))
+                continue
+            if not (st.st_size == r[6] and st.st_mtime_ns == r[7] and stat.S_ISREG(st.st_mode)) \
+                    and not _holds(path, st, r):
+                out.append(_Row(r[0], r[1], Path(path), *r[3:6]))
+        if not out:
+            return out
+        ids = sorted({row.image_id for row in out})
+        with self.store.read() as conn:
+            blocked: set[int] = set()
+            companions: list[tuple] = []
+            for marks, part in in_chunks(ids):
+                blocked |= {r[0] for r in conn.execute(
+                    f"SELECT image_id FROM placements WHERE kind IN ('held', 'removed') "
+                    f"AND image_id IN ({marks})", part)}
+                blocked |= {r[0] for r in conn.execute(
+                    f"SELECT id FROM images WHERE (status IN ('error', 'pending') "
+                    f"OR removed_at IS NOT NULL) AND id IN ({marks})", part)}
+                companions += conn.execute(f"{_ROWS} AND p.kind = 'companion' "
+                                           f"AND p.image_id IN ({marks})", part).fetchall()
+        out = [row for row in out if row.image_id not in blocked]
+        wanted = {row.image_id for row in out}
+        for r in _texts(companions):
+            if r[1] in wanted and r[2] not in seen and not os.path.lexists(r[2]):
+                out.append(_Row(r[0], r[1], Path(r[2]), *r[3:6]))
+        return out
 
     def _left_alone(self, ids: set[int]) -> set[int]:
         """Those of ``ids`` the placer leaves alone (held by undo, gone, removed, broken or not
@@ -380,12 +458,13 @@ class _Scan:
         return found
 
     def _mains(self, ids: set[int]) -> list[tuple[int, int, Path]]:
-        """(row id, image id, path) of the main placement rows of images ``ids``."""
+        """(row id, image id, path) of the main placement rows of images ``ids`` (and their gone
+        rows: a gone photo's companions are looked for beside it first)."""
         out = []
         with self.store.read() as conn:
             for marks, part in in_chunks(sorted(ids)):
                 out += [(r[0], r[1], decode_path(r[2])) for r in conn.execute(
-                    f"SELECT id, image_id, path FROM placements WHERE kind = 'main' "
+                    f"SELECT id, image_id, path FROM placements WHERE kind IN ('main', 'gone') "
                     f"AND image_id IN ({marks})", part)]
         return out
 
@@ -421,7 +500,8 @@ class _Scan:
         return parts[self.at] if len(parts) == self.depth else None
 
     def _interpret(self, missing: list[_Row], found: dict[int, Path],
-                   images: dict[int, _Image]) -> None:
+                   images: dict[int, _Image], gone: Optional[list[_Row]] = None) -> None:
+        gone = gone or []
         with self.store.read() as conn:
             names, merged = {}, {}
             for iid, name, into in conn.execute("SELECT id, name, merged_into FROM identities"):
@@ -484,11 +564,20 @@ class _Scan:
             else:
                 plans.append(_Plan("rename", {"identity": identity, "name": dest[4:]}, moved,
                                    f"{_name(identity, live)}'s folder renamed: named {dest[4:]!r}"))
-        for row in sorted(missing, key=lambda r: (r.kind == "companion", r.id)):
+        # a gone photo found where it means something is placed again: as the image's main file,
+        # or one of its links (multi_face: all) where it has a main file already
+        back = {row.id for row in gone}
+        with_main = self._with_main({r.image_id for r in gone}) if gone else set()
+        for row in sorted(list(missing) + list(gone), key=lambda r: (r.kind == "companion", r.id)):
             if row.id in done_rows:
                 continue
             image = images.get(row.image_id)
             if image is None:
+                continue
+            if row.kind == "companion" and row.id in back:
+                new = found[row.id]
+                plans.append(_Plan(None, {}, [(row.id, new, None)],
+                                   f"companion {row.path} followed to {new}"))
                 continue
             if row.kind == "companion":
                 new = found.get(row.id)
@@ -516,6 +605,19 @@ class _Scan:
                         image_faces[0][0] if image_faces else None)
             current = next((who for f, _, who in image_faces if f == face), None)
             follow = [(row.id, new, None)]
+            if row.id in back:
+                if dest is None or dest == "special" or (face is None and dest != "noface") \
+                        or image.status == "other" or image.removed:
+                    plans.append(_Plan(None, {}, [(row.id, new, "gone")],
+                                       f"{row.path} (not managed) moved to {new}: still not managed"))
+                    continue
+                kind = "extra" if image.id in with_main else "main"
+                with_main.add(image.id)
+                follow = [(row.id, new, kind)]
+                self.out.returned += 1
+                if not self.dry_run:
+                    log.info("library: %s, not managed since it was moved there, is in %s now: "
+                             "managed again", row.path, new)
             if dest is None or dest == "special" or (face is None and dest != "noface") \
                     or image.status == "other":
                 self.out.left += 1
@@ -540,6 +642,13 @@ class _Scan:
             plans.append(_Plan("move_faces", {"faces": sorted(set(face_ids)), "to": "new", "name": name},
                                new_rows[name], f"photos moved into a new folder {name!r}: a new person"))
         self._apply(plans)
+
+    def _with_main(self, ids: set[int]) -> set[int]:
+        """Those of ``ids`` that have a main placement row."""
+        with self.store.read() as conn:
+            return {r[0] for marks, part in in_chunks(sorted(ids)) for r in conn.execute(
+                f"SELECT image_id FROM placements WHERE kind = 'main' AND image_id IN ({marks})",
+                part)}
 
     def _members(self, moved: list[Path], meaning: Callable) -> dict[int, list[int]]:
         """Identity -> the ids of the placed photos (main and extra rows) in its folder, for the
@@ -618,9 +727,11 @@ class _Scan:
                         conn.execute("DELETE FROM placements WHERE id = ?", (row_id,))
                     else:
                         # a photo renamed by the person keeps the name they gave it from now on
+                        # (also on its way to and from where it meant nothing: 'gone')
                         was = conn.execute("SELECT path FROM placements WHERE id = ? AND "
-                                           "kind = 'main'", (row_id,)).fetchone()
-                        if kind is None and was and decode_path(was[0]).name != path.name:
+                                           "kind IN ('main', 'gone')", (row_id,)).fetchone()
+                        if kind in (None, "main", "gone") and was \
+                                and decode_path(was[0]).name != path.name:
                             conn.execute("UPDATE placements SET chosen_name = ? WHERE id = ?",
                                          (path.name, row_id))
                         conn.execute("UPDATE placements SET path = ?, kind = COALESCE(?, kind), "
@@ -654,6 +765,12 @@ def _under(conn, sql: str, column: str, root: str) -> list[tuple]:
     out += conn.execute(f"{sql} AND {column} >= ? AND {column} < ?",
                         (raw + os.fsencode(os.sep), raw + os.fsencode(after))).fetchall()
     return out
+
+
+def _texts(rows: list[tuple]) -> list[tuple]:
+    """Placement rows with their path as text (a raw-byte path decoded as the filesystem does)."""
+    return [(r[0], r[1], os.fsdecode(r[2]) if isinstance(r[2], bytes) else r[2], *r[3:])
+            for r in rows]
 
 
 def _holds(path: str, st: os.stat_result, row: tuple) -> bool:

@@ -640,3 +640,161 @@ def test_watcher_paths_read_only_their_rows_non_utf8_names_included(fake):
     assert f.placer.last_scan.corrections == [("rename", {"identity": x, "name": "Xavier"})]
     assert f.faces(a) == [(x, 0, 0)]
     assert f.placer.sync(scan=True) == [] and f.placer.last_scan.moved == 0
+
+
+# -- a photo moved where it meant nothing ('gone') and on again (issue 19) ---------------------
+
+def _kind(f: "Fake", image: int) -> list[tuple[str, str]]:
+    """(path inside the library, kind) of the image's placement rows."""
+    with f.store.read() as conn:
+        return [(str(decode_path(p).relative_to(f.lib)), k) for p, k in conn.execute(
+            "SELECT path, kind FROM placements WHERE image_id = ? ORDER BY id", (image,))]
+
+
+def _gone_setup(f: "Fake") -> tuple[int, int, int]:
+    """X and Y with two photos each; X's a.jpg dragged into _groups/: left there, not managed."""
+    x, y = (f.fake.new_identity(f.store, n) for n in ("X", "Y"))
+    a = f.photo("a.jpg", [x])
+    for name, who in (("x.jpg", x), ("y.jpg", y), ("y2.jpg", y)):
+        f.photo(name, [who])
+    f.placer.sync()
+    (f.lib / "_groups").mkdir()
+    os.rename(f.lib / "X" / "a.jpg", f.lib / "_groups" / "a.jpg")
+    assert f.placer.sync(scan=True) == []
+    assert f.placer.last_scan.left == 1 and _kind(f, a) == [("_groups/a.jpg", "gone")]
+    return x, y, a
+
+
+def test_a_photo_dragged_into_groups_and_back_into_a_persons_folder_is_managed_again(fake):
+    from facesortd.people.corrections import rename
+
+    f = fake()
+    x, y, a = _gone_setup(f)
+    # not managed: a recluster's rename of X leaves it in _groups/
+    rename(f.store, x, "Xena")
+    f.placer.sync(scan=True)
+    assert (f.lib / "_groups" / "a.jpg").exists() and _kind(f, a) == [("_groups/a.jpg", "gone")]
+    os.rename(f.lib / "_groups" / "a.jpg", f.lib / "Y" / "a.jpg")
+    assert f.placer.sync(scan=True) == []
+    s = f.placer.last_scan
+    assert (s.moved, s.returned, s.left, s.removed) == (1, 1, 0, 0)
+    assert f.faces(a) == [(y, 1, 0)]                                   # pinned to Y
+    assert _kind(f, a) == [("Y/a.jpg", "main")]
+    with f.store.read() as conn:
+        face = conn.execute("SELECT id FROM faces WHERE image_id = ?", (a,)).fetchone()[0]
+    assert f.placer.last_scan.corrections == [("move_faces", {"faces": [face], "to": y})]
+    # managed again: Y renamed, the photo follows
+    rename(f.store, y, "Yvonne")
+    f.placer.sync(scan=True)
+    assert sorted(p.name for p in (f.lib / "Yvonne").iterdir()) == ["a.jpg", "y.jpg", "y2.jpg"]
+    assert _kind(f, a) == [("Yvonne/a.jpg", "main")]
+    assert f.placer.sync(scan=True) == [] and f.placer.last_scan.moved == 0
+
+
+def test_a_photo_dragged_into_groups_then_into_unsorted_is_not_that_person(fake):
+    f = fake()
+    x, y, a = _gone_setup(f)
+    (f.lib / "_unsorted").mkdir(exist_ok=True)
+    os.rename(f.lib / "_groups" / "a.jpg", f.lib / "_unsorted" / "a.jpg")
+    assert f.placer.sync(scan=True) == []
+    assert f.placer.last_scan.returned == 1
+    assert f.faces(a) == [(None, 0, 0)]
+    with f.store.read() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM cannot_link WHERE identity_id = ?",
+                            (x,)).fetchone() == (1,)
+    assert _kind(f, a) == [("_unsorted/a.jpg", "main")]
+    assert f.placer.sync(scan=True) == [] and (f.lib / "_unsorted" / "a.jpg").exists()
+
+
+def test_a_gone_photo_moved_on_where_it_means_nothing_or_deleted_is_never_removed(fake):
+    f = fake("  action: copy\n")          # the inbox keeps the original: nothing may place it again
+    x, y, a = _gone_setup(f)
+    # from _groups/ to a folder the layout says nothing about: the row follows, still not managed
+    (f.lib / "mine" / "deeper").mkdir(parents=True)
+    os.rename(f.lib / "_groups" / "a.jpg", f.lib / "mine" / "deeper" / "a.jpg")
+    assert f.placer.sync(scan=True) == []
+    s = f.placer.last_scan
+    assert (s.moved, s.returned, s.removed) == (1, 0, 0)
+    assert _kind(f, a) == [("mine/deeper/a.jpg", "gone")] and f.faces(a) == [(x, 0, 0)]
+    # deleted there: not removed (it was not placed when it went), the row stays gone
+    (f.lib / "mine" / "deeper" / "a.jpg").unlink()
+    (f.lib / "X" / "hand.jpg").write_bytes(b"h" * 8)     # a file nobody claims: gone rows looked at
+    assert f.placer.sync(scan=True) == []
+    s = f.placer.last_scan
+    assert (s.moved, s.returned, s.removed) == (0, 0, 0)
+    assert f.store.counts()["images_removed"] == 0 and f.faces(a) == [(x, 0, 0)]
+    assert _kind(f, a) == [("mine/deeper/a.jpg", "gone")]
+    assert not (f.lib / "X" / "a.jpg").exists() and (f.inbox / "a.jpg").exists()
+    with f.store.read() as conn:
+        assert conn.execute("SELECT removed_at FROM images WHERE id = ?", (a,)).fetchone() == (None,)
+    # its bytes dropped into a person's folder later: it is that photo, managed again
+    shutil.copy2(f.inbox / "a.jpg", f.lib / "Y" / "again.jpg")
+    f.placer.sync(scan=[f.lib / "Y" / "again.jpg"])
+    assert f.placer.last_scan.returned == 1 and f.faces(a) == [(y, 1, 0)]
+    assert _kind(f, a) == [("Y/again.jpg", "main")]
+
+
+def test_event_paths_of_a_gone_photo_moved_back(fake):
+    """Placer.sync(scan=[paths]): both ends of the move (the gone row's path among them), or only
+    the new path (a file nobody claims: the gone rows are looked at)."""
+    f = fake()
+    x, y, a = _gone_setup(f)
+    b = f.photo("b.jpg", [y])
+    f.placer.sync()
+    os.rename(f.lib / "Y" / "b.jpg", f.lib / "_groups" / "b.jpg")
+    f.placer.sync(scan=[f.lib / "Y" / "b.jpg", f.lib / "_groups" / "b.jpg"])
+    assert _kind(f, b) == [("_groups/b.jpg", "gone")]
+    # both ends
+    os.rename(f.lib / "_groups" / "a.jpg", f.lib / "X" / "a.jpg")
+    f.placer.sync(scan=[f.lib / "_groups" / "a.jpg", f.lib / "X" / "a.jpg"])
+    s = f.placer.last_scan
+    assert (s.files, s.moved, s.returned) == (1, 1, 1)
+    assert _kind(f, a) == [("X/a.jpg", "main")] and f.faces(a) == [(x, 0, 0)]   # its own person
+    assert s.corrections == []
+    # only the new end, into a folder made by hand: a new person
+    (f.lib / "Zoe").mkdir()
+    os.rename(f.lib / "_groups" / "b.jpg", f.lib / "Zoe" / "b.jpg")
+    f.placer.sync(scan=[f.lib / "Zoe" / "b.jpg"])
+    assert f.placer.last_scan.returned == 1 and _kind(f, b) == [("Zoe/b.jpg", "main")]
+    with f.store.read() as conn:
+        zoe = conn.execute("SELECT id FROM identities WHERE name = 'Zoe'").fetchone()[0]
+    assert f.faces(b) == [(zoe, 1, 0)]
+    # only the old end of a gone photo's move: nothing is taken for deleted, no full scan needed
+    os.rename(f.lib / "X" / "a.jpg", f.lib / "_groups" / "a.jpg")
+    f.placer.sync(scan=True)
+    os.rename(f.lib / "_groups" / "a.jpg", f.lib / "_groups" / "a2.jpg")
+    f.placer.sync(scan=[f.lib / "_groups" / "a.jpg"])
+    assert f.placer.last_scan.removed == 0 and f.store.counts()["images_removed"] == 0
+    assert f.placer.sync(scan=True) == [] and _kind(f, a) == [("_groups/a2.jpg", "gone")]
+    assert f.placer.sync(scan=True) == [] and f.placer.last_scan.moved == 0
+
+
+def test_a_gone_photo_and_its_companion_back_in_a_folder_and_a_dry_run(fake):
+    """Its companion comes back with it, tracked at its new place; a dry run says what the move
+    means and changes nothing."""
+    f = fake()
+    x, y = (f.fake.new_identity(f.store, n) for n in ("X", "Y"))
+    (f.inbox / "IMG_1.xmp").write_bytes(b"<xmp/>" * 9)
+    a = f.photo("IMG_1.JPG", [x])
+    for name, who in (("x.jpg", x), ("y.jpg", y)):
+        f.photo(name, [who])
+    f.placer.sync()
+    assert (f.lib / "X" / "IMG_1.xmp").exists()
+    (f.lib / "_groups").mkdir()
+    for name in ("IMG_1.JPG", "IMG_1.xmp"):
+        os.rename(f.lib / "X" / name, f.lib / "_groups" / name)
+    f.placer.sync(scan=True)
+    assert _kind(f, a) == [("_groups/IMG_1.JPG", "gone"), ("_groups/IMG_1.xmp", "companion")]
+    for name in ("IMG_1.JPG", "IMG_1.xmp"):
+        os.rename(f.lib / "_groups" / name, f.lib / "Y" / name)
+    assert f.placer.sync(scan=True, dry_run=True) == []
+    assert f.placer.last_scan.returned == 1 and f.placer.last_scan.corrections[0][0] == "move_faces"
+    assert _kind(f, a) == [("_groups/IMG_1.JPG", "gone"), ("_groups/IMG_1.xmp", "companion")]
+    assert f.faces(a) == [(x, 0, 0)]
+    assert f.placer.sync(scan=True) == []
+    assert _kind(f, a) == [("Y/IMG_1.JPG", "main"), ("Y/IMG_1.xmp", "companion")]
+    assert f.faces(a) == [(y, 1, 0)]
+    from facesortd.people.corrections import rename
+    rename(f.store, y, "Yvonne")
+    f.placer.sync(scan=True)
+    assert sorted(p.name for p in (f.lib / "Yvonne").iterdir()) == ["IMG_1.JPG", "IMG_1.xmp", "y.jpg"]
