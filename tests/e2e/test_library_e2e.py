@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -31,47 +29,6 @@ CONFIG = ("inboxes:\n  - path: inbox\n    mode: detect\n"
           "embedder:\n  name: dlib\n  batch_size: 16\n  max_wait_ms: 50\n"
           "web:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n"
           "log_level: info\n")
-
-
-class Running:
-    """``facesortd run`` in a subprocess, its log collected on a thread."""
-
-    def __init__(self, root: Path):
-        env = dict(os.environ, GLIBC_TUNABLES=TUNABLES, PYTHONPATH=str(REPO))
-        env.pop("NOTIFY_SOCKET", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "facesortd", "run", "--config",
-                                      str(root / "facesortd.yaml")], cwd=root, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.log: list[str] = []
-        self._thread = threading.Thread(target=self._read, name="test-daemon-log")
-        self._thread.start()
-
-    def _read(self):
-        for line in self.proc.stderr:
-            self.log.append(line.rstrip("\n"))
-
-    def wait_log(self, pattern: str, timeout: float) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in list(self.log):
-                m = re.search(pattern, line)
-                if m:
-                    return m
-            assert time.monotonic() < deadline and self.proc.poll() is None, \
-                f"no {pattern!r} in the log:\n" + "\n".join(self.log)
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-            return self.proc.wait(60)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self._thread.join()
-            self.proc.stderr.close()
 
 
 def get_text(url: str) -> str:
@@ -108,7 +65,8 @@ def eventually(check, timeout: float, what: str):
         time.sleep(0.1)
 
 
-def test_moves_renames_and_deletes_in_the_library_teach_the_running_daemon(tmp_path, library):
+def test_moves_renames_and_deletes_in_the_library_teach_the_running_daemon(tmp_path, library,
+                                                                          start_daemon):
     root = tmp_path
     library.copy(root)
     (root / "facesortd.yaml").write_text(CONFIG)
@@ -126,9 +84,9 @@ def test_moves_renames_and_deletes_in_the_library_teach_the_running_daemon(tmp_p
     c_person = int(c.name.split("_")[1])
     moved_from = placed(root)[moved]
 
-    daemon = Running(root)
+    daemon = start_daemon(root)
     try:
-        url = daemon.wait_log(r"web page on (http://127\.0\.0\.1:\d+/)", timeout=90).group(1)
+        url = daemon.url(timeout=90)
         daemon.wait_log(r"facesortd running", timeout=30)
         time.sleep(0.5)   # the library watch begins with the placer's first sync
 

@@ -17,9 +17,6 @@ import os
 import re
 import shutil
 import sqlite3
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,8 +26,6 @@ import pytest
 
 pytest.importorskip("dlib", reason="the dlib extra is installed by `make test`")
 
-REPO = Path(__file__).resolve().parents[2]
-TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
 PEOPLE = ("Allyson_Felix", "Antonio_Palocci", "Fujio_Cho", "JK_Rowling", "Paul_McCartney")
 PER_PERSON = 4
 NEW_NAME = "Ada Example"
@@ -40,46 +35,6 @@ NO_FACE = "nonface__dog.jpg"
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-class RunningDaemon:
-    """``facesortd run`` in a subprocess; its stderr is collected in a thread."""
-
-    def __init__(self, root: Path):
-        env = dict(os.environ, GLIBC_TUNABLES=TUNABLES, PYTHONPATH=str(REPO))
-        env.pop("NOTIFY_SOCKET", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "facesortd", "run", "--config", str(root / "facesortd.yaml")],
-            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.log: list[str] = []
-        self._thread = threading.Thread(target=self._read, name="test-e2e-daemon-stderr")
-        self._thread.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.log.append(line.rstrip("\n"))
-
-    def url(self, timeout: float = 120) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            for line in list(self.log):
-                m = re.search(r"web page on (http://127\.0\.0\.1:\d+/)", line)
-                if m:
-                    return m.group(1)
-            time.sleep(0.1)
-        raise AssertionError("the daemon did not serve its page; log:\n" + "\n".join(self.log))
-
-    def stop(self) -> int:
-        try:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-            return self.proc.wait(60)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self._thread.join()
-            self.proc.stderr.close()
 
 
 def make_root(root: Path, data_dir: Path) -> dict[str, str]:
@@ -332,10 +287,11 @@ def review_queue(ui: "Browser", root: Path, expect: dict[str, str], photo: dict[
     wait_for("the photo with a drawn face in its person's folder", lambda: folder_of(root) == expect)
 
 
-def test_review_page_in_chromium_moves_the_files(tmp_path, data_dir, sync_playwright, launch_chromium):
+def test_review_page_in_chromium_moves_the_files(tmp_path, data_dir, sync_playwright, launch_chromium,
+                                                 start_daemon):
     root = tmp_path / "run"
     put = make_root(root, data_dir)
-    daemon = RunningDaemon(root)
+    daemon = start_daemon(root)
     try:
         base = daemon.url()
         before = settled(root, put)
