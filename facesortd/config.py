@@ -11,7 +11,7 @@ import os
 import re
 import string
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import (
@@ -178,14 +178,7 @@ class PlacementConfig(_Model):
     @field_validator("xmp_sidecar_name")
     @classmethod
     def _xmp_sidecar_name(cls, value: str) -> str:
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
-        except ValueError as exc:
-            raise ValueError(f"is not a valid template ({exc})") from None
-        unknown = sorted({f for f in fields if f not in ("name", "ext")})
-        if unknown:
-            raise ValueError(f"unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; "
-                             "allowed: {name}, {ext} (the photo's name as placed)")
+        _template_fields(value, ("name", "ext"), " (the photo's name as placed)")
         if not value.startswith("{name}") or not value.lower().endswith(".xmp") \
                 or "/" in value or "\\" in value:
             raise ValueError("must be one file name that starts with {name} and ends with .xmp "
@@ -195,16 +188,7 @@ class PlacementConfig(_Model):
     @field_validator("layout")
     @classmethod
     def _layout(cls, value: str) -> str:
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
-        except ValueError as exc:
-            raise ValueError(f"is not a valid template ({exc})") from None
-        unknown = sorted({f for f in fields if f not in LAYOUT_FIELDS})
-        if unknown:
-            raise ValueError(
-                f"unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; "
-                f"allowed: {', '.join('{' + f + '}' for f in LAYOUT_FIELDS)}"
-            )
+        fields = _template_fields(value, LAYOUT_FIELDS)
         if "name" not in fields:
             raise ValueError("must contain {name} so that two photos never get the same path")
         if value.startswith("/") or ".." in Path(value).parts:
@@ -218,6 +202,20 @@ class PlacementConfig(_Model):
         if not value or "/" in value or "\\" in value or value in (".", ".."):
             raise ValueError(f"must be one folder name inside the library, not {value!r}")
         return value
+
+
+def _template_fields(value: str, allowed: Sequence[str], why: str = "") -> list[str]:
+    """The ``{field}`` names of a template (``placement.layout``, ``xmp_sidecar_name``); a broken
+    template or a field not in ``allowed`` is a ValueError that lists the allowed ones."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"is not a valid template ({exc})") from None
+    unknown = sorted({f for f in fields if f not in allowed})
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; "
+                         f"allowed: {', '.join('{' + f + '}' for f in allowed)}{why}")
+    return fields
 
 
 def _host_entry(value: str) -> str:
