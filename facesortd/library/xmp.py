@@ -38,6 +38,7 @@ from facesortd.config import Config
 from facesortd.formats import FORMATS
 from facesortd.library.journal import Journal, Op, content_id
 from facesortd.store.database import Store, encode_path
+from facesortd.store.identity_rows import live_map
 
 log = logging.getLogger("facesortd.xmp")
 
@@ -339,18 +340,13 @@ class Sidecars:
                 "WHERE p.kind = 'main' AND i.status = 'done'")}
             shas = {r[0]: r[1] for r in conn.execute("SELECT id, sha256 FROM images "
                                                       "WHERE status = 'done'")}
-            names, merged, hidden = {}, {}, set()
-            for iid, name, into, is_hidden in conn.execute(
-                    "SELECT id, name, merged_into, hidden FROM identities"):
-                names[iid], merged[iid] = name, into
-                if is_hidden:
-                    hidden.add(iid)
             labels = {}   # identity -> the name its faces are written under (merges followed)
-            for iid in names:
-                root = _root(iid, merged)
-                name = names.get(root) if root is not None and root not in hidden else None
+            for iid, name in conn.execute("SELECT id, name FROM identities WHERE merged_into IS "
+                                          "NULL AND hidden = 0"):
                 if name and name.strip():
                     labels[iid] = name.strip()
+            labels.update({merged: labels[live] for merged, live in live_map(conn).items()
+                           if live in labels})
             regions: dict[int, list[Region]] = defaultdict(list)
             for image_id, x1, y1, x2, y2, identity in conn.execute(
                     "SELECT image_id, box_x1, box_y1, box_x2, box_y2, identity_id FROM faces "
@@ -368,15 +364,6 @@ class Sidecars:
                                 "ORDER BY id", (KIND, PREFIX + "%")).fetchall()
         return {r[0]: _Ours(r[0], _text(r[1]), r[2][len(PREFIX):], r[3], r[4])
                 for r in rows}
-
-
-def _root(identity: Optional[int], merged: dict[int, Optional[int]]) -> Optional[int]:
-    """The identity that survives its merges (as the placer follows them)."""
-    seen = set()
-    while identity is not None and merged.get(identity) is not None and identity not in seen:
-        seen.add(identity)
-        identity = merged[identity]
-    return identity if identity in merged else None
 
 
 def _text(value: Union[str, bytes]) -> str:
