@@ -574,12 +574,7 @@ class _Scan:
             image = images.get(row.image_id)
             if image is None:
                 continue
-            if row.kind == "companion" and row.id in back:
-                new = found[row.id]
-                plans.append(_Plan(None, {}, [(row.id, new, None)],
-                                   f"companion {row.path} followed to {new}"))
-                continue
-            if row.kind == "companion":
+            if row.kind == "companion":   # a gone photo's too: found, by construction
                 new = found.get(row.id)
                 plans.append(_Plan(None, {}, [(row.id, new, None)],
                                    f"companion {row.path} " + (f"followed to {new}" if new else "gone")))
@@ -605,9 +600,10 @@ class _Scan:
                         image_faces[0][0] if image_faces else None)
             current = next((who for f, _, who in image_faces if f == face), None)
             follow = [(row.id, new, None)]
+            meaningless = dest is None or dest == "special" or (face is None and dest != "noface") \
+                or image.status == "other"
             if row.id in back:
-                if dest is None or dest == "special" or (face is None and dest != "noface") \
-                        or image.status == "other" or image.removed:
+                if meaningless or image.removed:
                     plans.append(_Plan(None, {}, [(row.id, new, "gone")],
                                        f"{row.path} (not managed) moved to {new}: still not managed"))
                     continue
@@ -618,8 +614,7 @@ class _Scan:
                 if not self.dry_run:
                     log.info("library: %s, not managed since it was moved there, is in %s now: "
                              "managed again", row.path, new)
-            if dest is None or dest == "special" or (face is None and dest != "noface") \
-                    or image.status == "other":
+            if meaningless:
                 self.out.left += 1
                 plans.append(_Plan(None, {}, [(row.id, new, "gone")],
                                    f"{row.path} moved to {new}: left there, no longer managed"))
