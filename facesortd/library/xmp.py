@@ -179,7 +179,7 @@ class Sidecars:
         self._off_checked = False
         mains, regions, shas = self._load()
         ours = self._ours()
-        for image_id in sorted(set(mains) | set(ours)):
+        for image_id in sorted(set(regions) | set(ours)):   # a photo with neither: nothing to do
             try:
                 self._one(image_id, mains.get(image_id), regions.get(image_id, []),
                           shas.get(image_id), ours.get(image_id), counts, dry_run)
@@ -333,13 +333,14 @@ class Sidecars:
 
     # -- store reads ---------------------------------------------------------------------------
     def _load(self) -> tuple[dict[int, str], dict[int, list[Region]], dict[int, Optional[str]]]:
-        """Each placed photo's main file, its named faces (largest first) and its hash."""
+        """Each placed photo's main file and its hash, and the named faces (largest first) of
+        those with any."""
         with self.store.read() as conn:
-            mains = {r[0]: _text(r[1]) for r in conn.execute(
-                "SELECT p.image_id, p.path FROM placements p JOIN images i ON i.id = p.image_id "
-                "WHERE p.kind = 'main' AND i.status = 'done'")}
-            shas = {r[0]: r[1] for r in conn.execute("SELECT id, sha256 FROM images "
-                                                      "WHERE status = 'done'")}
+            mains, shas = {}, {}
+            for image_id, path, sha in conn.execute(
+                    "SELECT p.image_id, p.path, i.sha256 FROM placements p "
+                    "JOIN images i ON i.id = p.image_id WHERE p.kind = 'main' AND i.status = 'done'"):
+                mains[image_id], shas[image_id] = _text(path), sha
             labels = {}   # identity -> the name its faces are written under (merges followed)
             for iid, name in conn.execute("SELECT id, name FROM identities WHERE merged_into IS "
                                           "NULL AND hidden = 0"):
