@@ -60,6 +60,7 @@ from facesortd import fsops
 from facesortd.config import Config
 from facesortd.library.layout import identity_folders
 from facesortd.store.database import Store, decode_path, encode_path
+from facesortd.store.identity_rows import live_map
 from facesortd.store.sql import in_chunks
 
 __all__ = ["Learn", "Learned", "scan_library"]
@@ -503,19 +504,18 @@ class _Scan:
                    images: dict[int, _Image], gone: Optional[list[_Row]] = None) -> None:
         gone = gone or []
         with self.store.read() as conn:
-            names, merged = {}, {}
-            for iid, name, into in conn.execute("SELECT id, name, merged_into FROM identities"):
-                names[iid], merged[iid] = name, into
+            live = {iid: name for iid, name in conn.execute(
+                "SELECT id, name FROM identities WHERE merged_into IS NULL")}
+            merged = live_map(conn)
             sources = {i.duplicate_of or i.id for i in images.values()}
             faces: dict[int, list[tuple[int, float, Optional[int]]]] = defaultdict(list)
             for marks, part in in_chunks(sorted(sources)):
                 for image_id, face, area, identity in conn.execute(
                         f"SELECT image_id, id, (box_x2 - box_x1) * (box_y2 - box_y1), identity_id "
                         f"FROM faces WHERE rejected = 0 AND image_id IN ({marks}) ORDER BY id", part):
-                    faces[image_id].append((face, area, _root(identity, merged)))
+                    faces[image_id].append((face, area, merged.get(identity, identity)))
         for image_faces in faces.values():
             image_faces.sort(key=lambda f: -f[1])
-        live = {i: n for i, n in names.items() if merged[i] is None}
         folder_of = {f.name: i for i, f in identity_folders(live, self.specials).items()}
         folded = {name.casefold(): i for name, i in folder_of.items()}
         pc = self.config.placement
@@ -824,11 +824,3 @@ def _name(identity, live: dict[int, Optional[str]]) -> str:
     if not isinstance(identity, int):
         return "anyone"
     return f"{live.get(identity) or f'Person_{identity:04d}'} (#{identity})"
-
-
-def _root(identity: Optional[int], merged: dict[int, Optional[int]]) -> Optional[int]:
-    seen = set()
-    while identity is not None and merged.get(identity) is not None and identity not in seen:
-        seen.add(identity)
-        identity = merged[identity]
-    return identity
