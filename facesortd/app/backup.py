@@ -102,9 +102,10 @@ def _embed_drawn(config: Config, store: Store, wanted: list[dict]) -> tuple[list
     the ones that could not be (photo not on disk or unreadable, the model not available): those
     stay in the report's ``faces_not_found`` too."""
     done, failed, models = [], [], {}
+    with store.read() as conn:
+        files = {f["image_id"]: queries.image_files(conn, f["image_id"]) for f in wanted}
     for face in wanted:
-        with store.read() as conn:
-            found = queries.image_files(conn, face["image_id"])
+        found = files[face["image_id"]]
         photo = next((p for p in map(decode_path, found[1] if found else ()) if p.is_file()), None)
         if photo is None:
             failed.append(dict(face, why="the photo's file is not on disk"))
