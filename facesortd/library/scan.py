@@ -86,6 +86,11 @@ class _Row:
     action: str
     sha256: Optional[str]
 
+    @classmethod
+    def of(cls, r: tuple) -> "_Row":
+        """A row as ``_rows`` reads it (path as text)."""
+        return cls(r[0], r[1], Path(r[2]), *r[3:6])
+
 
 @dataclass(frozen=True)
 class _Image:
@@ -262,19 +267,19 @@ class _Scan:
                 st = lstat(path)
             except OSError:
                 if path not in seen:
-                    missing.append(_Row(r[0], r[1], Path(path), *r[3:6]))
+                    missing.append(_Row.of(r))
                 continue
             if st.st_size == r[6] and st.st_mtime_ns == r[7] and regular(st.st_mode):
                 continue   # the common case, first
             if not _holds(path, st, r):
-                suspect.append(_Row(r[0], r[1], Path(path), *r[3:6]))
+                suspect.append(_Row.of(r))
         doubted = {row.image_id for row in suspect if row.kind == "main"}
         for r in companions:
             path = r[2]
             if path not in seen and not os.path.lexists(path):
-                missing.append(_Row(r[0], r[1], Path(path), *r[3:6]))
+                missing.append(_Row.of(r))
             elif r[1] in doubted:
-                suspect.append(_Row(r[0], r[1], Path(path), *r[3:6]))
+                suspect.append(_Row.of(r))
         return missing, suspect
 
     @staticmethod
@@ -327,11 +332,10 @@ class _Scan:
                 st = lstat(path)
             except OSError:
                 if path not in seen:
-                    out.append(_Row(r[0], r[1], Path(path), *r[3:6]))
+                    out.append(_Row.of(r))
                 continue
-            if not (st.st_size == r[6] and st.st_mtime_ns == r[7] and stat.S_ISREG(st.st_mode)) \
-                    and not _holds(path, st, r):
-                out.append(_Row(r[0], r[1], Path(path), *r[3:6]))
+            if not _holds(path, st, r):
+                out.append(_Row.of(r))
         if not out:
             return out
         ids = sorted({row.image_id for row in out})
@@ -351,7 +355,7 @@ class _Scan:
         wanted = {row.image_id for row in out}
         for r in _texts(companions):
             if r[1] in wanted and r[2] not in seen and not os.path.lexists(r[2]):
-                out.append(_Row(r[0], r[1], Path(r[2]), *r[3:6]))
+                out.append(_Row.of(r))
         return out
 
     def _left_alone(self, ids: set[int]) -> set[int]:
@@ -686,7 +690,7 @@ class _Scan:
         members: dict[int, list[int]] = defaultdict(list)
         for row_id, image_id, path in rows:
             if image_id not in alone:
-                m = meaning(self._folder(os.fsdecode(path) if isinstance(path, bytes) else path))
+                m = meaning(self._folder(_text(path)))
                 if m in people:
                     members[m].append(row_id)
         return members
@@ -764,8 +768,12 @@ def _under(conn, sql: str, column: str, root: str) -> list[tuple]:
 
 def _texts(rows: list[tuple]) -> list[tuple]:
     """Placement rows with their path as text (a raw-byte path decoded as the filesystem does)."""
-    return [(r[0], r[1], os.fsdecode(r[2]) if isinstance(r[2], bytes) else r[2], *r[3:])
-            for r in rows]
+    return [(r[0], r[1], _text(r[2]), *r[3:]) for r in rows]
+
+
+def _text(value: Union[str, bytes]) -> str:
+    """A stored path as text (the store keeps an undecodable name as its raw bytes)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 def _holds(path: str, st: os.stat_result, row: tuple) -> bool:
@@ -781,8 +789,8 @@ def _holds(path: str, st: os.stat_result, row: tuple) -> bool:
             target = os.readlink(path)
         except OSError:
             return False
-        if row[5] == _SYMLINK + target or (original is not None and target == os.path.abspath(
-                os.fsdecode(original) if isinstance(original, bytes) else original)):
+        if row[5] == _SYMLINK + target or (original is not None
+                                            and target == os.path.abspath(_text(original))):
             return True
         try:
             st = os.stat(path)
