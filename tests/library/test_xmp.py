@@ -77,6 +77,15 @@ def _photos_unchanged(store: Store) -> None:
         assert _sha(path) == shas[image], f"{path} was modified"
 
 
+def _name_and_place(config, store: Store, names: dict[int, str]) -> Placer:
+    """Name these people (identity -> name) and sync a new placer: the sidecars written."""
+    for identity, name in names.items():
+        rename(store, identity, name)
+    placer = Placer(config, store)
+    placer.sync()
+    return placer
+
+
 def _regions(info: dict) -> list[tuple[str, float, float, float, float]]:
     return [(r["Name"], r["Area"]["X"], r["Area"]["Y"], r["Area"]["W"], r["Area"]["H"])
             for r in info["RegionInfo"]["RegionList"]]
@@ -86,10 +95,7 @@ def test_sidecars_hold_the_named_people_as_exiftool_reads_them(library, tmp_path
     config, store, people = _copy(library, tmp_path)
     with store:
         paul, jk = people["Paul_McCartney"], people["JK_Rowling"]
-        rename(store, paul, "Paul McCartney")
-        rename(store, jk, "Joanne")
-        placer = Placer(config, store)
-        placer.sync()
+        placer = _name_and_place(config, store, {paul: "Paul McCartney", jk: "Joanne"})
         mains, ours = _mains(store), _ours(store)
         named = {**{i: "Paul McCartney" for i in _faces(store, paul)},
                  **{i: "Joanne" for i in _faces(store, jk)}}
@@ -130,10 +136,7 @@ def test_rename_and_merge_rewrite_and_move_the_sidecars(library, tmp_path):
     config, store, people = _copy(library, tmp_path)
     with store:
         paul, jk = people["Paul_McCartney"], people["JK_Rowling"]
-        rename(store, paul, "Paul")
-        rename(store, jk, "Joanne")
-        placer = Placer(config, store)
-        placer.sync()
+        placer = _name_and_place(config, store, {paul: "Paul", jk: "Joanne"})
         before = _ours(store)
         pauls = set(_faces(store, paul)) & set(before)
         assert pauls
@@ -171,9 +174,7 @@ def test_rename_and_merge_rewrite_and_move_the_sidecars(library, tmp_path):
 def test_undo_retires_the_sidecars_with_their_photos(library, tmp_path):
     config, store, people = _copy(library, tmp_path)
     with store:
-        rename(store, people["Fujio_Cho"], "Fujio")
-        placer = Placer(config, store)
-        placer.sync()
+        placer = _name_and_place(config, store, {people["Fujio_Cho"]: "Fujio"})
         ours = _ours(store)
         assert ours
         placer.undo()
