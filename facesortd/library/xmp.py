@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import string
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -45,7 +44,6 @@ log = logging.getLogger("facesortd.xmp")
 KIND = "companion"   # a placement of the photo's group (placer.py moves, renames and undoes it)
 PREFIX = "xmp:"      # placements.action of our sidecars: xmp:<digest of their inputs>
 FORMAT = "1"         # part of the digest: bump when the same inputs are to be written otherwise
-NAME_FIELDS = ("name", "ext")
 
 # an empty XMP packet: exiv2 recognises XMP data by its packet header
 _EMPTY = (b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>'
@@ -75,10 +73,6 @@ def sidecar_name(pattern: str, photo_name: str) -> str:
     ``{name}{ext}.xmp``: ``IMG_1_1.JPG.xmp``)."""
     name, ext = os.path.splitext(photo_name)
     return pattern.format(name=name, ext=ext)
-
-
-def pattern_fields(pattern: str) -> set[str]:
-    return {f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None}
 
 
 def digest(sha256: Optional[str], regions: list[Region]) -> str:
