@@ -402,6 +402,7 @@ class _Scan:
                  and r.image_id in images}
         names = {r.path.name for r in missing if r.kind == "companion"}
         claimed: set[Path] = set()
+        fresh: list[tuple] = []   # hashes to cache, written in one transaction at the end
         cache = self._cache([p for p, st in stats.items()
                              if stat.S_ISREG(st.st_mode) and (st.st_size in sizes or p.name in names)])
 
@@ -425,11 +426,7 @@ class _Scan:
                 return None
             self.out.hashed += 1
             cache[path] = (st.st_size, st.st_mtime_ns, sha)
-            if not self.dry_run:
-                with self.store.transaction() as conn:
-                    conn.execute("INSERT OR REPLACE INTO library_hashes (path, size, mtime_ns, sha256) "
-                                 "VALUES (?, ?, ?, ?)", (encode_path(path), st.st_size,
-                                                         st.st_mtime_ns, sha))
+            fresh.append((encode_path(path), st.st_size, st.st_mtime_ns, sha))
             return sha
 
         def sized(path: Path, size: int) -> bool:
@@ -460,6 +457,10 @@ class _Scan:
                     found[row.id] = path
                     claimed.add(path)
                     break
+        if fresh and not self.dry_run:
+            with self.store.transaction() as conn:
+                conn.executemany("INSERT OR REPLACE INTO library_hashes (path, size, mtime_ns, "
+                                 "sha256) VALUES (?, ?, ?, ?)", fresh)
         return found
 
     def _mains(self, ids: set[int]) -> list[tuple[int, int, Path]]:
