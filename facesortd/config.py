@@ -175,6 +175,12 @@ class PlacementConfig(_Model):
     xmp_sidecars: bool = False       # an XMP sidecar with the named people's face regions (xmp.py)
     xmp_sidecar_name: str = "{name}{ext}.xmp"   # beside the photo; {name}, {ext}: its placed name
 
+    @property
+    def special_dirs(self) -> tuple[str, ...]:
+        """The library's own folders, never a person's (``layout.identity_folders`` avoids them)."""
+        return (self.unknown_dir, self.noface_dir, self.quarantine_dir, self.group_dir,
+                self.duplicates_dir, self.other_dir)
+
     @field_validator("xmp_sidecar_name")
     @classmethod
     def _xmp_sidecar_name(cls, value: str) -> str:

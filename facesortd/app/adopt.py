@@ -134,8 +134,7 @@ def check_folder(config: Config, folder: Path, do_import: bool) -> tuple[Path, s
 def scan(config: Config, root: Path, report: _Report) -> list[_Photo]:
     """The photos of DIR's person folders, in path order; everything else is reported."""
     watch, pc = config.watch, config.placement
-    specials = {s.casefold() for s in (pc.unknown_dir, pc.noface_dir, pc.quarantine_dir,
-                                       pc.group_dir, pc.duplicates_dir, pc.other_dir)}
+    specials = {s.casefold() for s in pc.special_dirs}
 
     def ignored(name: str) -> bool:
         return name.startswith(".") or any(fnmatch.fnmatch(name, p) for p in watch.ignore)
@@ -366,10 +365,8 @@ def _ingest(config: Config, store: Optional[Store], root: Path, photos: list[_Ph
 
 def _people(conn, config: Config) -> dict[str, int]:
     """Live identities by their folder name, case folded (as ``identity_folders`` names them)."""
-    pc = config.placement
     names = dict(conn.execute("SELECT id, name FROM identities WHERE merged_into IS NULL"))
-    folders = identity_folders(names, (pc.unknown_dir, pc.noface_dir, pc.quarantine_dir,
-                                       pc.group_dir, pc.duplicates_dir, pc.other_dir))
+    folders = identity_folders(names, config.placement.special_dirs)
     return {f.name.casefold(): i for i, f in sorted(folders.items())}
 
 

@@ -74,8 +74,7 @@ def plan(config: Config, conn, rows: Iterable[tuple], found: dict[Path, list[Pat
     companions (``found``: the companions in DIR by photo path), not in ``reserved`` (added)."""
     pc = config.placement
     names = dict(conn.execute("SELECT id, name FROM identities WHERE merged_into IS NULL"))
-    folders = identity_folders(names, (pc.unknown_dir, pc.noface_dir, pc.quarantine_dir,
-                                       pc.group_dir, pc.duplicates_dir, pc.other_dir))
+    folders = identity_folders(names, pc.special_dirs)
     dated = bool(layout_fields(pc.layout) & {"year", "month", "day"})
     copies = []
     for image_id, src, sha, mtime_ns, inbox, identity in rows:
