@@ -117,7 +117,7 @@ def missing_companions(conn, root: Path, found: dict[Path, list[Path]],
         mates = found.get(src) if _under(src, root) else None
         if not mates or not os.path.lexists(main):
             continue
-        placed = {_suffix_of(decode_path(r[0]), main, src) for r in conn.execute(
+        placed = {group.suffix(decode_path(r[0]).name, main, src) for r in conn.execute(
             "SELECT path FROM placements WHERE image_id = ? AND kind = 'companion'", (image_id,))}
         copied = {decode_path(r[0]) for r in conn.execute(
             "SELECT src FROM journal WHERE image_id = ? AND op = 'copy' AND kind LIKE "
@@ -133,10 +133,6 @@ def missing_companions(conn, root: Path, found: dict[Path, list[Path]],
             out.append({"image": image_id, "src": str(c), "dst": str(dst), "suffix": s,
                         "companion_of": str(main)})
     return out
-
-
-def _suffix_of(name: Path, main: Path, src: Path) -> str:
-    return group.suffix(name.name, main, src)
 
 
 def dry_listing(copies: list[dict], late: list[dict]) -> dict:
