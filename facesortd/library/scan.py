@@ -543,8 +543,9 @@ class _Scan:
 
         if self.at is None and any(r.id in found for r in missing):
             log.warning("placement.layout %r has no plain {identity} folder: files moved in the "
-                        "library cannot be read as corrections; they stay where they were put",
-                        pc.layout)
+                        "library cannot be read as corrections; they stay where they were put. "
+                        "Correct on the review page, or use a layout with a folder that is "
+                        "{identity} alone (e.g. '{identity}/{year}/{name}{ext}')", pc.layout)
         plans: list[_Plan] = []
         # every placed photo of a person's folder moved into one other folder: rename or merge
         whole: dict[int, Union[int, str]] = {}
@@ -740,7 +741,8 @@ class _Scan:
                         conn.execute("DELETE FROM library_hashes WHERE path = ?",
                                      (encode_path(path),))
         except Exception as exc:   # one correction refused (a person merged meanwhile)
-            log.error("library: %s; not recorded: %s", plan.what, exc)
+            log.error("library: %s; not recorded (%s): a later scan of the library tries again; if it "
+                      "repeats, make the correction on the review page", plan.what, exc)
             return False
         log.info("library: %s", plan.what)
         return True
