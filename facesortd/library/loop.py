@@ -34,7 +34,7 @@ class PlacerLoop:
 
     def __init__(self, placer: Placer, changed: threading.Event, debounce: float = 1.0,
                  dry_run: bool = False, on_synced: Optional[Callable[[list[Op]], None]] = None,
-                 rescan_interval: float = 0.0, clock: Callable[[], float] = time.monotonic):
+                 rescan_interval: float = 0.0):
         self.placer = placer
         self.changed = changed
         self.debounce = debounce
@@ -43,7 +43,6 @@ class PlacerLoop:
         self.rescan_interval = rescan_interval
         self.syncs = 0                 # syncs done, and how many of them scanned (for tests, status)
         self.scans = {"full": 0, "paths": 0}
-        self._clock = clock
         self._lock = threading.Lock()
         self._touched: set[Path] = set()
         self._full = True              # the first sync scans the whole library
@@ -88,14 +87,14 @@ class PlacerLoop:
         self._wake.set()
 
     def _run(self) -> None:
-        next_full = self._clock() + self.rescan_interval if self.rescan_interval else None
+        next_full = time.monotonic() + self.rescan_interval if self.rescan_interval else None
         first = True
         while not self._stop.is_set():
             if not first:
                 woke = self.changed.wait(0.1) or self._wake.wait(0.1)
                 if self.rescan_interval and next_full is None:   # unwatched() set one
-                    next_full = self._clock() + self.rescan_interval
-                due = next_full is not None and self._clock() >= next_full
+                    next_full = time.monotonic() + self.rescan_interval
+                due = next_full is not None and time.monotonic() >= next_full
                 if not (woke or due):
                     continue
                 if self._stop.wait(self.debounce):
@@ -115,7 +114,7 @@ class PlacerLoop:
             if full:
                 scan = True
                 if self.rescan_interval:
-                    next_full = self._clock() + self.rescan_interval
+                    next_full = time.monotonic() + self.rescan_interval
             else:
                 scan = sorted(touched) if touched else False
             try:
@@ -145,7 +144,8 @@ class PlacerLoop:
             for path in (op.src, op.dst):
                 if path is not None:
                     for p in (path, path.parent):
-                        own[p] = os.path.lexists(p)
+                        if p not in own:   # one look per path (a folder is touched by many ops)
+                            own[p] = os.path.lexists(p)
         self._own = own
 
     def _echo(self, path: Path) -> bool:
