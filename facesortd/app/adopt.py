@@ -50,6 +50,7 @@ from facesortd.library.journal import content_id
 from facesortd.library.layout import identity_folder, identity_folders
 from facesortd.people.corrections import _Recorder
 from facesortd.store.database import DB_NAME, Store, decode_path, encode_path
+from facesortd.store.sql import in_chunks
 
 __all__ = ["AdoptError", "adopt", "format_report"]
 
@@ -228,7 +229,7 @@ def adopt(config: Config, folder: Path, do_import: bool = False, dry_run: bool =
 def _new_photos(store: Optional[Store], photos: list[_Photo], report: _Report) -> list[_Photo]:
     """The photos whose content the store does not hold yet (hashed here, with a progress bar)."""
     done = [0]
-    out = []
+    hashed = []
     with Progress(lambda: (done[0], len(photos)), unit=" photos hashed"):
         for photo in photos:
             done[0] += 1
@@ -243,20 +244,29 @@ def _new_photos(store: Optional[Store], photos: list[_Photo], report: _Report) -
             except Exception as exc:
                 report.skip(photo.path, "unreadable", f"cannot be read ({exc})")
                 continue
-            row = _known_sha(store, photo.sha256) if store is not None else None
-            if row is not None:
-                report.skip(photo.path, "already_in_store", f"content already in the store "
-                                                            f"(image #{row[0]}, {row[1]})")
-                continue
-            out.append(photo)
+            hashed.append(photo)
+    known_shas = _known_shas(store, {p.sha256 for p in hashed}) if store is not None else {}
+    out = []
+    for photo in hashed:
+        row = known_shas.get(photo.sha256)
+        if row is not None:
+            report.skip(photo.path, "already_in_store", f"content already in the store "
+                                                        f"(image #{row[0]}, {row[1]})")
+            continue
+        out.append(photo)
     return out
 
 
-def _known_sha(store: Store, sha: str) -> Optional[tuple[int, str]]:
+def _known_shas(store: Store, shas: set) -> dict[str, tuple[int, str]]:
+    """sha256 -> (id, path) of the oldest image of that content the store holds, in one read."""
+    out: dict[str, tuple[int, str]] = {}
     with store.read() as conn:
-        row = conn.execute("SELECT id, path FROM images WHERE sha256 = ? AND status IN "
-                           "('done', 'noface', 'duplicate') ORDER BY id LIMIT 1", (sha,)).fetchone()
-    return None if row is None else (row[0], str(decode_path(row[1])))
+        for marks, part in in_chunks(sorted(shas)):
+            for sha, image_id, path in conn.execute(
+                    f"SELECT sha256, id, path FROM images WHERE sha256 IN ({marks}) AND status IN "
+                    "('done', 'noface', 'duplicate') ORDER BY id", part):
+                out.setdefault(sha, (image_id, str(decode_path(path))))
+    return out
 
 
 def _unique(photos: list[_Photo], report: _Report) -> list[_Photo]:

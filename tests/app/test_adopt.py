@@ -126,6 +126,14 @@ def test_adopt_outside_the_library_then_new_photos_join(tmp_path, data_dir, caps
     assert code == 0 and again["photos_adopted"] == 0 and again["people_created"] == []
     assert again["skipped"]["already_adopted"] == 9
     assert people(config.state_dir) == found
+    # the same content under another name, in another folder: known by its sha256, not added
+    copy = tmp_path / "copies" / "Someone" / "same.jpg"
+    copy.parent.mkdir(parents=True)
+    shutil.copyfile(adopted["JK_Rowling"][1], copy)
+    code, known = adopt(capsys, cfg, str(tmp_path / "copies"), "--dry-run")
+    assert code == 0 and known["photos_adopted"] == 0 and known["people_created"] == []
+    assert known["skipped"] == {"already_in_store": 1}
+    assert known["skipped_photos"][0]["why"].endswith(f", {adopted['JK_Rowling'][1]})")
 
     # new photos of the same people, dropped into the inbox later, join them
     for person in PEOPLE:
