@@ -218,7 +218,7 @@ class _Scan:
             missing += held
             if paths is not None and any(row.id not in found for row in missing):
                 return None
-            if paths is None and any(row.id not in found for row in missing):
+            elif paths is None and any(row.id not in found for row in missing):
                 # the walk is not atomic: a file moved while it ran, from a folder not listed yet
                 # into one listed already, was seen nowhere. A second walk before anything is
                 # taken for deleted: what it finds that the first did not may be it.
@@ -506,8 +506,9 @@ class _Scan:
         return parts[self.at] if len(parts) == self.depth else None
 
     def _interpret(self, missing: list[_Row], found: dict[int, Path],
-                   images: dict[int, _Image], gone: Optional[list[_Row]] = None) -> None:
-        gone = gone or []
+                   images: dict[int, _Image], gone: list[_Row]) -> None:
+        """Read each missing row's move (``found``: where it went; absent: deleted) and each gone
+        row found again, as corrections and row updates, and apply them."""
         with self.store.read() as conn:
             live = {iid: name for iid, name in conn.execute(
                 "SELECT id, name FROM identities WHERE merged_into IS NULL")}
