@@ -418,6 +418,7 @@ def _apply(config: Config, state: Optional[State], root: Path, where: str,
                                          if op.image_id in ids]
             out.pop("_adopted", None)
             if dry_run:
+                out.pop("history", None)    # rolled back with the rest: no row to undo
                 raise _Rollback
     except _Rollback:
         pass
