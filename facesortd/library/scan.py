@@ -39,7 +39,7 @@ of event paths reads only the rows under them (index ranges on the encoded paths
 
 Corrections go through ``learn`` (the app wires ``people.corrections.from_library``: each is a
 history row with ``"source": "library"``, undone like one made on the page); each is written in
-one transaction with the placement rows it moves, so a crash repeats at most a harmless look.
+one transaction with the placement rows it moves (plans.py), so a crash repeats at most a harmless look.
 The person's folder is the path component the layout's plain ``{identity}`` part produces; a
 layout without one (``{identity}_{year}/...``) cannot be read: the scan then only tells deleted
 files from moved ones, and moved ones are left where the person put them.
@@ -50,7 +50,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +58,7 @@ from typing import Callable, Iterable, Optional, Union
 from facesortd import fsops
 from facesortd.config import Config
 from facesortd.library.layout import identity_folders
+from facesortd.library.plans import Learn, Plan, apply
 from facesortd.store.database import Store, decode_path, encode_path
 from facesortd.store.identity_rows import live_map
 from facesortd.store.sql import in_chunks
@@ -66,9 +66,6 @@ from facesortd.store.sql import in_chunks
 __all__ = ["Learn", "Learned", "scan_library"]
 
 log = logging.getLogger("facesortd.scan")
-
-Learn = Callable[[Store, str, dict], dict]
-"""(store, op, args) -> the correction's result: people.corrections.from_library, wired by the app."""
 
 _SYMLINK = "symlink:"   # the journal's content_id of a symlink: its target
 _TRACKED = ("main", "extra", "companion")
@@ -115,17 +112,6 @@ class Learned:
     returned: int = 0       # of the moved: photos no longer managed ('gone') placed again
     hashed: int = 0         # files hashed (not in the cache or changed)
     files: int = 0          # files the walk saw (a full scan) or under the paths given
-
-
-@dataclass
-class _Plan:
-    """One unit written in one transaction: a correction (or none) and the rows it moves."""
-
-    op: Optional[str]
-    args: dict
-    rows: list[tuple[int, Optional[Path], Optional[str]]]   # (row id, new path, new kind); None path: delete
-    what: str
-    parts: list["_Plan"] = field(default_factory=list)      # the plans a batch was made of
 
 
 def scan_library(config: Config, store: Store, learn: Optional[Learn],
@@ -547,7 +533,7 @@ class _Scan:
                         "library cannot be read as corrections; they stay where they were put. "
                         "Correct on the review page, or use a layout with a folder that is "
                         "{identity} alone (e.g. '{identity}/{year}/{name}{ext}')", pc.layout)
-        plans: list[_Plan] = []
+        plans: list[Plan] = []
         # every placed photo of a person's folder moved into one other folder: rename or merge
         whole: dict[int, Union[int, str]] = {}
         members = self._members([row.path for row in missing if row.kind != "companion"], meaning)
@@ -565,11 +551,11 @@ class _Scan:
             moved = [(r, found[r], None) for r in members[identity]]
             done_rows |= set(members[identity])
             if isinstance(dest, int):
-                plans.append(_Plan("merge", {"source": identity, "into": dest}, moved,
+                plans.append(Plan("merge", {"source": identity, "into": dest}, moved,
                                    f"all of {_name(identity, live)}'s photos into "
                                    f"{_name(dest, live)}'s folder: merged"))
             else:
-                plans.append(_Plan("rename", {"identity": identity, "name": dest[4:]}, moved,
+                plans.append(Plan("rename", {"identity": identity, "name": dest[4:]}, moved,
                                    f"{_name(identity, live)}'s folder renamed: named {dest[4:]!r}"))
         # a gone photo found where it means something is placed again: as the image's main file,
         # or one of its links (multi_face: all) where it has a main file already
@@ -583,7 +569,7 @@ class _Scan:
                 continue
             if row.kind == "companion":   # a gone photo's too: found, by construction
                 new = found.get(row.id)
-                plans.append(_Plan(None, {}, [(row.id, new, None)],
+                plans.append(Plan(None, {}, [(row.id, new, None)],
                                    f"companion {row.path} " + (f"followed to {new}" if new else "gone")))
                 continue
             image_faces = faces.get(image.duplicate_of or image.id, [])
@@ -591,12 +577,12 @@ class _Scan:
             if row.id not in found:
                 if row.kind == "extra":   # one link of a multi_face photo: that face is not theirs
                     face = next((f for f, _, who in image_faces if who == old), None)
-                    plans.append(_Plan("not_this_person" if face else None,
+                    plans.append(Plan("not_this_person" if face else None,
                                        {"faces": [face]} if face else {}, [(row.id, None, None)],
                                        f"{row.path} deleted: not {_name(old, live)}"))
                 else:
                     self.out.removed += 1
-                    plans.append(_Plan(None if image.removed else "remove_images",
+                    plans.append(Plan(None if image.removed else "remove_images",
                                        {"images": [image.id]}, [(row.id, row.path, "removed")],
                                        f"{row.path} deleted: the photo is removed"))
                 continue
@@ -611,7 +597,7 @@ class _Scan:
                 or image.status == "other"
             if row.id in back:
                 if meaningless or image.removed:
-                    plans.append(_Plan(None, {}, [(row.id, new, "gone")],
+                    plans.append(Plan(None, {}, [(row.id, new, "gone")],
                                        f"{row.path} (not managed) moved to {new}: still not managed"))
                     continue
                 kind = "extra" if image.id in with_main else "main"
@@ -623,27 +609,27 @@ class _Scan:
                              "managed again", row.path, new)
             if meaningless:
                 self.out.left += 1
-                plans.append(_Plan(None, {}, [(row.id, new, "gone")],
+                plans.append(Plan(None, {}, [(row.id, new, "gone")],
                                    f"{row.path} moved to {new}: left there, no longer managed"))
             elif dest == "noface":
-                plans.append(_Plan("reject" if image_faces else None,
+                plans.append(Plan("reject" if image_faces else None,
                                    {"faces": [f for f, _, _ in image_faces]}, follow,
                                    f"{row.path} moved to {pc.noface_dir}: not a face"))
             elif dest == "unknown":
-                plans.append(_Plan("not_this_person" if current is not None else None,
+                plans.append(Plan("not_this_person" if current is not None else None,
                                    {"faces": [face]}, follow,
                                    f"{row.path} moved to {pc.unknown_dir}: not {_name(current, live)}"))
             elif isinstance(dest, int):
-                plans.append(_Plan("move_faces" if dest != current else None,
+                plans.append(Plan("move_faces" if dest != current else None,
                                    {"faces": [face], "to": dest}, follow,
                                    f"{row.path} moved to {new}: {_name(dest, live)}"))
             else:
                 new_people[dest[4:]].append(face)
                 new_rows[dest[4:]].extend(follow)
         for name, face_ids in new_people.items():
-            plans.append(_Plan("move_faces", {"faces": sorted(set(face_ids)), "to": "new", "name": name},
+            plans.append(Plan("move_faces", {"faces": sorted(set(face_ids)), "to": "new", "name": name},
                                new_rows[name], f"photos moved into a new folder {name!r}: a new person"))
-        self._apply(plans)
+        self.out.corrections += apply(self.store, self.learn, plans, self.dry_run)
 
     def _with_main(self, ids: set[int]) -> set[int]:
         """Those of ``ids`` that have a main placement row."""
@@ -697,60 +683,6 @@ class _Scan:
                 if m in people:
                     members[m].append(row_id)
         return members
-
-    def _apply(self, plans: list[_Plan]) -> None:
-        """Write the plans, those of one kind as one correction (a folder of photos deleted is one
-        history row, not hundreds); a batch refused is tried again one photo at a time."""
-        for plan in _batched(plans):
-            if plan.op is not None:
-                self.out.corrections.append((plan.op, plan.args))
-            if self.dry_run:
-                log.info("dry run: the library says %s", plan.what)
-                continue
-            if plan.op is not None and self.learn is None:
-                log.warning("%s, but this placer has no way to record corrections; the files are "
-                            "left where they are", plan.what)
-                plan = _Plan(None, {}, [(i, p, "gone") for i, p, _ in plan.rows], plan.what)
-            if not self._write(plan) and len(plan.parts) > 1:
-                self.out.corrections.pop()
-                for part in plan.parts:
-                    if self._write(part) and part.op is not None:
-                        self.out.corrections.append((part.op, part.args))
-
-    def _write(self, plan: _Plan) -> bool:
-        """One plan in one transaction: its correction and the placement rows it moves."""
-        try:
-            with self.store.transaction() as conn:
-                if plan.op is not None:
-                    self.learn(self.store, plan.op, plan.args)   # type: ignore[misc]
-                now = time.time()
-                for row_id, path, kind in plan.rows:
-                    if path is None:
-                        conn.execute("DELETE FROM placements WHERE id = ?", (row_id,))
-                    else:
-                        # a photo renamed by the person keeps the name they gave it from now on
-                        # (also on its way to and from where it meant nothing: 'gone')
-                        was = conn.execute("SELECT path FROM placements WHERE id = ? AND "
-                                           "kind IN ('main', 'gone')", (row_id,)).fetchone()
-                        if kind in (None, "main", "gone") and was \
-                                and decode_path(was[0]).name != path.name:
-                            conn.execute("UPDATE placements SET chosen_name = ? WHERE id = ?",
-                                         (path.name, row_id))
-                        conn.execute("UPDATE placements SET path = ?, kind = COALESCE(?, kind), "
-                                     "updated_at = ? WHERE id = ?",
-                                     (encode_path(path), kind, now, row_id))
-                        conn.execute("DELETE FROM library_hashes WHERE path = ?",
-                                     (encode_path(path),))
-        except Exception as exc:   # one correction refused (a person merged meanwhile)
-            log.error("library: %s; not recorded (%s): a later scan of the library tries again; if it "
-                      "repeats, make the correction on the review page", plan.what, exc)
-            return False
-        log.info("library: %s", plan.what)
-        return True
-
-
-_LISTS = ("faces", "images")
-
 
 def _under(conn, sql: str, column: str, root: str) -> list[tuple]:
     """The rows of ``sql`` (ending in a WHERE clause) whose ``column`` is ``root`` or a path under
@@ -807,29 +739,6 @@ def _holds(path: str, st: os.stat_result, row: tuple) -> bool:
     if mtime is None or st.st_mtime_ns == mtime:
         return True
     return st.st_mtime_ns % 1_000_000_000 == 0 and abs(st.st_mtime_ns - mtime) <= 2_000_000_000
-
-
-def _batched(plans: list[_Plan]) -> list[_Plan]:
-    """Plans of the same correction (the same op and target) joined into one; each keeps its
-    parts, to be tried alone if the batch is refused."""
-    out: dict[tuple, _Plan] = {}
-    for plan in plans:
-        if plan.op in ("merge", "rename"):
-            out[(len(out),)] = plan
-            continue
-        fixed = tuple(sorted((k, v) for k, v in plan.args.items() if k not in _LISTS))
-        key = (plan.op, fixed)
-        have = out.get(key)
-        if have is None:
-            out[key] = _Plan(plan.op, dict(plan.args), list(plan.rows), plan.what, [plan])
-            continue
-        for k in _LISTS:
-            if k in plan.args:
-                have.args[k] = sorted(set(have.args.get(k, [])) | set(plan.args[k]))
-        have.rows += plan.rows
-        have.parts.append(plan)
-        have.what = f"{have.parts[0].what} (and {len(have.parts) - 1} more like it)"
-    return list(out.values())
 
 
 def _name(identity, live: dict[int, Optional[str]]) -> str:
