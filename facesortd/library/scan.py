@@ -4,7 +4,7 @@ The library is facesortd's own output: every file the placer put there has a pla
 its path and content hash. A scan (``Placer.sync(scan=...)``, inside the placer's lock, so every
 operation of the placer is complete and recorded when it looks) finds the placed files that are
 no longer at their row's path, looks for each among the files of the library that no row tracks
-(by size, then sha256; a symlink by its target) and reads the difference as a correction. A file
+(match.py: by size, then sha256; a symlink by its target) and reads the difference as a correction. A file
 at a row's path is that row's only if it plausibly is (one lstat: the image's size and mtime, a
 placed symlink's target): else the row is missing too and the file there a candidate for the
 others (a person dragged another placed photo onto the path this one left); if nothing else
@@ -55,9 +55,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
-from facesortd import fsops
 from facesortd.config import Config
 from facesortd.library.layout import identity_folders
+from facesortd.library.match import SYMLINK, Image, Row, match, prune_cache
 from facesortd.library.plans import Learn, Plan, apply
 from facesortd.store.database import Store, decode_path, encode_path
 from facesortd.store.identity_rows import live_map
@@ -67,37 +67,10 @@ __all__ = ["Learn", "Learned", "scan_library"]
 
 log = logging.getLogger("facesortd.scan")
 
-_SYMLINK = "symlink:"   # the journal's content_id of a symlink: its target
 _TRACKED = ("main", "extra", "companion")
 _ROWS = ("SELECT p.id, p.image_id, p.path, p.kind, p.action, p.sha256, i.size, i.mtime_ns, "
          "i.path FROM placements p JOIN images i ON i.id = p.image_id "
          "WHERE p.image_id IS NOT NULL")
-
-
-@dataclass(frozen=True)
-class _Row:
-    id: int
-    image_id: int
-    path: Path
-    kind: str
-    action: str
-    sha256: Optional[str]
-
-    @classmethod
-    def of(cls, r: tuple) -> "_Row":
-        """A row as ``_rows`` reads it (path as text)."""
-        return cls(r[0], r[1], Path(r[2]), *r[3:6])
-
-
-@dataclass(frozen=True)
-class _Image:
-    id: int
-    sha256: Optional[str]
-    size: int
-    status: str
-    duplicate_of: Optional[int]
-    removed: bool
-    path: Path
 
 
 @dataclass
@@ -189,11 +162,11 @@ class _Scan:
         missing, suspect = self._look(rows, seen)
         untracked = [Path(p) for p in sorted(seen - known)]
         if paths is None and not self.dry_run:
-            self._prune_cache(seen)
+            prune_cache(self.store, seen)
         alone = self._left_alone({r.image_id for r in missing + suspect})
         missing = [row for row in missing if row.image_id not in alone]
         suspect = [row for row in suspect if row.image_id not in alone]
-        images: dict[int, _Image] = {}
+        images: dict[int, Image] = {}
         found: dict[int, Path] = {}
         late: list[Path] = []
         if missing or suspect:
@@ -220,7 +193,7 @@ class _Scan:
         # and has moved on since: only then are the gone rows looked at
         claimed = set(found.values())
         pool = [p for p in untracked + late if p not in claimed]
-        gone: list[_Row] = []
+        gone: list[Row] = []
         if pool:
             gone = self._gone(rows if paths is None else rows + self._gone_rows(rows), seen)
         if gone:
@@ -232,14 +205,14 @@ class _Scan:
             self._interpret(missing, found, images, gone)
         return self.out
 
-    def _look(self, rows: list[tuple], seen: set[str]) -> tuple[list[_Row], list[_Row]]:
+    def _look(self, rows: list[tuple], seen: set[str]) -> tuple[list[Row], list[Row]]:
         """The tracked rows whose file is not at their path (missing), and those whose path holds a
         file that may not be theirs (suspect): a photo or link whose size, mtime or link target
         is not its image's (a person moved another file onto that path, replaced or edited it),
         with the companions of such a photo. One lstat per placed photo: a file at a row's path
         is not proof that it holds the row's file."""
-        missing: list[_Row] = []
-        suspect: list[_Row] = []
+        missing: list[Row] = []
+        suspect: list[Row] = []
         companions = []
         lstat, regular = os.lstat, stat.S_ISREG
         for r in rows:
@@ -253,23 +226,23 @@ class _Scan:
                 st = lstat(path)
             except OSError:
                 if path not in seen:
-                    missing.append(_Row.of(r))
+                    missing.append(Row.of(r))
                 continue
             if st.st_size == r[6] and st.st_mtime_ns == r[7] and regular(st.st_mode):
                 continue   # the common case, first
             if not _holds(path, st, r):
-                suspect.append(_Row.of(r))
+                suspect.append(Row.of(r))
         doubted = {row.image_id for row in suspect if row.kind == "main"}
         for r in companions:
             path = r[2]
             if path not in seen and not os.path.lexists(path):
-                missing.append(_Row.of(r))
+                missing.append(Row.of(r))
             elif r[1] in doubted:
-                suspect.append(_Row.of(r))
+                suspect.append(Row.of(r))
         return missing, suspect
 
     @staticmethod
-    def _settle(suspect: list[_Row], found: dict[int, Path]) -> list[_Row]:
+    def _settle(suspect: list[Row], found: dict[int, Path]) -> list[Row]:
         """The suspect rows that are missing: found elsewhere (moved; the file at their path is
         someone else's), or found nowhere while another missing file was found at their path
         (theirs is gone). One found at its own path holds its file after all (touched, or on a
@@ -303,12 +276,12 @@ class _Scan:
             found = conn.execute(f"{_ROWS} AND p.kind = 'gone'").fetchall()
         return [r for r in _texts(found) if r[0] not in have]
 
-    def _gone(self, rows: list[tuple], seen: set[str]) -> list[_Row]:
+    def _gone(self, rows: list[tuple], seen: set[str]) -> list[Row]:
         """The rows of photos moved to where they meant nothing ('gone') whose file is no longer
         at their path (one lstat each, as for placed photos), with those of their companions
         that left their path too: the candidates for the files nobody claimed. The photos the
         placer leaves alone for another reason (held by undo, removed, broken) are left out."""
-        out: list[_Row] = []
+        out: list[Row] = []
         lstat = os.lstat
         for r in rows:
             if r[3] != "gone":
@@ -318,10 +291,10 @@ class _Scan:
                 st = lstat(path)
             except OSError:
                 if path not in seen:
-                    out.append(_Row.of(r))
+                    out.append(Row.of(r))
                 continue
             if not _holds(path, st, r):
-                out.append(_Row.of(r))
+                out.append(Row.of(r))
         if not out:
             return out
         ids = sorted({row.image_id for row in out})
@@ -341,7 +314,7 @@ class _Scan:
         wanted = {row.image_id for row in out}
         for r in _texts(companions):
             if r[1] in wanted and r[2] not in seen and not os.path.lexists(r[2]):
-                out.append(_Row.of(r))
+                out.append(Row.of(r))
         return out
 
     def _left_alone(self, ids: set[int]) -> set[int]:
@@ -360,124 +333,21 @@ class _Scan:
             self._alone_asked |= set(ask)
         return ids & self._alone
 
-    def _images(self, ids: set[int]) -> dict[int, _Image]:
-        out: dict[int, _Image] = {}
+    def _images(self, ids: set[int]) -> dict[int, Image]:
+        out: dict[int, Image] = {}
         with self.store.read() as conn:
             for marks, part in in_chunks(sorted(ids)):
                 for r in conn.execute(f"SELECT id, sha256, size, status, duplicate_of, "
                                       f"removed_at IS NOT NULL, path FROM images "
                                       f"WHERE id IN ({marks})", part):
-                    out[r[0]] = _Image(*r[:5], bool(r[5]), decode_path(r[6]))
+                    out[r[0]] = Image(*r[:5], bool(r[5]), decode_path(r[6]))
         return out
 
-    # -- matching ------------------------------------------------------------------------------
-    def _match(self, missing: list[_Row], untracked: list[Path],
-               images: dict[int, _Image]) -> dict[int, Path]:
-        """Row id -> the untracked file that holds its content: photos (main, extra) by size and
-        sha256, preferring their own name; then companions, beside their photo's new place first."""
-        found: dict[int, Path] = {}
-        if not untracked:
-            return found
-        stats: dict[Path, os.stat_result] = {}
-        for path in untracked:
-            try:
-                stats[path] = os.lstat(path)
-            except OSError:
-                pass
-        sizes = {images[r.image_id].size for r in missing if r.kind != "companion"
-                 and r.image_id in images}
-        names = {r.path.name for r in missing if r.kind == "companion"}
-        claimed: set[Path] = set()
-        fresh: list[tuple] = []   # hashes to cache, written in one transaction at the end
-        cache = self._cache([p for p, st in stats.items()
-                             if stat.S_ISREG(st.st_mode) and (st.st_size in sizes or p.name in names)])
-
-        def key(path: Path) -> Optional[str]:
-            st = stats.get(path)
-            if st is None:
-                return None
-            if stat.S_ISLNK(st.st_mode):
-                try:
-                    return _SYMLINK + os.readlink(path)
-                except OSError:
-                    return None
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            hit = cache.get(path)
-            if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
-                return hit[2]
-            try:
-                sha = fsops.sha256_of(path)
-            except OSError:
-                return None
-            self.out.hashed += 1
-            cache[path] = (st.st_size, st.st_mtime_ns, sha)
-            fresh.append((encode_path(path), st.st_size, st.st_mtime_ns, sha))
-            return sha
-
-        def sized(path: Path, size: int) -> bool:
-            st = stats.get(path)
-            return st is not None and (stat.S_ISLNK(st.st_mode) or st.st_size == size)
-
-        for row in sorted((r for r in missing if r.kind != "companion"), key=lambda r: str(r.path)):
-            image = images.get(row.image_id)
-            if image is None:
-                continue
-            want = {row.sha256, image.sha256, _SYMLINK + os.path.abspath(image.path)} - {None}
-            pool = [p for p in untracked if p not in claimed and sized(p, image.size)]
-            pool.sort(key=lambda p: p.name != row.path.name)   # its own name first
-            for path in pool:
-                if key(path) in want:
-                    found[row.id] = path
-                    claimed.add(path)
-                    break
-        companions = {r.image_id for r in missing if r.kind == "companion"}
-        main_at = {image_id: found.get(row_id, path)
-                   for row_id, image_id, path in self._mains(companions)}
-        for row in (r for r in missing if r.kind == "companion"):
-            beside = main_at.get(row.image_id, row.path).parent / row.path.name
-            pool = [p for p in untracked if p not in claimed and p.name == row.path.name]
-            pool.sort(key=lambda p: p != beside)
-            for path in pool:
-                if row.sha256 is not None and key(path) == row.sha256:
-                    found[row.id] = path
-                    claimed.add(path)
-                    break
-        if fresh and not self.dry_run:
-            with self.store.transaction() as conn:
-                conn.executemany("INSERT OR REPLACE INTO library_hashes (path, size, mtime_ns, "
-                                 "sha256) VALUES (?, ?, ?, ?)", fresh)
+    def _match(self, missing: list[Row], untracked: list[Path],
+               images: dict[int, Image]) -> dict[int, Path]:
+        found, hashed = match(self.store, missing, untracked, images, self.dry_run)
+        self.out.hashed += hashed
         return found
-
-    def _mains(self, ids: set[int]) -> list[tuple[int, int, Path]]:
-        """(row id, image id, path) of the main placement rows of images ``ids`` (and their gone
-        rows: a gone photo's companions are looked for beside it first)."""
-        out = []
-        with self.store.read() as conn:
-            for marks, part in in_chunks(sorted(ids)):
-                out += [(r[0], r[1], decode_path(r[2])) for r in conn.execute(
-                    f"SELECT id, image_id, path FROM placements WHERE kind IN ('main', 'gone') "
-                    f"AND image_id IN ({marks})", part)]
-        return out
-
-    def _cache(self, paths: list[Path]) -> dict[Path, tuple[int, int, str]]:
-        out: dict[Path, tuple[int, int, str]] = {}
-        enc = [encode_path(p) for p in paths]
-        with self.store.read() as conn:
-            for marks, part in in_chunks(enc):
-                for path, size, mtime_ns, sha in conn.execute(
-                        f"SELECT path, size, mtime_ns, sha256 FROM library_hashes "
-                        f"WHERE path IN ({marks})", part):
-                    out[decode_path(path)] = (size, mtime_ns, sha)
-        return out
-
-    def _prune_cache(self, seen: set[str]) -> None:
-        with self.store.read() as conn:
-            stale = [r[0] for r in conn.execute("SELECT path FROM library_hashes")
-                     if os.fsdecode(r[0]) not in seen]
-        if stale:
-            with self.store.transaction() as conn:
-                conn.executemany("DELETE FROM library_hashes WHERE path = ?", [(p,) for p in stale])
 
     # -- meaning -------------------------------------------------------------------------------
     def _folder(self, path: Union[str, Path]) -> Optional[str]:
@@ -491,8 +361,8 @@ class _Scan:
         parts = text[len(lib):].split(os.sep)
         return parts[self.at] if len(parts) == self.depth else None
 
-    def _interpret(self, missing: list[_Row], found: dict[int, Path],
-                   images: dict[int, _Image], gone: list[_Row]) -> None:
+    def _interpret(self, missing: list[Row], found: dict[int, Path],
+                   images: dict[int, Image], gone: list[Row]) -> None:
         """Read each missing row's move (``found``: where it went; absent: deleted) and each gone
         row found again, as corrections and row updates, and apply them."""
         with self.store.read() as conn:
@@ -725,7 +595,7 @@ def _holds(path: str, st: os.stat_result, row: tuple) -> bool:
             target = os.readlink(path)
         except OSError:
             return False
-        if row[5] == _SYMLINK + target or (original is not None
+        if row[5] == SYMLINK + target or (original is not None
                                             and target == os.path.abspath(_text(original))):
             return True
         try:
