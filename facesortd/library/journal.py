@@ -53,7 +53,7 @@ OPS = ("move", "copy", "hardlink", "symlink", "retire")
 #: the error text of an operation rolled back because its file was moved or deleted outside
 #: facesortd while it ran (or while the daemon was down, found by the replay)
 MOVED_AWAY = "moved away outside facesortd"
-_SYMLINK = "symlink:"   # sha256 column of a moved symlink: its target instead of a hash
+SYMLINK = "symlink:"   # sha256 column of a moved symlink (content_id): its target instead of a hash
 
 
 @dataclass(frozen=True)
@@ -333,7 +333,7 @@ def _make_folders(folder: Path) -> set[Path]:
 def content_id(path: Path) -> str:
     """What the journal records to recognise a file later: sha256, or a symlink's target."""
     if os.path.islink(path):
-        return _SYMLINK + os.readlink(path)
+        return SYMLINK + os.readlink(path)
     return fsops.sha256_of(path)
 
 
@@ -341,8 +341,8 @@ def _holds(path: Path, sha: Optional[str]) -> bool:
     if sha is None:
         return False
     try:
-        if sha.startswith(_SYMLINK):
-            return os.path.islink(path) and _SYMLINK + os.readlink(path) == sha
+        if sha.startswith(SYMLINK):
+            return os.path.islink(path) and SYMLINK + os.readlink(path) == sha
         if os.path.islink(path):
             return False
         return fsops.sha256_of(path) == sha

@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Optional
 
 from facesortd import fsops
+from facesortd.library.journal import SYMLINK
 from facesortd.store.database import Store, decode_path, encode_path
 from facesortd.store.sql import in_chunks
 
 __all__ = ["SYMLINK", "Row", "Image", "match", "prune_cache"]
-
-SYMLINK = "symlink:"   # the journal's content_id of a symlink: its target
-
 
 @dataclass(frozen=True)
 class Row:
