@@ -19,6 +19,7 @@ from facesortd.store.sql import in_chunks
 
 __all__ = ["SYMLINK", "Row", "Image", "match", "prune_cache"]
 
+
 @dataclass(frozen=True)
 class Row:
     """A placement row the scan looks for (tracked, or gone)."""
