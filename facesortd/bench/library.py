@@ -54,9 +54,7 @@ def _build(root: Path, files: int, people: int, hand: int, rng: np.random.Genera
     with store.transaction() as conn:
         conn.executemany("INSERT INTO identities (id, name, created_at) VALUES (?, NULL, ?)",
                          [(i, now) for i in range(1, people + 1)])
-    folders = identity_folders({i: None for i in range(1, people + 1)},
-                               (pc.unknown_dir, pc.noface_dir, pc.quarantine_dir, pc.group_dir,
-                                pc.duplicates_dir, pc.other_dir))
+    folders = identity_folders({i: None for i in range(1, people + 1)}, pc.special_dirs)
     inbox = config.inboxes[0].path
     sizes = rng.integers(1000, 6000, size=files + hand)
     who = rng.integers(1, people + 1, size=files)

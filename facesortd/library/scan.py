@@ -109,8 +109,7 @@ class _Scan:
         parts = Path(pc.layout).parts
         self.depth = len(parts)
         self.at = parts.index("{identity}") if "{identity}" in parts else None
-        self.specials = (pc.unknown_dir, pc.noface_dir, pc.quarantine_dir, pc.group_dir,
-                         pc.duplicates_dir, pc.other_dir)
+        self.specials = pc.special_dirs
         export = Path(os.path.abspath(config.export.root))
         self.skip = {str(export)} if self.library in export.parents else set()
         self._alone: set[int] = set()
