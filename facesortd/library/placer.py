@@ -592,10 +592,8 @@ class Placer:
                      conn.execute("SELECT image_id, sha256, taken FROM image_dates")}
         for image_faces in faces.values():
             image_faces.sort(key=lambda f: -f[0])   # largest face first (stable: lowest id wins)
-        pc = self.config.placement
         live = {i: name for i, name in names.items() if merged[i] is None}
-        folders = identity_folders(live, (pc.unknown_dir, pc.noface_dir, pc.quarantine_dir,
-                                          pc.group_dir, pc.duplicates_dir, pc.other_dir))
+        folders = identity_folders(live, self.config.placement.special_dirs)
         return _Snapshot(images, dict(faces), folders, dict(placements), by_path, dates,
                          hidden_only=veiled - set(faces), removed=removed)
 
